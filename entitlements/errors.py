@@ -1,0 +1,100 @@
+"""The domain's error hierarchy; the server turns each into one gRPC status in one place.
+
+    EntitlementsError
+    ├── InvalidArgument          bad input: names the offending field (INVALID_ARGUMENT)
+    │   ├── UnknownPlan
+    │   ├── UnknownFeature
+    │   ├── UnknownLimit
+    │   └── UnknownMetric
+    ├── NotFound                 a named object that must exist does not (NOT_FOUND)
+    ├── AlreadyExists            same key, different payload (ALREADY_EXISTS)
+    ├── FailedPrecondition       the request is valid but the state forbids it (FAILED_PRECONDITION)
+    ├── Unavailable              a dependency (database, Stripe, a chain) is down (UNAVAILABLE)
+    └── CatalogError             the plan catalog file is invalid (raised at load, never at request)
+"""
+
+from __future__ import annotations
+
+
+class EntitlementsError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    #: A stable machine-readable reason (google.rpc.ErrorInfo.reason), see error_reason.proto.
+    reason: str = "ERROR_REASON_UNSPECIFIED"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidArgument(EntitlementsError):
+    """A request field holds a value the service cannot accept."""
+
+    reason = "ERROR_REASON_INVALID_ARGUMENT"
+
+    def __init__(self, field: str, message: str, *, reason: str | None = None) -> None:
+        super().__init__(f"{field}: {message}", reason=reason)
+        self.field = field
+        self.description = message
+
+
+class UnknownPlan(InvalidArgument):
+    reason = "ERROR_REASON_UNKNOWN_PLAN"
+
+    def __init__(self, field: str, plan_id: str) -> None:
+        super().__init__(field, f"unknown plan {plan_id!r}")
+        self.plan_id = plan_id
+
+
+class UnknownFeature(InvalidArgument):
+    reason = "ERROR_REASON_UNKNOWN_FEATURE"
+
+    def __init__(self, field: str, feature: str) -> None:
+        super().__init__(field, f"unknown feature {feature!r}")
+        self.feature = feature
+
+
+class UnknownLimit(InvalidArgument):
+    reason = "ERROR_REASON_UNKNOWN_LIMIT"
+
+    def __init__(self, field: str, limit: str) -> None:
+        super().__init__(field, f"unknown limit {limit!r}")
+        self.limit = limit
+
+
+class UnknownMetric(InvalidArgument):
+    reason = "ERROR_REASON_UNKNOWN_METRIC"
+
+    def __init__(self, field: str, metric: str) -> None:
+        super().__init__(field, f"unknown metric {metric!r}")
+        self.metric = metric
+
+
+class NotFound(EntitlementsError):
+    reason = "ERROR_REASON_NOT_FOUND"
+
+
+class AlreadyExists(EntitlementsError):
+    reason = "ERROR_REASON_ALREADY_EXISTS"
+
+
+class FailedPrecondition(EntitlementsError):
+    reason = "ERROR_REASON_FAILED_PRECONDITION"
+
+
+class Unavailable(EntitlementsError):
+    """A dependency is down; the caller may retry."""
+
+    reason = "ERROR_REASON_DEPENDENCY_UNAVAILABLE"
+
+
+class CatalogError(EntitlementsError):
+    """The plan catalog is invalid; `key` is the dotted path of the offending entry."""
+
+    reason = "ERROR_REASON_CATALOG_INVALID"
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"plan catalog: {key}: {message}")
+        self.key = key
