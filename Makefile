@@ -1,0 +1,82 @@
+# The interface to the project: `make run`, `make test`, `make lint`, `make proto`, `make bench`.
+# Every target installs what it needs into .venv (Python) and node_modules (buf), so a fresh
+# machine needs nothing but python3, npm and make.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+BUF := node_modules/.bin/buf
+PROTO_SRC := $(wildcard protos/nchat/entitlements/v1/*.proto)
+PROTO_OUT := clients/python
+PYTEST_ARGS ?=
+
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install run migrate test test-fast lint proto proto-check proto-lint proto-breaking bench clean
+
+install: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e clients/python -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## run: migrate the embedded SQLite database and serve gRPC on :50051 and HTTP on :8080.
+## Without ENTITLEMENTS_CALLERS_FILE it runs in dev mode (no authentication, logged loudly).
+run: $(VENV)/.installed
+	$(BIN)/entitlements migrate
+	@if [ -z "$$ENTITLEMENTS_CALLERS_FILE" ] && [ -z "$$ENTITLEMENTS_DEV_MODE" ]; then \
+	  echo "make run: no ENTITLEMENTS_CALLERS_FILE, starting in dev mode (ENTITLEMENTS_DEV_MODE=1)"; \
+	  export ENTITLEMENTS_DEV_MODE=1; exec $(BIN)/entitlements serve; \
+	else exec $(BIN)/entitlements serve; fi
+
+migrate: $(VENV)/.installed
+	$(BIN)/entitlements migrate
+
+## test: everything CI runs: generated code is fresh, protos lint, lint, then the whole suite.
+test: install proto-check proto-lint lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-fast: the suite without the slow and PostgreSQL tests.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow and not postgres" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+proto: install
+	rm -f $(PROTO_OUT)/nchat/entitlements/v1/*_pb2*.py $(PROTO_OUT)/nchat/entitlements/v1/*_pb2*.pyi
+	$(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/protos \
+	  --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+	  --mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTO_SRC)
+
+## proto-check: regenerate and fail if the committed generated code differs.
+proto-check: proto
+	@git diff --exit-code --stat -- $(PROTO_OUT)/nchat || \
+	  { echo "generated code is stale: run 'make proto' and commit the result"; exit 1; }
+	@test -z "$$(git status --porcelain -- $(PROTO_OUT)/nchat)" || \
+	  { echo "generated code is not committed: run 'make proto' and commit the result"; exit 1; }
+
+proto-lint: node_modules/.installed
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+
+## proto-breaking: compare the protos with BREAKING_AGAINST (default: main; CI uses the first
+## published v1 commit, so v1 never breaks).
+BREAKING_AGAINST ?= .git\#branch=main
+proto-breaking: node_modules/.installed
+	$(BUF) breaking --against '$(BREAKING_AGAINST)'
+
+bench: install
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

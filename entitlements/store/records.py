@@ -1,0 +1,110 @@
+"""Plain frozen values the store hands out and takes in; ORM objects never leave the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from entitlements.store.models import utcnow
+
+__all__ = [
+    "AccountSnapshot",
+    "OverrideKind",
+    "OverrideRecord",
+    "PaymentMethod",
+    "SubscriptionInterval",
+    "SubscriptionRecord",
+    "SubscriptionStatus",
+]
+
+SubscriptionStatus = Literal[
+    "incomplete",
+    "incomplete_expired",
+    "trialing",
+    "active",
+    "past_due",
+    "canceled",
+    "unpaid",
+    "paused",
+]
+SubscriptionInterval = Literal["month", "year"]
+PaymentMethod = Literal["card", "crypto", "manual"]
+OverrideKind = Literal["limit", "feature_grant", "feature_revoke"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriptionRecord:
+    """One row of `subscriptions`. All datetimes are timezone-aware.
+
+    `created_at` is written when the row is first stored and kept on later saves; the store sets
+    `updated_at` to its own clock on every save.
+    """
+
+    id: str
+    account_id: str
+    plan_id: str
+    status: SubscriptionStatus
+    interval: SubscriptionInterval
+    payment_method: PaymentMethod
+    user_id: str | None = None
+    stripe_customer_id: str | None = None
+    stripe_subscription_id: str | None = None
+    stripe_price_id: str | None = None
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    ended_at: datetime | None = None
+    trial_end: datetime | None = None
+    past_due_since: datetime | None = None
+    source_updated_at: datetime | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideRecord:
+    """An enterprise override of one account: a custom limit (`value` None = unlimited) or a
+    feature grant or revoke (`value` unused). It stops applying at `expires_at`.
+
+    `created_by`, `created_at` and `reason` are filled in by the store: `Store.set_overrides`
+    takes them from its `actor`, its clock and its `reason`, and keeps them for an override that
+    is set again unchanged.
+    """
+
+    kind: OverrideKind
+    key: str
+    value: int | None = None
+    expires_at: datetime | None = None
+    created_by: str = ""
+    created_at: datetime | None = None
+    reason: str = ""
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """What makes an override unique within an account."""
+        return (self.kind, self.key)
+
+    def same_terms(self, other: OverrideRecord) -> bool:
+        """True if both say the same thing, whoever set them and when."""
+        return (self.kind, self.key, self.value, self.expires_at) == (
+            other.kind,
+            other.key,
+            other.value,
+            other.expires_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSnapshot:
+    """What decides an account's entitlements, read together with the revision it belongs to.
+
+    `subscription` is the account's most recently created subscription (the domain decides whether
+    it still grants anything); `overrides` are those not expired at the time of the read.
+    """
+
+    account_id: str
+    revision: int
+    subscription: SubscriptionRecord | None
+    overrides: tuple[OverrideRecord, ...] = ()
