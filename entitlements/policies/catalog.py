@@ -1,12 +1,13 @@
 """The plan catalog: plans, features, limits and metrics as immutable, validated data.
 
-`default_catalog()` is the packaged `catalog.toml`; `load_catalog()` reads any other one (tests, operators).
+`default_catalog()` is the packaged `catalog.toml`; `load_catalog()` reads any other one.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
+import itertools
 import pathlib
 import re
 import tomllib
@@ -298,9 +299,13 @@ def _parse_plans(
         features: list[str] = []
         for item in _array(entry.get("features", []), f"{path}.features"):
             if not isinstance(item, str):
-                raise CatalogError(f"{path}.features", f"entries must be strings, not {_kind(item)}")
+                raise CatalogError(
+                    f"{path}.features", f"entries must be strings, not {_kind(item)}"
+                )
             if item not in declared_features:
-                raise CatalogError(f"{path}.features.{item}", "undeclared feature (add [features.*])")
+                raise CatalogError(
+                    f"{path}.features.{item}", "undeclared feature (add [features.*])"
+                )
             if item in features:
                 raise CatalogError(f"{path}.features.{item}", "listed twice")
             features.append(item)
@@ -327,7 +332,7 @@ def _parse_plans(
 
 
 def _tier_order(plans: Mapping[str, _RawPlan]) -> list[_RawPlan]:
-    """Check that the plans form one inheritance chain ordered by tier, and return it lowest first."""
+    """Check that the plans form one inheritance chain in tier order; return it lowest first."""
     for plan in plans.values():
         if plan.inherits is not None and plan.inherits not in plans:
             raise CatalogError(f"plans.{plan.id}.inherits", f"unknown plan {plan.inherits!r}")
@@ -357,12 +362,12 @@ def _tier_order(plans: Mapping[str, _RawPlan]) -> list[_RawPlan]:
             parent = plans[plan.inherits]
             raise CatalogError(
                 f"plans.{plan.id}.tier",
-                f"tier {plan.tier} is not above the tier of its parent {parent.id!r} ({parent.tier})",
+                f"tier {plan.tier} is not above its parent {parent.id!r}'s tier {parent.tier}",
             )
 
     ordered = sorted(plans.values(), key=lambda p: p.tier)
     # The lowest plan cannot inherit: its parent would have a lower tier, rejected above.
-    for below, plan in zip(ordered, ordered[1:], strict=False):
+    for below, plan in itertools.pairwise(ordered):
         if plan.inherits is None:
             raise CatalogError(
                 f"plans.{plan.id}.inherits",
@@ -401,7 +406,9 @@ def _build_plans(ordered: Iterable[_RawPlan], limits: Mapping[str, LimitInfo]) -
             elif parent is not None:
                 effective[key] = parent.limits[key]
             else:
-                raise CatalogError(f"{path}.limits.{key}", "missing: the lowest plan sets every limit")
+                raise CatalogError(
+                    f"{path}.limits.{key}", "missing: the lowest plan sets every limit"
+                )
 
         plan = Plan(
             id=raw.id,

@@ -13,34 +13,42 @@ from entitlements.store.engine import safe_url
 
 __all__ = ["is_unavailable", "translate_errors"]
 
+# SQLite result codes that mean the file cannot be used right now, as opposed to SQLITE_ERROR
+# (a bad statement, a missing table), which is a bug to surface rather than retry.
+_SQLITE_UNAVAILABLE = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_CANTOPEN",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_READONLY",
+    "SQLITE_PROTOCOL",
+    "SQLITE_NOMEM",
+)
+# PostgreSQL SQLSTATE classes: connection exception, insufficient resources (too many
+# connections, disk full), operator intervention (shutdown, starting up), bad credentials, and
+# a database that does not exist (yet).
+_POSTGRES_UNAVAILABLE = ("08", "53", "57P", "28", "3D000")
+
 
 def is_unavailable(error: BaseException) -> bool:
-    """True if `error` says the database is down, unreachable or too busy, not that a statement
-    was wrong: the caller may retry later."""
-    if isinstance(error, OSError):  # refused, reset, DNS, timeouts (TimeoutError is an OSError)
-        return True
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return True
-    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
-        return True
-    # asyncpg raises its own errors from connect() (e.g. "the database system is starting up",
-    # "too many connections"); SQLAlchemy wraps only those raised by statements.
-    module = type(error).__module__
-    return module.startswith("asyncpg") and _is_asyncpg_connection_error(error)
-
-
-def _is_asyncpg_connection_error(error: BaseException) -> bool:
-    import asyncpg
-
-    return isinstance(
-        error,
-        asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.CannotConnectNowError
-        | asyncpg.TooManyConnectionsError
-        | asyncpg.InvalidCatalogNameError
-        | asyncpg.InvalidAuthorizationSpecificationError,
-    )
+    """True if `error` says the database is down, unreachable or too busy, rather than that a
+    statement was wrong: the caller may retry later."""
+    for cause in _causes(error):
+        if isinstance(cause, OSError):  # refused, reset, DNS; TimeoutError is an OSError too
+            return True
+        if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
+            return True
+        if isinstance(cause, sa_exc.InterfaceError | sa_exc.TimeoutError):
+            return True
+        sqlite_error = getattr(cause, "sqlite_errorname", None)
+        if isinstance(sqlite_error, str):
+            return sqlite_error.startswith(_SQLITE_UNAVAILABLE)
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_POSTGRES_UNAVAILABLE):
+            return True
+    # PostgreSQL's other OperationalErrors (statement timeouts, cancelled queries) are transient.
+    return isinstance(error, sa_exc.OperationalError)
 
 
 @contextmanager
@@ -50,7 +58,22 @@ def translate_errors(url: str | URL) -> Iterator[None]:
         yield
     except Exception as error:
         if is_unavailable(error):
+            detail = error.orig if isinstance(error, sa_exc.DBAPIError) else error
             raise Unavailable(
-                f"database {safe_url(url)} unavailable: {type(error).__name__}: {error}"
+                f"database {safe_url(url)} unavailable: {type(detail).__name__}: {detail}"
             ) from error
         raise
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """`error`, the driver error SQLAlchemy wrapped and what they were raised from."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        pending.extend([orig if isinstance(orig, BaseException) else None, current.__cause__])

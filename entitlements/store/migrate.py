@@ -39,7 +39,7 @@ async def upgrade(url: str, revision: str = "head") -> None:
     """
     engine = create_engine(url, poolclass=pool.NullPool)
     try:
-        with translate_errors(url):
+        with translate_errors(engine.url):
             # One transaction: PostgreSQL's DDL is transactional and SQLite's is too with the
             # engine's explicit BEGIN, so a failed migration leaves nothing half done.
             async with engine.execution_options(**{IMMEDIATE: True}).begin() as connection:
@@ -56,7 +56,7 @@ async def current_revision(url: str) -> str | None:
     """The revision the database at `url` is at, None if it was never migrated."""
     engine = create_engine(url, poolclass=pool.NullPool)
     try:
-        with translate_errors(url):
+        with translate_errors(engine.url):
             async with engine.connect() as connection:
                 return await connection.run_sync(_current_revision)
     finally:

@@ -23,11 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from entitlements.store.records import (
+    OVERRIDE_KINDS,
+    PAYMENT_METHODS,
+    SUBSCRIPTION_INTERVALS,
+    SUBSCRIPTION_STATUSES,
+    utcnow,
+)
+
 __all__ = [
-    "OVERRIDE_KINDS",
-    "PAYMENT_METHODS",
-    "SUBSCRIPTION_INTERVALS",
-    "SUBSCRIPTION_STATUSES",
     "TOKEN_TYPES",
     "Account",
     "AccountOverride",
@@ -38,22 +42,8 @@ __all__ = [
     "UTCDateTime",
     "UsageMetric",
     "WebhookEvent",
-    "utcnow",
 ]
 
-SUBSCRIPTION_STATUSES = (
-    "incomplete",
-    "incomplete_expired",
-    "trialing",
-    "active",
-    "past_due",
-    "canceled",
-    "unpaid",
-    "paused",
-)
-SUBSCRIPTION_INTERVALS = ("month", "year")
-PAYMENT_METHODS = ("card", "crypto", "manual")
-OVERRIDE_KINDS = ("limit", "feature_grant", "feature_revoke")
 TOKEN_TYPES = ("ERC20", "ERC721", "ERC1155")
 
 # Deterministic constraint names, the same on SQLite and PostgreSQL, so later migrations can
@@ -65,10 +55,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

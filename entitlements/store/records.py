@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Literal
-
-from entitlements.store.models import utcnow
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Literal, get_args
 
 __all__ = [
+    "OVERRIDE_KINDS",
+    "PAYMENT_METHODS",
+    "SUBSCRIPTION_INTERVALS",
+    "SUBSCRIPTION_STATUSES",
     "AccountSnapshot",
     "OverrideKind",
     "OverrideRecord",
@@ -16,6 +18,7 @@ __all__ = [
     "SubscriptionInterval",
     "SubscriptionRecord",
     "SubscriptionStatus",
+    "utcnow",
 ]
 
 SubscriptionStatus = Literal[
@@ -31,6 +34,15 @@ SubscriptionStatus = Literal[
 SubscriptionInterval = Literal["month", "year"]
 PaymentMethod = Literal["card", "crypto", "manual"]
 OverrideKind = Literal["limit", "feature_grant", "feature_revoke"]
+
+SUBSCRIPTION_STATUSES: tuple[SubscriptionStatus, ...] = get_args(SubscriptionStatus)
+SUBSCRIPTION_INTERVALS: tuple[SubscriptionInterval, ...] = get_args(SubscriptionInterval)
+PAYMENT_METHODS: tuple[PaymentMethod, ...] = get_args(PaymentMethod)
+OVERRIDE_KINDS: tuple[OverrideKind, ...] = get_args(OverrideKind)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +74,12 @@ class SubscriptionRecord:
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
 
+    def __post_init__(self) -> None:
+        _require_one_of(self, "status", SUBSCRIPTION_STATUSES)
+        _require_one_of(self, "interval", SUBSCRIPTION_INTERVALS)
+        _require_one_of(self, "payment_method", PAYMENT_METHODS)
+        _require_aware(self)
+
 
 @dataclass(frozen=True, slots=True)
 class OverrideRecord:
@@ -80,6 +98,10 @@ class OverrideRecord:
     created_by: str = ""
     created_at: datetime | None = None
     reason: str = ""
+
+    def __post_init__(self) -> None:
+        _require_one_of(self, "kind", OVERRIDE_KINDS)
+        _require_aware(self)
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -108,3 +130,19 @@ class AccountSnapshot:
     revision: int
     subscription: SubscriptionRecord | None
     overrides: tuple[OverrideRecord, ...] = ()
+
+
+def _require_aware(record: SubscriptionRecord | OverrideRecord) -> None:
+    # A naive datetime's zone is a guess; refuse it where it is made, not deep in the store.
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, datetime) and value.utcoffset() is None:
+            raise ValueError(f"{type(record).__name__}.{f.name} must be timezone-aware: {value}")
+
+
+def _require_one_of(
+    record: SubscriptionRecord | OverrideRecord, name: str, allowed: tuple[str, ...]
+) -> None:
+    value = getattr(record, name)
+    if value not in allowed:
+        raise ValueError(f"{type(record).__name__}.{name} must be one of {allowed}: {value!r}")

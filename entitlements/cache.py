@@ -1,0 +1,115 @@
+"""The in-process cache of account entitlements: LRU-bounded, single-flight, stale-if-down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from cachetools import LRUCache
+
+from entitlements.errors import Unavailable
+from entitlements.state import AccountEntitlements
+
+Loader = Callable[[str], Awaitable[AccountEntitlements]]
+
+
+class EntitlementCache:
+    """Maps account ids to their entitlements.
+
+    An entry is fresh until the TTL passes or its ``valid_until`` arrives, whichever is first; a
+    stale entry is reloaded on the next read, and served anyway if the database is down.
+    Concurrent reads of one missing account share one load. ``invalidate`` drops an entry and
+    disowns any load in flight, so a load that began before a write can never store the old state.
+    """
+
+    def __init__(
+        self,
+        loader: Loader,
+        *,
+        maxsize: int,
+        ttl_seconds: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._loader = loader
+        self._ttl = ttl_seconds
+        self._monotonic = monotonic
+        self._wallclock = wallclock
+        # account id -> (entitlements, monotonic deadline)
+        self._entries: LRUCache[str, tuple[AccountEntitlements, float]] = LRUCache(maxsize)
+        self._inflight: dict[str, asyncio.Future[AccountEntitlements]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.stale_served = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def peek(self, account_id: str) -> AccountEntitlements | None:
+        """The fresh entry, or None; never waits (the hot path of every check)."""
+        entry = self._entries.get(account_id)
+        if entry is not None and self._monotonic() < entry[1]:
+            self.hits += 1
+            return entry[0]
+        return None
+
+    async def get(self, account_id: str) -> AccountEntitlements:
+        fresh = self.peek(account_id)
+        if fresh is not None:
+            return fresh
+        self.misses += 1
+        future = self._inflight.get(account_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._inflight[account_id] = future
+            asyncio.get_running_loop().create_task(self._load(account_id, future))
+        try:
+            return await asyncio.shield(future)
+        except Unavailable:
+            stale = self._entries.get(account_id)
+            if stale is None:
+                raise
+            self.stale_served += 1
+            return stale[0]
+
+    def invalidate(self, account_id: str) -> None:
+        self._entries.pop(account_id, None)
+        self._inflight.pop(account_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._inflight.clear()
+
+    def put(self, value: AccountEntitlements) -> None:
+        """Store a freshly loaded value unless a newer revision is already cached."""
+        current = self._entries.get(value.account_id)
+        if current is not None and current[0].revision > value.revision:
+            return
+        self._entries[value.account_id] = (value, self._deadline(value))
+
+    def _deadline(self, value: AccountEntitlements) -> float:
+        now = self._monotonic()
+        deadline = now + self._ttl
+        if value.valid_until is not None:
+            remaining = (value.valid_until - self._wallclock()).total_seconds()
+            deadline = min(deadline, now + max(remaining, 0.0))
+        return deadline
+
+    async def _load(self, account_id: str, future: asyncio.Future[AccountEntitlements]) -> None:
+        try:
+            value = await self._loader(account_id)
+        except BaseException as exc:  # handed to every waiter
+            if self._inflight.get(account_id) is future:
+                del self._inflight[account_id]
+            if not future.done():
+                future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+            return
+        if self._inflight.get(account_id) is future:
+            del self._inflight[account_id]
+            self.put(value)
+        if not future.done():
+            future.set_result(value)

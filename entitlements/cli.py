@@ -1,0 +1,125 @@
+"""The `entitlements` command: serve, migrate, plans."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from entitlements.config import ConfigError, Settings
+from entitlements.errors import EntitlementsError
+from entitlements.policies import Catalog, default_catalog
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="entitlements", description="nchat entitlement service (gRPC)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "serve", help="run the gRPC server (ENTITLEMENTS_GRPC_ADDR, default 0.0.0.0:50051)"
+    )
+    sub.add_parser("migrate", help="apply database migrations (ENTITLEMENTS_DATABASE_URL)")
+    plans = sub.add_parser("plans", help="print the plan catalog")
+    plans.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+
+    if args.command == "plans":
+        print(_plans_json(default_catalog()) if args.json else _plans_table(default_catalog()))
+        return 0
+    try:
+        settings = (
+            Settings.from_env()
+            if args.command == "serve"
+            else Settings.from_env({**_env(), "ENTITLEMENTS_DEV_MODE": "1"})
+        )
+    except ConfigError as exc:
+        print(f"entitlements: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "migrate":
+            from entitlements.store.migrate import current_revision, upgrade
+
+            asyncio.run(upgrade(settings.database_url))
+            revision = asyncio.run(current_revision(settings.database_url))
+            print(f"database at migration {revision}")
+            return 0
+        from entitlements.server.app import SchemaNotCurrent, serve
+
+        try:
+            asyncio.run(serve(settings))
+        except SchemaNotCurrent as exc:
+            print(f"entitlements: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    except (EntitlementsError, OSError) as exc:
+        print(f"entitlements: {exc}", file=sys.stderr)
+        return 1
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _limit(value: int | None) -> str:
+    return "unlimited" if value is None else f"{value:,}"
+
+
+def _plans_table(catalog: Catalog) -> str:
+    plans = catalog.plans
+    width = max(len(k) for k in (*catalog.limits, *catalog.features, "price/month")) + 2
+    col = 13
+    lines = ["".ljust(width) + "".join(p.id.rjust(col) for p in plans)]
+
+    def price(cents: int | None, custom: bool) -> str:
+        return "custom" if custom or cents is None else f"${cents / 100:,.0f}"
+
+    lines.append(
+        "price/month".ljust(width)
+        + "".join(price(p.price_monthly_cents, p.custom_pricing).rjust(col) for p in plans)
+    )
+    lines.append(
+        "price/year".ljust(width)
+        + "".join(price(p.price_yearly_cents, p.custom_pricing).rjust(col) for p in plans)
+    )
+    lines.append("")
+    for key in catalog.limits:
+        lines.append(key.ljust(width) + "".join(_limit(p.limits[key]).rjust(col) for p in plans))
+    lines.append("")
+    for key in catalog.features:
+        lines.append(
+            key.ljust(width) + "".join(("yes" if key in p.features else "-").rjust(col) for p in plans)
+        )
+    return "\n".join(lines)
+
+
+def _plans_json(catalog: Catalog) -> str:
+    return json.dumps(
+        [
+            {
+                "id": p.id,
+                "name": p.name,
+                "tier": p.tier,
+                "inherits": p.inherits,
+                "custom_pricing": p.custom_pricing,
+                "price_monthly_cents": p.price_monthly_cents,
+                "price_yearly_cents": p.price_yearly_cents,
+                "features": sorted(p.features),
+                "limits": dict(p.limits),
+            }
+            for p in catalog.plans
+        ],
+        indent=2,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Typed settings, read once from the environment at start; nothing else reads os.environ."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from entitlements.store.engine import DEFAULT_DATABASE_URL, normalize_url
+
+#: Every scope a caller can hold; an RPC needs exactly one of them (health and reflection none).
+SCOPES = frozenset(
+    {
+        "entitlements:read",
+        "usage:write",
+        "usage:read",
+        "tokengate:read",
+        "tokengate:write",
+        "billing:write",
+        "crypto:write",
+        "admin",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the variable or file key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A configured caller: who it is and what it may do."""
+
+    name: str
+    scopes: frozenset[str]
+
+
+def token_digest(token: str) -> bytes:
+    """Tokens are looked up by digest, so the table holds no secret and lookups leak no prefix."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service is configured with."""
+
+    grpc_addr: str = "0.0.0.0:50051"
+    http_addr: str = "0.0.0.0:8080"
+    database_url: str = DEFAULT_DATABASE_URL
+    dev_mode: bool = False
+    #: sha256(token) -> caller
+    callers: Mapping[bytes, Caller] = field(default_factory=dict)
+    callers_file: Path | None = None
+    #: How long a past_due subscription keeps its plan.
+    past_due_grace: timedelta = timedelta(days=7)
+    #: At most this many accounts are cached.
+    cache_size: int = 200_000
+    #: A cached account is reloaded from the database after this long, so replicas converge even
+    #: when a change was made elsewhere; when the database is down the cached answer is kept.
+    cache_ttl_seconds: float = 60.0
+    #: Largest request or response, in bytes.
+    max_message_bytes: int = 4 * 1024 * 1024
+    #: In-flight calls finish within this many seconds of SIGTERM.
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        dev_mode = _bool(env, "ENTITLEMENTS_DEV_MODE")
+        callers_file = env.get("ENTITLEMENTS_CALLERS_FILE") or None
+        callers: Mapping[bytes, Caller] = {}
+        if callers_file:
+            callers = load_callers(Path(callers_file))
+        elif not dev_mode:
+            raise ConfigError(
+                "ENTITLEMENTS_CALLERS_FILE is not set: give a TOML file of callers, "
+                "or set ENTITLEMENTS_DEV_MODE=1 to run without authentication on a laptop"
+            )
+        try:
+            database_url = normalize_url(
+                env.get("ENTITLEMENTS_DATABASE_URL") or DEFAULT_DATABASE_URL
+            )
+        except ValueError as exc:
+            raise ConfigError(f"ENTITLEMENTS_DATABASE_URL: {exc}") from exc
+        return cls(
+            grpc_addr=env.get("ENTITLEMENTS_GRPC_ADDR") or cls.grpc_addr,
+            http_addr=env.get("ENTITLEMENTS_HTTP_ADDR") or cls.http_addr,
+            database_url=database_url,
+            dev_mode=dev_mode,
+            callers=callers,
+            callers_file=Path(callers_file) if callers_file else None,
+            past_due_grace=timedelta(
+                days=_number(env, "ENTITLEMENTS_PAST_DUE_GRACE_DAYS", 7.0, minimum=0)
+            ),
+            cache_size=int(_number(env, "ENTITLEMENTS_CACHE_SIZE", 200_000, minimum=1)),
+            cache_ttl_seconds=_number(env, "ENTITLEMENTS_CACHE_TTL_SECONDS", 60.0, minimum=0),
+            max_message_bytes=int(
+                _number(env, "ENTITLEMENTS_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024)
+            ),
+            shutdown_grace_seconds=_number(
+                env, "ENTITLEMENTS_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0
+            ),
+            log_level=(env.get("ENTITLEMENTS_LOG_LEVEL") or "INFO").upper(),
+        )
+
+
+def load_callers(path: Path) -> dict[bytes, Caller]:
+    """Read the callers file: ``[[callers]]`` tables with ``name``, ``tokens`` and ``scopes``."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"ENTITLEMENTS_CALLERS_FILE: cannot read {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"ENTITLEMENTS_CALLERS_FILE: {path} is not valid TOML: {exc}") from exc
+    entries = data.get("callers")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: expected one or more [[callers]] tables")
+    callers: dict[bytes, Caller] = {}
+    names: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"{path}: callers[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a table")
+        unknown = set(entry) - {"name", "tokens", "scopes"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}.name: a non-empty string is required")
+        if name in names:
+            raise ConfigError(f"{where}.name: caller {name!r} is defined twice")
+        names.add(name)
+        tokens = entry.get("tokens")
+        if not isinstance(tokens, list) or not tokens:
+            raise ConfigError(f"{where}.tokens: a non-empty list of strings is required")
+        scopes = entry.get("scopes")
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise ConfigError(f"{where}.scopes: a list of strings is required")
+        for scope in scopes:
+            if scope not in SCOPES:
+                raise ConfigError(f"{where}.scopes: unknown scope {scope!r}")
+        caller = Caller(name=name, scopes=frozenset(scopes))
+        for j, token in enumerate(tokens):
+            if not isinstance(token, str) or len(token) < 16:
+                raise ConfigError(f"{where}.tokens[{j}]: tokens are strings of 16 characters or more")
+            digest = token_digest(token)
+            if digest in callers:
+                raise ConfigError(f"{where}.tokens[{j}]: token is already used by another caller")
+            callers[digest] = caller
+    return callers
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name}: expected 1 or 0, got {value!r}")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum:g}, got {raw!r}")
+    return value

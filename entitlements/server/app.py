@@ -1,0 +1,198 @@
+"""Builds the gRPC server (services, health, reflection, auth) and runs it until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nchat.entitlements.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    billing_service_pb2,
+    billing_service_pb2_grpc,
+    crypto_payment_service_pb2,
+    crypto_payment_service_pb2_grpc,
+    entitlements_service_pb2,
+    entitlements_service_pb2_grpc,
+    token_gate_service_pb2,
+    token_gate_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
+)
+
+from entitlements.config import Settings
+from entitlements.policies import Catalog, default_catalog
+from entitlements.server.auth import AuthInterceptor
+from entitlements.server.entitlements_servicer import EntitlementsServicer
+from entitlements.server.unimplemented import MISSING, unimplemented_servicer
+from entitlements.service import EntitlementService
+from entitlements.store.migrate import current_revision, head_revision
+from entitlements.store.repository import Store
+from entitlements.watch import WatchHub
+
+log = logging.getLogger(__name__)
+
+_UNBUILT = (
+    (usage_service_pb2, usage_service_pb2_grpc, "UsageService"),
+    (token_gate_service_pb2, token_gate_service_pb2_grpc, "TokenGateService"),
+    (billing_service_pb2, billing_service_pb2_grpc, "BillingService"),
+    (crypto_payment_service_pb2, crypto_payment_service_pb2_grpc, "CryptoPaymentService"),
+    (admin_service_pb2, admin_service_pb2_grpc, "AdminService"),
+)
+
+
+@dataclass
+class Deps:
+    """What the servicers are built from; tests hand in their own (a SQLite file, a port 0)."""
+
+    store: Store
+    catalog: Catalog
+    hub: WatchHub
+    service: EntitlementService
+
+    @classmethod
+    def build(cls, settings: Settings, store: Store, catalog: Catalog | None = None) -> Deps:
+        catalog = catalog or default_catalog()
+        hub = WatchHub()
+        service = EntitlementService(
+            store,
+            catalog,
+            hub,
+            past_due_grace=settings.past_due_grace,
+            cache_size=settings.cache_size,
+            cache_ttl_seconds=settings.cache_ttl_seconds,
+        )
+        return cls(store=store, catalog=catalog, hub=hub, service=service)
+
+
+@dataclass
+class Running:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    deps: Deps
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        """Graceful stop: health says NOT_SERVING, watch streams end, in-flight calls finish."""
+        await self.health.enter_graceful_shutdown()
+        self.deps.hub.close()
+        await self.server.stop(grace)
+
+
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (entitlements_service_pb2, "EntitlementsService"),
+        *((m, n) for m, _, n in _UNBUILT),
+    )
+)
+
+
+async def create_server(settings: Settings, deps: Deps, *, addr: str | None = None) -> Running:
+    """A started-ready (not yet started) server bound to ``addr`` (port 0 picks a free one)."""
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.dev_mode:
+        log.warning(
+            "DEV MODE: authentication is OFF; every caller has every scope. "
+            "Never run this in production (unset ENTITLEMENTS_DEV_MODE, set "
+            "ENTITLEMENTS_CALLERS_FILE)."
+        )
+    else:
+        interceptors.append(AuthInterceptor(settings.callers))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            # One process owns the port; a second server on it fails instead of sharing calls.
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ],
+    )
+    entitlements_service_pb2_grpc.add_EntitlementsServiceServicer_to_server(
+        EntitlementsServicer(deps.service, deps.catalog), server
+    )
+    for pb2, pb2_grpc, name in _UNBUILT:
+        descriptor = pb2.DESCRIPTOR.services_by_name[name]
+        base = getattr(pb2_grpc, f"{name}Servicer")
+        add = getattr(pb2_grpc, f"add_{name}Servicer_to_server")
+        add(unimplemented_servicer(descriptor, base, MISSING[name]), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bind = addr if addr is not None else settings.grpc_addr
+    try:
+        port = server.add_insecure_port(bind)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {bind}: {exc}") from exc
+    running = Running(server=server, port=port, health=health_servicer, deps=deps)
+    await running.set_serving(False)
+    return running
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The database schema is not at the migrations' head."""
+
+
+async def check_schema(url: str) -> None:
+    """Refuse to serve on a schema other than the code's: replicas never migrate on their own."""
+    current, head = await current_revision(url), head_revision()
+    if current != head:
+        raise SchemaNotCurrent(
+            f"the database schema is at {current or 'nothing'}, the code needs {head}: "
+            "run 'entitlements migrate' first"
+        )
+
+
+async def serve(settings: Settings) -> None:
+    """Run the service until SIGTERM or SIGINT, then shut down gracefully."""
+    await check_schema(settings.database_url)
+    store = Store.open(settings.database_url)
+    try:
+        deps = Deps.build(settings, store)
+        running = await create_server(settings, deps)
+        await running.server.start()
+        await store.ping()
+        await running.set_serving(True)
+        log.info(
+            "serving gRPC on %s (port %d), database %s",
+            settings.grpc_addr,
+            running.port,
+            _redacted(settings.database_url),
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: finishing in-flight calls (grace %.1fs)", settings.shutdown_grace_seconds)
+        await running.stop(settings.shutdown_grace_seconds)
+    finally:
+        await store.close()
+    log.info("stopped")
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        creds, _, host = rest.rpartition("@")
+        user = creds.split(":", 1)[0]
+        return f"{scheme}{sep}{user}:***@{host}" if ":" in creds else url
+    return url

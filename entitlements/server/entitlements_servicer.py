@@ -1,0 +1,237 @@
+"""EntitlementsService: validate, ask the domain, answer; every check is served from the cache."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from nchat.entitlements.v1 import entitlements_service_pb2 as pb
+from nchat.entitlements.v1 import entitlements_service_pb2_grpc as pb_grpc
+from nchat.entitlements.v1 import plan_pb2
+
+from entitlements.errors import EntitlementsError, InvalidArgument
+from entitlements.policies import Catalog, FeatureDecision, get_upgrade_path, meets_minimum_plan
+from entitlements.server import convert
+from entitlements.server.status import abort, abort_with, error_status, unary
+from entitlements.server.validation import require_count, require_id
+from entitlements.service import EntitlementService
+from entitlements.state import AccountEntitlements
+from entitlements.watch import SubscriberOverflow, WatchClosed
+
+log = logging.getLogger(__name__)
+
+MAX_CHECKS = 1000
+MAX_WATCHED_ACCOUNTS = 10_000
+
+_MESSAGES = {
+    "INCLUDED_IN_PLAN": "the {plan} plan includes {feature}",
+    "GRANTED_BY_OVERRIDE": "{feature} is granted to this account by an override",
+    "REVOKED_BY_OVERRIDE": "{feature} is revoked for this account by an override",
+    "FEATURE_NOT_IN_PLAN": "the {plan} plan does not include {feature}",
+}
+
+
+def _answer(feature: str, decision: FeatureDecision, revision: int) -> pb.CanUseFeatureResponse:
+    message = _MESSAGES[decision.reason].format(plan=decision.plan_id, feature=feature)
+    if decision.upgrade_plan_id:
+        message += f"; upgrade to {decision.upgrade_plan_id}"
+    return pb.CanUseFeatureResponse(
+        allowed=decision.allowed,
+        plan_id=decision.plan_id,
+        upgrade_plan_id=decision.upgrade_plan_id,
+        reason=convert.REASONS[decision.reason],  # type: ignore[arg-type]
+        revision=revision,
+        message=message,
+    )
+
+
+class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
+    def __init__(self, service: EntitlementService, catalog: Catalog) -> None:
+        self._service = service
+        self._catalog = catalog
+        self._plans = pb.ListPlansResponse(
+            plans=[convert.plan(catalog, p) for p in catalog.plans],
+            features=[
+                plan_pb2.Feature(
+                    key=f.key,
+                    name=f.name,
+                    description=f.description,
+                    minimum_plan_id=f.minimum_plan_id,
+                )
+                for f in catalog.features.values()
+            ],
+        )
+
+    async def _entitlements(self, account_id: str) -> AccountEntitlements:
+        cached = self._service.cache.peek(account_id)
+        if cached is not None:
+            return cached
+        return await self._service.get(account_id)
+
+    @unary
+    async def CanUseFeature(
+        self, request: pb.CanUseFeatureRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CanUseFeatureResponse:
+        account_id = require_id(request.account_id, "account_id")
+        feature = request.feature
+        self._catalog.feature(feature, field="feature")
+        ent = await self._entitlements(account_id)
+        return _answer(feature, ent.effective.can_use(feature), ent.revision)
+
+    @unary
+    async def CheckFeatures(
+        self, request: pb.CheckFeaturesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckFeaturesResponse:
+        checks = request.checks
+        require_count(checks, "checks", maximum=MAX_CHECKS)
+        # Load every account that is not cached concurrently, then answer in order.
+        missing = {
+            c.account_id
+            for c in checks
+            if c.account_id and self._service.cache.peek(c.account_id) is None
+        }
+        loaded: dict[str, AccountEntitlements | EntitlementsError] = {}
+        if missing:
+            ids = [a for a in missing if _valid_id(a)]
+            results = await asyncio.gather(
+                *(self._service.get(a) for a in ids), return_exceptions=True
+            )
+            for account_id, result in zip(ids, results, strict=True):
+                if isinstance(result, EntitlementsError | AccountEntitlements):
+                    loaded[account_id] = result
+                elif isinstance(result, BaseException):
+                    raise result
+        response = pb.CheckFeaturesResponse()
+        out = response.results
+        for i, check in enumerate(checks):
+            try:
+                account_id = require_id(check.account_id, f"checks[{i}].account_id")
+                self._catalog.feature(check.feature, field=f"checks[{i}].feature")
+                ent = loaded.get(account_id) or self._service.cache.peek(account_id)
+                if ent is None:
+                    ent = await self._service.get(account_id)
+                if isinstance(ent, EntitlementsError):
+                    raise ent
+                decision = ent.effective.can_use(check.feature)
+                out.add(item=_answer(check.feature, decision, ent.revision))
+            except EntitlementsError as exc:
+                out.add(error=error_status(exc))
+        return response
+
+    @unary
+    async def CheckMinimumPlan(
+        self, request: pb.CheckMinimumPlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckMinimumPlanResponse:
+        account_id = require_id(request.account_id, "account_id")
+        minimum = self._catalog.plan(request.minimum_plan_id, field="minimum_plan_id")
+        ent = await self._entitlements(account_id)
+        return pb.CheckMinimumPlanResponse(
+            allowed=meets_minimum_plan(self._catalog, ent.plan_id, minimum.id),
+            plan_id=ent.plan_id,
+            revision=ent.revision,
+        )
+
+    @unary
+    async def GetEntitlements(
+        self, request: pb.GetEntitlementsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetEntitlementsResponse:
+        account_id = require_id(request.account_id, "account_id")
+        ent = await self._entitlements(account_id)
+        return pb.GetEntitlementsResponse(entitlements=convert.entitlements(self._catalog, ent))
+
+    @unary
+    async def GetUpgradePath(
+        self, request: pb.GetUpgradePathRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUpgradePathResponse:
+        plan = self._catalog.plan(request.plan_id, field="plan_id")
+        feature = self._catalog.feature(request.feature, field="feature")
+        if feature.key in plan.features:
+            return pb.GetUpgradePathResponse(plan_id="", already_included=True)
+        upgrade = get_upgrade_path(self._catalog, plan.id, feature.key)
+        return pb.GetUpgradePathResponse(plan_id=upgrade.id if upgrade else "")
+
+    @unary
+    async def ListPlans(
+        self, request: pb.ListPlansRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPlansResponse:
+        return self._plans
+
+    async def WatchEntitlements(
+        self, request: pb.WatchEntitlementsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
+        try:
+            accounts = self._watched_accounts(request)
+        except EntitlementsError as exc:
+            await abort(context, error_status(exc))
+        hub = self._service.hub
+        # Subscribe before reading the initial state, so no change can fall between the two.
+        subscription = hub.subscribe(accounts)
+        try:
+            if request.send_initial and accounts is not None:
+                for account_id in accounts:
+                    try:
+                        ent = await self._entitlements(account_id)
+                    except EntitlementsError as exc:
+                                    await abort(context, error_status(exc))
+                    yield pb.WatchEntitlementsResponse(
+                        entitlements=convert.entitlements(self._catalog, ent)
+                    )
+            while True:
+                try:
+                    event = await subscription.next()
+                except SubscriberOverflow:
+                    await abort_with(
+                        context,
+                        grpc.StatusCode.ABORTED,
+                        "the watcher fell behind and missed changes; "
+                        "watch again with send_initial to resynchronise",
+                        reason="ERROR_REASON_FAILED_PRECONDITION",
+                    )
+                except WatchClosed:
+                    await abort_with(
+                        context,
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the server is shutting down; watch again on another replica",
+                        reason="ERROR_REASON_DEPENDENCY_UNAVAILABLE",
+                    )
+                if isinstance(event, AccountEntitlements):
+                    yield pb.WatchEntitlementsResponse(
+                        entitlements=convert.entitlements(self._catalog, event)
+                    )
+                else:
+                    yield pb.WatchEntitlementsResponse(
+                        threshold_crossed=pb.UsageThresholdCrossed(
+                            account_id=event.account_id,
+                            metric=event.metric,
+                            limit_key=event.limit_key,
+                            period=event.period,
+                            level=event.level,  # type: ignore[arg-type]
+                            current=event.current,
+                            limit=event.limit,
+                        )
+                    )
+        finally:
+            hub.unsubscribe(subscription)
+
+    def _watched_accounts(self, request: pb.WatchEntitlementsRequest) -> list[str] | None:
+        ids = list(request.account_ids)
+        if request.all_accounts:
+            if ids:
+                raise InvalidArgument("account_ids", "must be empty when all_accounts is set")
+            return None
+        if not ids:
+            raise InvalidArgument("account_ids", "name at least one account, or set all_accounts")
+        require_count(ids, "account_ids", maximum=MAX_WATCHED_ACCOUNTS)
+        for i, account_id in enumerate(ids):
+            require_id(account_id, f"account_ids[{i}]")
+        return list(dict.fromkeys(ids))
+
+
+def _valid_id(value: str) -> bool:
+    try:
+        require_id(value, "account_id")
+    except InvalidArgument:
+        return False
+    return True

@@ -1,0 +1,137 @@
+"""The one place domain errors become gRPC statuses with google.rpc error details."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from entitlements.errors import (
+    AlreadyExists,
+    EntitlementsError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+#: google.rpc.ErrorInfo.domain of every error this service returns.
+ERROR_DOMAIN = "entitlements.nchat.v1"
+
+_CODES: tuple[tuple[type[EntitlementsError], grpc.StatusCode], ...] = (
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def code_for(exc: EntitlementsError) -> grpc.StatusCode:
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def status_proto(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str,
+    metadata: dict[str, str] | None = None,
+    field: str | None = None,
+    field_description: str | None = None,
+) -> status_pb2.Status:
+    """A google.rpc.Status with ErrorInfo (and BadRequest when a field is named)."""
+    details = []
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
+    if field is not None:
+        info.metadata["field"] = field
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=field, description=field_description or message
+                )
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        details.append(packed)
+    packed_info = any_pb2.Any()
+    packed_info.Pack(info)
+    details.append(packed_info)
+    return status_pb2.Status(code=code.value[0], message=message, details=details)
+
+
+def error_status(exc: EntitlementsError) -> status_pb2.Status:
+    """The rich status for a domain error."""
+    if isinstance(exc, InvalidArgument):
+        return status_proto(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            exc.message,
+            reason=exc.reason,
+            field=exc.field,
+            field_description=exc.description,
+        )
+    return status_proto(code_for(exc), exc.message, reason=exc.reason)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> NoReturn:
+    rich = rpc_status.to_status(status)
+    await context.abort(rich.code, rich.details, rich.trailing_metadata)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+async def abort_with(
+    context: grpc.aio.ServicerContext[Any, Any],
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str,
+    metadata: dict[str, str] | None = None,
+) -> NoReturn:
+    await abort(context, status_proto(code, message, reason=reason, metadata=metadata))
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Self = TypeVar("Self")
+Handler = Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
+
+
+def unary(fn: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
+    """Wrap a unary handler: domain errors become their status, anything else INTERNAL."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except EntitlementsError as exc:
+            await abort(context, error_status(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unhandled error in %s", fn.__qualname__)
+            await abort(
+                context,
+                status_proto(
+                    grpc.StatusCode.INTERNAL,
+                    "internal error; it has been logged",
+                    reason="ERROR_REASON_UNSPECIFIED",
+                ),
+            )
+
+    return wrapper
+
+
+#: Kept for readers of the numeric codes in google.rpc.Status.
+assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]

@@ -1,0 +1,123 @@
+"""The entitlement domain service: cached reads, writes that bump the revision and notify."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from entitlements.cache import EntitlementCache
+from entitlements.errors import InvalidArgument
+from entitlements.policies import Catalog, FeatureDecision, Overrides, validate_overrides
+from entitlements.state import KNOWN_STATUSES, AccountEntitlements, derive
+from entitlements.store.records import OverrideRecord, SubscriptionRecord
+from entitlements.store.repository import Store
+from entitlements.watch import WatchHub
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class EntitlementService:
+    """Answers what accounts may do from the cache, and applies changes to them.
+
+    Every write goes to the store first (which bumps the account's revision in the same
+    transaction), then the cache entry is dropped and the new state is pushed to watchers.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        catalog: Catalog,
+        hub: WatchHub,
+        *,
+        past_due_grace: timedelta = timedelta(days=7),
+        cache_size: int = 200_000,
+        cache_ttl_seconds: float = 60.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.hub = hub
+        self._past_due_grace = past_due_grace
+        self._clock = clock
+        self.cache = EntitlementCache(
+            self._load, maxsize=cache_size, ttl_seconds=cache_ttl_seconds, wallclock=clock
+        )
+
+    async def _load(self, account_id: str) -> AccountEntitlements:
+        snapshot = await self.store.get_account_snapshot(account_id)
+        return derive(
+            self.catalog,
+            account_id,
+            snapshot,
+            now=self._clock(),
+            past_due_grace=self._past_due_grace,
+        )
+
+    async def get(self, account_id: str) -> AccountEntitlements:
+        cached = self.cache.peek(account_id)
+        if cached is not None:
+            return cached
+        return await self.cache.get(account_id)
+
+    async def can_use(self, account_id: str, feature: str) -> tuple[FeatureDecision, int]:
+        """The decision for one feature and the revision it was made at."""
+        ent = await self.get(account_id)
+        return ent.effective.can_use(feature), ent.revision
+
+    async def save_subscription(self, record: SubscriptionRecord) -> AccountEntitlements:
+        """Store a subscription (created or changed) and publish the account's new state."""
+        self.catalog.plan(record.plan_id, field="plan_id")
+        if record.status not in KNOWN_STATUSES:
+            raise InvalidArgument("status", f"unknown subscription status {record.status!r}")
+        await self.store.save_subscription(record)
+        return await self.changed(record.account_id)
+
+    async def set_overrides(
+        self,
+        account_id: str,
+        overrides: Overrides,
+        *,
+        expires_at: datetime | None,
+        actor: str,
+        reason: str,
+    ) -> AccountEntitlements:
+        """Replace an account's overrides (audited) and publish its new state."""
+        validate_overrides(self.catalog, overrides)
+        now = self._clock()
+        records: list[OverrideRecord] = [
+            OverrideRecord(kind="limit", key=k, value=v, expires_at=expires_at, created_by=actor,
+                           created_at=now, reason=reason)
+            for k, v in overrides.limits.items()
+        ]
+        records += [
+            OverrideRecord(kind="feature_grant", key=f, value=None, expires_at=expires_at,
+                           created_by=actor, created_at=now, reason=reason)
+            for f in sorted(overrides.granted_features)
+        ]
+        records += [
+            OverrideRecord(kind="feature_revoke", key=f, value=None, expires_at=expires_at,
+                           created_by=actor, created_at=now, reason=reason)
+            for f in sorted(overrides.revoked_features)
+        ]
+        await self.store.set_overrides(account_id, records, actor=actor, reason=reason)
+        return await self.changed(account_id)
+
+    async def changed(self, account_id: str) -> AccountEntitlements:
+        """An account changed in the store: reload it and tell its watchers."""
+        self.cache.invalidate(account_id)
+        ent = await self.cache.get(account_id)
+        self.hub.publish(ent)
+        return ent
+
+    async def warm(self, account_ids: Sequence[str]) -> int:
+        """Load many accounts in one query (start-up warm-up); returns how many were cached."""
+        snapshots = await self.store.get_account_snapshots(account_ids)
+        now = self._clock()
+        for account_id in account_ids:
+            self.cache.put(
+                derive(self.catalog, account_id, snapshots.get(account_id), now=now,
+                       past_due_grace=self._past_due_grace)
+            )
+        return len(account_ids)

@@ -1,0 +1,123 @@
+"""Fan-out of entitlement changes and threshold events to WatchEntitlements subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from entitlements.state import AccountEntitlements
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdCrossed:
+    """An account's usage of a metric reached a threshold level in a period."""
+
+    account_id: str
+    metric: str
+    limit_key: str
+    period: str
+    level: int
+    current: int
+    limit: int
+
+
+WatchEvent = AccountEntitlements | ThresholdCrossed
+
+_WAKE: WatchEvent = ThresholdCrossed("", "", "", "", 0, 0, 0)
+
+
+class SubscriberOverflow(Exception):
+    """A subscriber fell so far behind that events were dropped; it must resubscribe."""
+
+
+class WatchClosed(Exception):
+    """The hub is closed (the server is shutting down)."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One watch stream's queue. ``accounts`` None means every account."""
+
+    accounts: frozenset[str] | None
+    queue: asyncio.Queue[WatchEvent] = field(default_factory=lambda: asyncio.Queue(1024))
+    overflowed: bool = False
+    closed: bool = False
+
+    async def next(self) -> WatchEvent:
+        """The next event; raises when the subscriber overflowed or the hub closed."""
+        if self.overflowed:
+            raise SubscriberOverflow
+        if self.closed:
+            raise WatchClosed
+        event = await self.queue.get()
+        if self.overflowed:
+            raise SubscriberOverflow
+        if self.closed:
+            raise WatchClosed
+        return event
+
+    def _wake(self) -> None:
+        # make a waiting reader return, so it notices the new flag
+        if self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait(_WAKE)
+
+
+class WatchHub:
+    """Delivers each published event to the subscriptions that watch its account.
+
+    Publishing never blocks: a subscriber whose queue is full is marked overflowed and its stream
+    ends, so the caller resubscribes with ``send_initial`` instead of silently missing a change.
+    """
+
+    def __init__(self, queue_size: int = 1024) -> None:
+        self._queue_size = queue_size
+        self._by_account: dict[str, set[Subscription]] = {}
+        self._all: set[Subscription] = set()
+
+    def subscribe(self, accounts: Iterable[str] | None) -> Subscription:
+        sub = Subscription(
+            accounts=None if accounts is None else frozenset(accounts),
+            queue=asyncio.Queue(self._queue_size),
+        )
+        if sub.accounts is None:
+            self._all.add(sub)
+        else:
+            for account in sub.accounts:
+                self._by_account.setdefault(account, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub.accounts is None:
+            self._all.discard(sub)
+            return
+        for account in sub.accounts:
+            subs = self._by_account.get(account)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._by_account[account]
+
+    def watched(self, account_id: str) -> bool:
+        return bool(self._all) or account_id in self._by_account
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._all) + len({s for subs in self._by_account.values() for s in subs})
+
+    def publish(self, event: WatchEvent) -> None:
+        for sub in (*self._all, *self._by_account.get(event.account_id, ())):
+            if sub.overflowed:
+                continue
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                sub.overflowed = True
+                sub._wake()
+
+    def close(self) -> None:
+        """End every subscription (on shutdown), so streams finish before the grace period."""
+        for sub in (*self._all, *(s for subs in self._by_account.values() for s in subs)):
+            sub.closed = True
+            sub._wake()

@@ -1,0 +1,62 @@
+"""A caller with no project code at all, only server reflection, finds and calls the services."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from google.protobuf import descriptor_pool, message_factory
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from entitlements.server.app import Running
+
+SIX_SERVICES = {
+    "nchat.entitlements.v1.EntitlementsService",
+    "nchat.entitlements.v1.UsageService",
+    "nchat.entitlements.v1.TokenGateService",
+    "nchat.entitlements.v1.BillingService",
+    "nchat.entitlements.v1.CryptoPaymentService",
+    "nchat.entitlements.v1.AdminService",
+}
+TOKEN = (("authorization", "Bearer chat-backend-token-0001"),)
+
+
+def reflect_and_call(port: int) -> tuple[set[str], dict[str, object]]:
+    """What grpcurl does: list services, describe one, build requests from descriptors."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        pool = descriptor_pool.DescriptorPool(database)
+        service = pool.FindServiceByName("nchat.entitlements.v1.EntitlementsService")
+        answers: dict[str, object] = {}
+        for rpc, fields in (
+            ("CanUseFeature", {"account_id": "ws-seed", "feature": "apiAccess"}),
+            ("GetUpgradePath", {"plan_id": "free", "feature": "customBranding"}),
+        ):
+            method = service.FindMethodByName(rpc)
+            request_cls = message_factory.GetMessageClass(method.input_type)
+            response_cls = message_factory.GetMessageClass(method.output_type)
+            call = channel.unary_unary(
+                f"/{service.full_name}/{rpc}",
+                request_serializer=request_cls.SerializeToString,
+                response_deserializer=response_cls.FromString,
+            )
+            answers[rpc] = call(request_cls(**fields), metadata=TOKEN)
+        return services, answers
+
+
+async def test_reflection_lists_six_services_and_answers_the_seed_examples(
+    lone_server: Running,
+) -> None:
+    services, answers = await asyncio.to_thread(reflect_and_call, lone_server.port)
+    assert SIX_SERVICES <= services
+    assert {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    can_use = answers["CanUseFeature"]
+    assert (can_use.allowed, can_use.plan_id, can_use.upgrade_plan_id) == (  # type: ignore[attr-defined]
+        False,
+        "free",
+        "starter",
+    )
+    assert answers["GetUpgradePath"].plan_id == "starter"  # type: ignore[attr-defined]

@@ -1,0 +1,76 @@
+"""Alembic migrations: they apply to a fresh database, again harmlessly, and match models.py."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Column, Integer, MetaData, Table, pool
+from sqlalchemy.engine import Connection
+
+from entitlements.store.engine import create_engine
+from entitlements.store.migrate import MIGRATIONS_DIR, current_revision, head_revision, upgrade
+from entitlements.store.models import Base
+
+
+async def schema_differences(url: str, metadata: MetaData) -> list[Any]:
+    def compare(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(compare)
+    finally:
+        await engine.dispose()
+
+
+async def test_fresh_database_has_no_revision(database_url: str) -> None:
+    assert await current_revision(database_url) is None
+
+
+async def test_upgrade_applies_to_a_fresh_database_and_again_changes_nothing(
+    database_url: str,
+) -> None:
+    await upgrade(database_url)
+    assert await current_revision(database_url) == head_revision()
+
+    await upgrade(database_url)
+
+    assert await current_revision(database_url) == head_revision()
+    assert await schema_differences(database_url, Base.metadata) == []
+
+
+async def test_migrated_schema_matches_the_models(database_url: str) -> None:
+    await upgrade(database_url)
+
+    assert await schema_differences(database_url, Base.metadata) == []
+
+
+async def test_schema_comparison_would_notice_a_model_the_migrations_lack(
+    database_url: str,
+) -> None:
+    await upgrade(database_url)
+    extended = MetaData()
+    for table in Base.metadata.tables.values():
+        table.to_metadata(extended)
+    Table("not_migrated", extended, Column("id", Integer, primary_key=True))
+
+    differences = await schema_differences(database_url, extended)
+
+    assert [d[0] for d in differences] == ["add_table"]
+
+
+async def test_concurrent_upgrades_take_turns(database_url: str) -> None:
+    await asyncio.gather(*(upgrade(database_url) for _ in range(3)))
+
+    assert await current_revision(database_url) == head_revision()
+
+
+def test_migrations_ship_inside_the_package() -> None:
+    shipped = {p.relative_to(MIGRATIONS_DIR).as_posix() for p in MIGRATIONS_DIR.rglob("*")}
+    assert {"env.py", "script.py.mako", "versions/0001_initial.py"} <= shipped
+    assert head_revision() == "0001"
