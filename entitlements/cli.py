@@ -96,7 +96,8 @@ def _plans_table(catalog: Catalog) -> str:
     lines.append("")
     for key in catalog.features:
         lines.append(
-            key.ljust(width) + "".join(("yes" if key in p.features else "-").rjust(col) for p in plans)
+            key.ljust(width)
+            + "".join(("yes" if key in p.features else "-").rjust(col) for p in plans)
         )
     return "\n".join(lines)
 

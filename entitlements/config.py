@@ -147,7 +147,9 @@ def load_callers(path: Path) -> dict[bytes, Caller]:
         caller = Caller(name=name, scopes=frozenset(scopes))
         for j, token in enumerate(tokens):
             if not isinstance(token, str) or len(token) < 16:
-                raise ConfigError(f"{where}.tokens[{j}]: tokens are strings of 16 characters or more")
+                raise ConfigError(
+                    f"{where}.tokens[{j}]: tokens are strings of 16 characters or more"
+                )
             digest = token_digest(token)
             if digest in callers:
                 raise ConfigError(f"{where}.tokens[{j}]: token is already used by another caller")

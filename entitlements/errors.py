@@ -1,16 +1,16 @@
 """The domain's error hierarchy; the server turns each into one gRPC status in one place.
 
-    EntitlementsError
-    ├── InvalidArgument          bad input: names the offending field (INVALID_ARGUMENT)
-    │   ├── UnknownPlan
-    │   ├── UnknownFeature
-    │   ├── UnknownLimit
-    │   └── UnknownMetric
-    ├── NotFound                 a named object that must exist does not (NOT_FOUND)
-    ├── AlreadyExists            same key, different payload (ALREADY_EXISTS)
-    ├── FailedPrecondition       the request is valid but the state forbids it (FAILED_PRECONDITION)
-    ├── Unavailable              a dependency (database, Stripe, a chain) is down (UNAVAILABLE)
-    └── CatalogError             the plan catalog file is invalid (raised at load, never at request)
+EntitlementsError
+├── InvalidArgument          bad input: names the offending field (INVALID_ARGUMENT)
+│   ├── UnknownPlan
+│   ├── UnknownFeature
+│   ├── UnknownLimit
+│   └── UnknownMetric
+├── NotFound                 a named object that must exist does not (NOT_FOUND)
+├── AlreadyExists            same key, different payload (ALREADY_EXISTS)
+├── FailedPrecondition       the request is valid but the state forbids it (FAILED_PRECONDITION)
+├── Unavailable              a dependency (database, Stripe, a chain) is down (UNAVAILABLE)
+└── CatalogError             the plan catalog file is invalid (raised at load, never at request)
 """
 
 from __future__ import annotations

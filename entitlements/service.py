@@ -87,18 +87,39 @@ class EntitlementService:
         validate_overrides(self.catalog, overrides)
         now = self._clock()
         records: list[OverrideRecord] = [
-            OverrideRecord(kind="limit", key=k, value=v, expires_at=expires_at, created_by=actor,
-                           created_at=now, reason=reason)
+            OverrideRecord(
+                kind="limit",
+                key=k,
+                value=v,
+                expires_at=expires_at,
+                created_by=actor,
+                created_at=now,
+                reason=reason,
+            )
             for k, v in overrides.limits.items()
         ]
         records += [
-            OverrideRecord(kind="feature_grant", key=f, value=None, expires_at=expires_at,
-                           created_by=actor, created_at=now, reason=reason)
+            OverrideRecord(
+                kind="feature_grant",
+                key=f,
+                value=None,
+                expires_at=expires_at,
+                created_by=actor,
+                created_at=now,
+                reason=reason,
+            )
             for f in sorted(overrides.granted_features)
         ]
         records += [
-            OverrideRecord(kind="feature_revoke", key=f, value=None, expires_at=expires_at,
-                           created_by=actor, created_at=now, reason=reason)
+            OverrideRecord(
+                kind="feature_revoke",
+                key=f,
+                value=None,
+                expires_at=expires_at,
+                created_by=actor,
+                created_at=now,
+                reason=reason,
+            )
             for f in sorted(overrides.revoked_features)
         ]
         await self.store.set_overrides(account_id, records, actor=actor, reason=reason)
@@ -117,7 +138,12 @@ class EntitlementService:
         now = self._clock()
         for account_id in account_ids:
             self.cache.put(
-                derive(self.catalog, account_id, snapshots.get(account_id), now=now,
-                       past_due_grace=self._past_due_grace)
+                derive(
+                    self.catalog,
+                    account_id,
+                    snapshots.get(account_id),
+                    now=now,
+                    past_due_grace=self._past_due_grace,
+                )
             )
         return len(account_ids)

@@ -137,7 +137,9 @@ def _active_overrides(
     if not (limits or granted or revoked):
         return None, None
     overrides = Overrides(
-        limits=_frozen(limits), granted_features=frozenset(granted), revoked_features=frozenset(revoked)
+        limits=_frozen(limits),
+        granted_features=frozenset(granted),
+        revoked_features=frozenset(revoked),
     )
     return overrides, min(expiries) if expiries else None
 

@@ -15,8 +15,9 @@ from entitlements.state import AccountEntitlements
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 
 
-def entitlements(account_id: str, revision: int, plan: str = "free",
-                 valid_until: datetime | None = None) -> AccountEntitlements:
+def entitlements(
+    account_id: str, revision: int, plan: str = "free", valid_until: datetime | None = None
+) -> AccountEntitlements:
     return AccountEntitlements(
         account_id=account_id,
         revision=revision,

@@ -182,7 +182,10 @@ async def serve(settings: Settings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("shutting down: finishing in-flight calls (grace %.1fs)", settings.shutdown_grace_seconds)
+        log.info(
+            "shutting down: finishing in-flight calls (grace %.1fs)",
+            settings.shutdown_grace_seconds,
+        )
         await running.stop(settings.shutdown_grace_seconds)
     finally:
         await store.close()

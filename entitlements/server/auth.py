@@ -76,8 +76,12 @@ def bearer_token(metadata: Any) -> str | None:
 
 
 def _refusal(
-    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str, reason: str, scope: str
-) -> grpc.RpcMethodHandler:
+    handler: grpc.RpcMethodHandler[Any, Any],
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    scope: str,
+) -> grpc.RpcMethodHandler[Any, Any] | None:
     """A handler of the same shape as ``handler`` that only refuses."""
     from grpc_status import rpc_status
 
@@ -116,9 +120,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         scope = METHOD_SCOPES.get(handler_call_details.method)
         if scope is None or handler is None:

@@ -113,7 +113,11 @@ def entitlements(catalog: Catalog, ent: AccountEntitlements) -> ent_pb.Entitleme
         revision=ent.revision,
         subscribed_plan_id=sub.plan_id if sub else "",
         grace_period_end=timestamp(ent.grace_period_end),
-        payment_method=PAYMENT_METHODS.get(sub.payment_method, 0) if sub else 0,
+        payment_method=(
+            PAYMENT_METHODS[sub.payment_method]
+            if sub
+            else subscription_pb2.PAYMENT_METHOD_UNSPECIFIED
+        ),
         granted_features=sorted(eff.overrides.granted_features),
         revoked_features=sorted(eff.overrides.revoked_features),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from nchat.entitlements.v1 import entitlements_service_pb2 as pb
@@ -21,6 +22,8 @@ from entitlements.state import AccountEntitlements
 from entitlements.watch import SubscriberOverflow, WatchClosed
 
 log = logging.getLogger(__name__)
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
 
 MAX_CHECKS = 1000
 MAX_WATCHED_ACCOUNTS = 10_000
@@ -41,7 +44,7 @@ def _answer(feature: str, decision: FeatureDecision, revision: int) -> pb.CanUse
         allowed=decision.allowed,
         plan_id=decision.plan_id,
         upgrade_plan_id=decision.upgrade_plan_id,
-        reason=convert.REASONS[decision.reason],  # type: ignore[arg-type]
+        reason=convert.REASONS[decision.reason],
         revision=revision,
         message=message,
     )
@@ -72,7 +75,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
 
     @unary
     async def CanUseFeature(
-        self, request: pb.CanUseFeatureRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CanUseFeatureRequest, context: Ctx
     ) -> pb.CanUseFeatureResponse:
         account_id = require_id(request.account_id, "account_id")
         feature = request.feature
@@ -82,7 +85,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
 
     @unary
     async def CheckFeatures(
-        self, request: pb.CheckFeaturesRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CheckFeaturesRequest, context: Ctx
     ) -> pb.CheckFeaturesResponse:
         checks = request.checks
         require_count(checks, "checks", maximum=MAX_CHECKS)
@@ -122,7 +125,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
 
     @unary
     async def CheckMinimumPlan(
-        self, request: pb.CheckMinimumPlanRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CheckMinimumPlanRequest, context: Ctx
     ) -> pb.CheckMinimumPlanResponse:
         account_id = require_id(request.account_id, "account_id")
         minimum = self._catalog.plan(request.minimum_plan_id, field="minimum_plan_id")
@@ -135,7 +138,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
 
     @unary
     async def GetEntitlements(
-        self, request: pb.GetEntitlementsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetEntitlementsRequest, context: Ctx
     ) -> pb.GetEntitlementsResponse:
         account_id = require_id(request.account_id, "account_id")
         ent = await self._entitlements(account_id)
@@ -143,7 +146,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
 
     @unary
     async def GetUpgradePath(
-        self, request: pb.GetUpgradePathRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetUpgradePathRequest, context: Ctx
     ) -> pb.GetUpgradePathResponse:
         plan = self._catalog.plan(request.plan_id, field="plan_id")
         feature = self._catalog.feature(request.feature, field="feature")
@@ -153,13 +156,11 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         return pb.GetUpgradePathResponse(plan_id=upgrade.id if upgrade else "")
 
     @unary
-    async def ListPlans(
-        self, request: pb.ListPlansRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListPlansResponse:
+    async def ListPlans(self, request: pb.ListPlansRequest, context: Ctx) -> pb.ListPlansResponse:
         return self._plans
 
     async def WatchEntitlements(
-        self, request: pb.WatchEntitlementsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.WatchEntitlementsRequest, context: Ctx
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
         try:
             accounts = self._watched_accounts(request)
@@ -174,7 +175,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
                     try:
                         ent = await self._entitlements(account_id)
                     except EntitlementsError as exc:
-                                    await abort(context, error_status(exc))
+                        await abort(context, error_status(exc))
                     yield pb.WatchEntitlementsResponse(
                         entitlements=convert.entitlements(self._catalog, ent)
                     )

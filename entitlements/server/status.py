@@ -112,7 +112,9 @@ def unary(fn: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
     """Wrap a unary handler: domain errors become their status, anything else INTERNAL."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+    async def wrapper(
+        self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> Resp:
         try:
             return await fn(self, request, context)
         except EntitlementsError as exc:
@@ -134,4 +136,4 @@ def unary(fn: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
 
 
 #: Kept for readers of the numeric codes in google.rpc.Status.
-assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

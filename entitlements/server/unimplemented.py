@@ -13,17 +13,19 @@ from entitlements.server.status import abort_with
 
 #: What each not-yet-built service is waiting for.
 MISSING: dict[str, str] = {
-    "BillingService": "Stripe billing (checkout, portal, webhooks, reconciliation) is not built yet",
-    "CryptoPaymentService": "crypto payments (quotes, chain watcher, confirmations) are not built yet",
-    "AdminService": "admin analytics (revenue metrics, subscription listing, overrides) is not built yet",
-    "TokenGateService": "token gating on chains (balance reads, SIWE wallet links) is not built yet",
+    "BillingService": "Stripe billing (checkout, portal, webhooks, reconciliation) "
+    "is not built yet",
+    "CryptoPaymentService": "crypto payments (quotes, chain watcher, confirmations) "
+    "are not built yet",
+    "AdminService": "admin analytics (revenue metrics, subscription listing, overrides) "
+    "is not built yet",
+    "TokenGateService": "token gating on chains (balance reads, SIWE wallet links) "
+    "is not built yet",
     "UsageService": "usage metering (ReportUsage, SetUsage, CheckLimit, GetUsage) is not built yet",
 }
 
 
-def unimplemented_servicer(
-    descriptor: ServiceDescriptor, base: type[Any], missing: str
-) -> Any:
+def unimplemented_servicer(descriptor: ServiceDescriptor, base: type[Any], missing: str) -> Any:
     """An instance of the generated ``base`` servicer whose every method refuses."""
     attrs: dict[str, Callable[..., Any]] = {}
     for method in descriptor.methods:

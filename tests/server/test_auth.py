@@ -66,7 +66,9 @@ async def test_caller_with_the_scope_is_answered(lone_channel: grpc.aio.Channel)
     assert answer.plan_id == "free"
 
 
-async def test_every_token_of_a_caller_works_during_rotation(lone_channel: grpc.aio.Channel) -> None:
+async def test_every_token_of_a_caller_works_during_rotation(
+    lone_channel: grpc.aio.Channel,
+) -> None:
     stub = pb_grpc.EntitlementsServiceStub(lone_channel)
     for token in ("ops-token-0000000000001", "ops-token-rotated-00002"):
         answer = await stub.CanUseFeature(REQUEST, metadata=(("authorization", f"Bearer {token}"),))

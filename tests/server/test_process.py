@@ -77,11 +77,21 @@ def test_migrate_serve_answer_and_stop_gracefully_on_sigterm(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     migrate = subprocess.run(
-        [*ENTITLEMENTS, "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [*ENTITLEMENTS, "migrate"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert migrate.returncode == 0, migrate.stderr
     again = subprocess.run(
-        [*ENTITLEMENTS, "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [*ENTITLEMENTS, "migrate"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert again.returncode == 0, "migrate must be safe to run twice"
     server = subprocess.Popen(

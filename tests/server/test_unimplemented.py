@@ -42,14 +42,16 @@ async def test_unbuilt_rpc_answers_unimplemented_naming_what_is_missing(
     response_cls = getattr(module, method.output_type.name)  # type: ignore[attr-defined]
     if method.server_streaming:  # type: ignore[attr-defined]
         call = lone_channel.unary_stream(
-            path, request_serializer=request_cls.SerializeToString,
+            path,
+            request_serializer=request_cls.SerializeToString,
             response_deserializer=response_cls.FromString,
         )(request_cls(), metadata=OPS)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call.read()
     else:
         rpc = lone_channel.unary_unary(
-            path, request_serializer=request_cls.SerializeToString,
+            path,
+            request_serializer=request_cls.SerializeToString,
             response_deserializer=response_cls.FromString,
         )
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, MetaData, Table, pool
+from sqlalchemy import CheckConstraint, Column, Integer, MetaData, Table, inspect, pool
 from sqlalchemy.engine import Connection
 
 from entitlements.store.engine import create_engine
@@ -48,6 +48,47 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
     await upgrade(database_url)
 
     assert await schema_differences(database_url, Base.metadata) == []
+
+
+async def test_migrated_check_constraints_and_server_defaults_match_the_models(
+    database_url: str,
+) -> None:
+    # compare_metadata looks at neither, so check them by name.
+    def reflect(connection: Connection) -> dict[str, Any]:
+        inspector = inspect(connection)
+
+        def primary_keys(table: str) -> list[str]:
+            # PostgreSQL reports a SERIAL key's nextval() as a default.
+            return list(inspector.get_pk_constraint(table)["constrained_columns"])
+
+        return {
+            table: (
+                sorted(c["name"] for c in inspector.get_check_constraints(table)),
+                sorted(
+                    c["name"]
+                    for c in inspector.get_columns(table)
+                    if c["default"] is not None and c["name"] not in primary_keys(table)
+                ),
+            )
+            for table in Base.metadata.tables
+        }
+
+    await upgrade(database_url)
+    engine = create_engine(database_url, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            reflected = await connection.run_sync(reflect)
+    finally:
+        await engine.dispose()
+
+    expected = {
+        name: (
+            sorted(str(c.name) for c in table.constraints if isinstance(c, CheckConstraint)),
+            sorted(c.name for c in table.columns if c.server_default is not None),
+        )
+        for name, table in Base.metadata.tables.items()
+    }
+    assert reflected == expected
 
 
 async def test_schema_comparison_would_notice_a_model_the_migrations_lack(

@@ -36,8 +36,8 @@ def upgrade() -> None:
         sa.Column("stripe_customer_id", sa.String(), nullable=True),
         timestamp("created_at"),
         timestamp("updated_at"),
-        sa.PrimaryKeyConstraint("id", name="pk_accounts"),
-        sa.UniqueConstraint("stripe_customer_id", name="uq_accounts_stripe_customer_id"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
+        sa.UniqueConstraint("stripe_customer_id", name=op.f("uq_accounts_stripe_customer_id")),
     )
 
     op.create_table(
@@ -62,21 +62,23 @@ def upgrade() -> None:
         timestamp("source_updated_at", nullable=True),
         timestamp("created_at"),
         timestamp("updated_at"),
-        sa.CheckConstraint(f"status IN ({SUBSCRIPTION_STATUSES})", name="ck_subscriptions_status"),
-        sa.CheckConstraint("interval IN ('month', 'year')", name="ck_subscriptions_interval"),
+        sa.CheckConstraint(
+            f"status IN ({SUBSCRIPTION_STATUSES})", name=op.f("ck_subscriptions_status")
+        ),
+        sa.CheckConstraint("interval IN ('month', 'year')", name=op.f("ck_subscriptions_interval")),
         sa.CheckConstraint(
             "payment_method IN ('card', 'crypto', 'manual')",
-            name="ck_subscriptions_payment_method",
+            name=op.f("ck_subscriptions_payment_method"),
         ),
         sa.ForeignKeyConstraint(
-            ["account_id"], ["accounts.id"], name="fk_subscriptions_account_id_accounts"
+            ["account_id"], ["accounts.id"], name=op.f("fk_subscriptions_account_id_accounts")
         ),
-        sa.PrimaryKeyConstraint("id", name="pk_subscriptions"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_subscriptions")),
         sa.UniqueConstraint(
-            "stripe_subscription_id", name="uq_subscriptions_stripe_subscription_id"
+            "stripe_subscription_id", name=op.f("uq_subscriptions_stripe_subscription_id")
         ),
     )
-    op.create_index("ix_subscriptions_account_id", "subscriptions", ["account_id"])
+    op.create_index(op.f("ix_subscriptions_account_id"), "subscriptions", ["account_id"])
 
     op.create_table(
         "usage_metrics",
@@ -85,7 +87,7 @@ def upgrade() -> None:
         sa.Column("period", sa.String(), nullable=False),
         sa.Column("value", sa.BigInteger(), nullable=False),
         timestamp("updated_at"),
-        sa.PrimaryKeyConstraint("account_id", "metric", "period", name="pk_usage_metrics"),
+        sa.PrimaryKeyConstraint("account_id", "metric", "period", name=op.f("pk_usage_metrics")),
     )
 
     op.create_table(
@@ -106,11 +108,12 @@ def upgrade() -> None:
         timestamp("created_at"),
         timestamp("updated_at"),
         sa.CheckConstraint(
-            "token_type IN ('ERC20', 'ERC721', 'ERC1155')", name="ck_token_requirements_token_type"
+            "token_type IN ('ERC20', 'ERC721', 'ERC1155')",
+            name=op.f("ck_token_requirements_token_type"),
         ),
-        sa.PrimaryKeyConstraint("id", name="pk_token_requirements"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_token_requirements")),
     )
-    op.create_index("ix_token_requirements_channel_id", "token_requirements", ["channel_id"])
+    op.create_index(op.f("ix_token_requirements_channel_id"), "token_requirements", ["channel_id"])
 
     op.create_table(
         "account_overrides",
@@ -124,17 +127,18 @@ def upgrade() -> None:
         timestamp("created_at"),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.CheckConstraint(
-            "kind IN ('limit', 'feature_grant', 'feature_revoke')", name="ck_account_overrides_kind"
+            "kind IN ('limit', 'feature_grant', 'feature_revoke')",
+            name=op.f("ck_account_overrides_kind"),
         ),
         sa.ForeignKeyConstraint(
-            ["account_id"], ["accounts.id"], name="fk_account_overrides_account_id_accounts"
+            ["account_id"], ["accounts.id"], name=op.f("fk_account_overrides_account_id_accounts")
         ),
-        sa.PrimaryKeyConstraint("id", name="pk_account_overrides"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_account_overrides")),
         sa.UniqueConstraint(
-            "account_id", "kind", "key", name="uq_account_overrides_account_id_kind_key"
+            "account_id", "kind", "key", name=op.f("uq_account_overrides_account_id_kind_key")
         ),
     )
-    op.create_index("ix_account_overrides_account_id", "account_overrides", ["account_id"])
+    op.create_index(op.f("ix_account_overrides_account_id"), "account_overrides", ["account_id"])
 
     op.create_table(
         "override_audit",
@@ -144,9 +148,9 @@ def upgrade() -> None:
         sa.Column("action", sa.String(), nullable=False),
         sa.Column("details", sa.JSON(), nullable=False),
         timestamp("created_at"),
-        sa.PrimaryKeyConstraint("id", name="pk_override_audit"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_override_audit")),
     )
-    op.create_index("ix_override_audit_account_id", "override_audit", ["account_id"])
+    op.create_index(op.f("ix_override_audit_account_id"), "override_audit", ["account_id"])
 
     op.create_table(
         "webhook_events",
@@ -157,19 +161,19 @@ def upgrade() -> None:
         timestamp("processed_at", nullable=True),
         sa.Column("status", sa.String(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint("id", name="pk_webhook_events"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_events")),
     )
 
 
 def downgrade() -> None:
     op.drop_table("webhook_events")
-    op.drop_index("ix_override_audit_account_id", table_name="override_audit")
+    op.drop_index(op.f("ix_override_audit_account_id"), table_name="override_audit")
     op.drop_table("override_audit")
-    op.drop_index("ix_account_overrides_account_id", table_name="account_overrides")
+    op.drop_index(op.f("ix_account_overrides_account_id"), table_name="account_overrides")
     op.drop_table("account_overrides")
-    op.drop_index("ix_token_requirements_channel_id", table_name="token_requirements")
+    op.drop_index(op.f("ix_token_requirements_channel_id"), table_name="token_requirements")
     op.drop_table("token_requirements")
     op.drop_table("usage_metrics")
-    op.drop_index("ix_subscriptions_account_id", table_name="subscriptions")
+    op.drop_index(op.f("ix_subscriptions_account_id"), table_name="subscriptions")
     op.drop_table("subscriptions")
     op.drop_table("accounts")
