@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,7 +38,7 @@ from entitlements.watch import WatchHub
 
 log = logging.getLogger(__name__)
 
-_UNBUILT = (
+_OTHER_SERVICES = (
     (usage_service_pb2, usage_service_pb2_grpc, "UsageService"),
     (token_gate_service_pb2, token_gate_service_pb2_grpc, "TokenGateService"),
     (billing_service_pb2, billing_service_pb2_grpc, "BillingService"),
@@ -54,6 +55,18 @@ class Deps:
     catalog: Catalog
     hub: WatchHub
     service: EntitlementService
+    #: Servicers of the other services, by service name ("UsageService", ...); a service of the
+    #: published API without one here answers UNIMPLEMENTED.
+    servicers: dict[str, object] = field(default_factory=dict)
+    #: Called in reverse order at shutdown, after the server has stopped (adapters' clients).
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                await close()
+            except Exception:
+                log.exception("error while closing %r", close)
 
     @classmethod
     def build(cls, settings: Settings, store: Store, catalog: Catalog | None = None) -> Deps:
@@ -97,7 +110,7 @@ SERVICE_NAMES = tuple(
     module.DESCRIPTOR.services_by_name[name].full_name
     for module, name in (
         (entitlements_service_pb2, "EntitlementsService"),
-        *((m, n) for m, _, n in _UNBUILT),
+        *((m, n) for m, _, n in _OTHER_SERVICES),
     )
 )
 
@@ -127,11 +140,14 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
     entitlements_service_pb2_grpc.add_EntitlementsServiceServicer_to_server(
         EntitlementsServicer(deps.service, deps.catalog), server
     )
-    for pb2, pb2_grpc, name in _UNBUILT:
-        descriptor = pb2.DESCRIPTOR.services_by_name[name]
-        base = getattr(pb2_grpc, f"{name}Servicer")
+    for pb2, pb2_grpc, name in _OTHER_SERVICES:
         add = getattr(pb2_grpc, f"add_{name}Servicer_to_server")
-        add(unimplemented_servicer(descriptor, base, MISSING[name]), server)
+        servicer = deps.servicers.get(name)
+        if servicer is None:
+            descriptor = pb2.DESCRIPTOR.services_by_name[name]
+            base = getattr(pb2_grpc, f"{name}Servicer")
+            servicer = unimplemented_servicer(descriptor, base, MISSING[name])
+        add(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -187,6 +203,7 @@ async def serve(settings: Settings) -> None:
             settings.shutdown_grace_seconds,
         )
         await running.stop(settings.shutdown_grace_seconds)
+        await deps.close()
     finally:
         await store.close()
     log.info("stopped")
