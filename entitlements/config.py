@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from adapters.stripe.config import StripeConfigError, StripeSettings
 from entitlements.store.engine import DEFAULT_DATABASE_URL, normalize_url
 
 #: Every scope a caller can hold; an RPC needs exactly one of them (health and reflection none).
@@ -67,6 +68,13 @@ class Settings:
     #: In-flight calls finish within this many seconds of SIGTERM.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
+    #: Stripe (BillingService and the webhook shim); not configured by default.
+    stripe: StripeSettings = field(default_factory=StripeSettings)
+    #: How long a usage counter read from the database is answered from memory (CheckLimit);
+    #: this replica's own writes refresh it at once, other replicas' within this time.
+    usage_counter_ttl_seconds: float = 2.0
+    #: How long usage idempotency keys are kept: a retry within this window is counted once.
+    usage_key_retention_seconds: float = 7 * 86400.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -106,6 +114,12 @@ class Settings:
                 env, "ENTITLEMENTS_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0
             ),
             log_level=(env.get("ENTITLEMENTS_LOG_LEVEL") or "INFO").upper(),
+            stripe=_stripe_settings(env),
+            usage_counter_ttl_seconds=_number(
+                env, "ENTITLEMENTS_USAGE_COUNTER_TTL_SECONDS", 2.0, minimum=0
+            ),
+            usage_key_retention_seconds=86400.0
+            * _number(env, "ENTITLEMENTS_USAGE_KEY_RETENTION_DAYS", 7.0, minimum=1),
         )
 
 
@@ -177,3 +191,10 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum:g}, got {raw!r}")
     return value
+
+
+def _stripe_settings(env: Mapping[str, str]) -> StripeSettings:
+    try:
+        return StripeSettings.from_env(env)
+    except StripeConfigError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -45,6 +45,9 @@ class EntitlementService:
             self._load, maxsize=cache_size, ttl_seconds=cache_ttl_seconds, wallclock=clock
         )
 
+    def now(self) -> datetime:
+        return self._clock()
+
     async def _load(self, account_id: str) -> AccountEntitlements:
         snapshot = await self.store.get_account_snapshot(account_id)
         return derive(

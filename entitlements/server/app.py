@@ -31,9 +31,12 @@ from entitlements.policies import Catalog, default_catalog
 from entitlements.server.auth import AuthInterceptor
 from entitlements.server.entitlements_servicer import EntitlementsServicer
 from entitlements.server.unimplemented import MISSING, unimplemented_servicer
+from entitlements.server.usage_servicer import UsageServicer
 from entitlements.service import EntitlementService
 from entitlements.store.migrate import current_revision, head_revision
 from entitlements.store.repository import Store
+from entitlements.store.usage_repository import UsageRepository
+from entitlements.usage.ledger import UsageLedger
 from entitlements.watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class Deps:
     servicers: dict[str, object] = field(default_factory=dict)
     #: Called in reverse order at shutdown, after the server has stopped (adapters' clients).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    ledger: UsageLedger | None = None
 
     async def close(self) -> None:
         for close in reversed(self.closers):
@@ -80,7 +84,17 @@ class Deps:
             cache_size=settings.cache_size,
             cache_ttl_seconds=settings.cache_ttl_seconds,
         )
-        return cls(store=store, catalog=catalog, hub=hub, service=service)
+        deps = cls(store=store, catalog=catalog, hub=hub, service=service)
+        ledger = UsageLedger(
+            UsageRepository(store.engine),
+            hub,
+            counter_ttl_seconds=settings.usage_counter_ttl_seconds,
+            key_retention_seconds=settings.usage_key_retention_seconds,
+        )
+        deps.ledger = ledger
+        deps.servicers["UsageService"] = UsageServicer(ledger, service, catalog)
+        deps.closers.append(ledger.close)
+        return deps
 
 
 @dataclass
@@ -104,6 +118,7 @@ class Running:
         await self.health.enter_graceful_shutdown()
         self.deps.hub.close()
         await self.server.stop(grace)
+        await self.deps.close()
 
 
 SERVICE_NAMES = tuple(
@@ -158,6 +173,8 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
         port = server.add_insecure_port(bind)
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {bind}: {exc}") from exc
+    if deps.ledger is not None:
+        deps.ledger.start()
     running = Running(server=server, port=port, health=health_servicer, deps=deps)
     await running.set_serving(False)
     return running
@@ -203,7 +220,6 @@ async def serve(settings: Settings) -> None:
             settings.shutdown_grace_seconds,
         )
         await running.stop(settings.shutdown_grace_seconds)
-        await deps.close()
     finally:
         await store.close()
     log.info("stopped")

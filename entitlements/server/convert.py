@@ -15,6 +15,7 @@ from nchat.entitlements.v1 import (
 
 from entitlements.policies import Catalog, Plan
 from entitlements.state import AccountEntitlements
+from entitlements.store.records import SubscriptionRecord
 
 STATUSES = {
     "none": subscription_pb2.SUBSCRIPTION_STATUS_NONE,
@@ -120,4 +121,34 @@ def entitlements(catalog: Catalog, ent: AccountEntitlements) -> ent_pb.Entitleme
         ),
         granted_features=sorted(eff.overrides.granted_features),
         revoked_features=sorted(eff.overrides.revoked_features),
+    )
+
+
+INTERVALS = {
+    "month": plan_pb2.BILLING_INTERVAL_MONTH,
+    "year": plan_pb2.BILLING_INTERVAL_YEAR,
+}
+
+
+def subscription(record: SubscriptionRecord) -> subscription_pb2.Subscription:
+    """A stored subscription (the seed's `subscriptions` columns) as the API's message."""
+    return subscription_pb2.Subscription(
+        id=record.id,
+        account_id=record.account_id,
+        user_id=record.user_id or "",
+        plan_id=record.plan_id,
+        status=STATUSES[record.status],
+        interval=INTERVALS[record.interval],
+        payment_method=PAYMENT_METHODS[record.payment_method],
+        stripe_customer_id=record.stripe_customer_id or "",
+        stripe_subscription_id=record.stripe_subscription_id or "",
+        stripe_price_id=record.stripe_price_id or "",
+        current_period_start=timestamp(record.current_period_start),
+        current_period_end=timestamp(record.current_period_end),
+        cancel_at_period_end=record.cancel_at_period_end,
+        canceled_at=timestamp(record.canceled_at),
+        trial_end=timestamp(record.trial_end),
+        created_at=timestamp(record.created_at),
+        updated_at=timestamp(record.updated_at),
+        ended_at=timestamp(record.ended_at),
     )

@@ -32,7 +32,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-async def upgrade(url: str, revision: str = "head") -> None:
+async def upgrade(url: str, revision: str = "heads") -> None:
     """Migrate the database at `url` to `revision`; running it again changes nothing.
 
     Raises Unavailable if the database cannot be reached.
@@ -53,7 +53,8 @@ async def upgrade(url: str, revision: str = "head") -> None:
 
 
 async def current_revision(url: str) -> str | None:
-    """The revision the database at `url` is at, None if it was never migrated."""
+    """The revision the database at `url` is at ("a+b" when several branches are applied), None
+    if it was never migrated."""
     engine = create_engine(url, poolclass=pool.NullPool)
     try:
         with translate_errors(engine.url):
@@ -64,11 +65,11 @@ async def current_revision(url: str) -> str | None:
 
 
 def head_revision() -> str:
-    """The newest revision the packaged migrations lead to."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if head is None:  # pragma: no cover - the package always ships migrations
+    """The newest revision(s) the packaged migrations lead to, as `current_revision` spells them."""
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    if not heads:  # pragma: no cover - the package always ships migrations
         raise RuntimeError(f"no migrations in {MIGRATIONS_DIR}")
-    return head
+    return "+".join(sorted(heads))
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
@@ -76,4 +77,5 @@ def _upgrade(connection: Connection, revision: str) -> None:
 
 
 def _current_revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    heads = MigrationContext.configure(connection).get_current_heads()
+    return "+".join(sorted(heads)) if heads else None

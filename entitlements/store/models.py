@@ -40,7 +40,9 @@ __all__ = [
     "Subscription",
     "TokenRequirement",
     "UTCDateTime",
+    "UsageEvent",
     "UsageMetric",
+    "UsageThreshold",
     "WebhookEvent",
 ]
 
@@ -224,3 +226,172 @@ class WebhookEvent(Base):
     processed_at: Mapped[datetime | None]
     status: Mapped[str]
     error: Mapped[str | None] = mapped_column(Text)
+
+
+# --- usage ---
+
+
+class UsageEvent(Base):
+    """One counted usage event, kept for the idempotency window so a retry is counted once.
+
+    `total` is the metric's total in `period` right after this event: a duplicate gets it back
+    as the first answer. Times are unix milliseconds: this table takes a row per event and is
+    written in bulk, so it avoids per-row conversions.
+    """
+
+    __tablename__ = "usage_events"
+
+    account_id: Mapped[str] = mapped_column(primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(primary_key=True)
+    metric: Mapped[str]
+    delta: Mapped[int] = mapped_column(BigInteger)
+    period: Mapped[str]
+    total: Mapped[int] = mapped_column(BigInteger)
+    occurred_at_ms: Mapped[int] = mapped_column(BigInteger)
+    received_at_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class UsageThreshold(Base):
+    """A threshold level reached by an account's metric in a period, recorded once."""
+
+    __tablename__ = "usage_thresholds"
+
+    account_id: Mapped[str] = mapped_column(primary_key=True)
+    metric: Mapped[str] = mapped_column(primary_key=True)
+    period: Mapped[str] = mapped_column(primary_key=True)
+    level: Mapped[int] = mapped_column(primary_key=True)
+    current: Mapped[int] = mapped_column(BigInteger)
+    limit_value: Mapped[int] = mapped_column(BigInteger)
+    crossed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- billing (stripe) ---
+
+#: Statuses of a Checkout session's payment, as Stripe names them.
+CHECKOUT_PAYMENT_STATUSES = ("unpaid", "paid", "no_payment_required")
+
+
+class StripeCheckoutSession(Base):
+    """A Checkout session this service started, so its completion links back to the account.
+
+    While `payment_status` is "unpaid" (a delayed payment method) its subscription grants nothing.
+    """
+
+    __tablename__ = "stripe_checkout_sessions"
+    __table_args__ = (
+        CheckConstraint(
+            _one_of("payment_status", CHECKOUT_PAYMENT_STATUSES), name="payment_status"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(index=True)
+    user_id: Mapped[str | None]
+    plan_id: Mapped[str]
+    interval: Mapped[str]
+    stripe_price_id: Mapped[str]
+    stripe_customer_id: Mapped[str | None]
+    stripe_subscription_id: Mapped[str | None] = mapped_column(index=True)
+    status: Mapped[str] = mapped_column(default="open")
+    payment_status: Mapped[str] = mapped_column(default="unpaid")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PaidInvoice(Base):
+    """A paid invoice: a revenue fact (amounts in minor units of `currency`)."""
+
+    __tablename__ = "paid_invoices"
+    __table_args__ = (
+        CheckConstraint(_one_of("payment_method", PAYMENT_METHODS), name="payment_method"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stripe_invoice_id: Mapped[str] = mapped_column(unique=True)
+    account_id: Mapped[str] = mapped_column(index=True)
+    subscription_id: Mapped[str | None]
+    stripe_customer_id: Mapped[str | None]
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str]
+    payment_method: Mapped[str]
+    paid_at: Mapped[datetime] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FailedPayment(Base):
+    """A failed attempt to pay an invoice; `next_payment_attempt` None = Stripe stopped retrying."""
+
+    __tablename__ = "failed_payments"
+    __table_args__ = (UniqueConstraint("stripe_invoice_id", "attempt_count"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stripe_invoice_id: Mapped[str]
+    attempt_count: Mapped[int] = mapped_column(Integer)
+    account_id: Mapped[str] = mapped_column(index=True)
+    subscription_id: Mapped[str | None]
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str]
+    next_payment_attempt: Mapped[datetime | None]
+    failed_at: Mapped[datetime] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- token gating ---
+
+WALLET_TYPES = ("eoa", "contract")
+
+
+class WalletLink(Base):
+    """A wallet whose ownership a user proved with a signed EIP-4361 challenge.
+
+    An EOA signs for its address on every EVM chain; a contract wallet (EIP-1271) only on
+    `chain_id`, where its code decided.
+    """
+
+    __tablename__ = "wallet_links"
+    __table_args__ = (
+        UniqueConstraint("user_id", "address"),
+        CheckConstraint(_one_of("wallet_type", WALLET_TYPES), name="wallet_type"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(index=True)
+    #: EIP-55 checksummed.
+    address: Mapped[str]
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    wallet_type: Mapped[str]
+    verified_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WalletChallenge(Base):
+    """An issued EIP-4361 message; its nonce is spent (`used_at`) in the transaction that links."""
+
+    __tablename__ = "wallet_challenges"
+
+    nonce: Mapped[str] = mapped_column(primary_key=True)
+    user_id: Mapped[str]
+    address: Mapped[str]
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    message: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None]
+
+
+class TokenAccessGrant(Base):
+    """The last channel-access decision for a user and/or a set of wallets, so the periodic
+    re-verification knows whom to check again and can tell a revocation from no change."""
+
+    __tablename__ = "token_access_grants"
+    __table_args__ = (UniqueConstraint("channel_id", "user_id", "wallets_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel_id: Mapped[str] = mapped_column(index=True)
+    #: "" when the check named wallets only.
+    user_id: Mapped[str] = mapped_column(default="")
+    #: The explicitly given wallets, sorted and comma-joined ("" for none): part of the key.
+    wallets_key: Mapped[str] = mapped_column(Text, default="")
+    wallet_addresses: Mapped[list[str]] = mapped_column(default=list)
+    granted: Mapped[bool] = mapped_column(Boolean, index=True)
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -9,7 +9,6 @@ from nchat.entitlements.v1 import (
     billing_service_pb2,
     crypto_payment_service_pb2,
     token_gate_service_pb2,
-    usage_service_pb2,
 )
 
 from tests.server.conftest import OPS
@@ -18,7 +17,6 @@ from tests.server.helpers import details
 UNBUILT = [
     (module, service)
     for module, name in (
-        (usage_service_pb2, "UsageService"),
         (token_gate_service_pb2, "TokenGateService"),
         (billing_service_pb2, "BillingService"),
         (crypto_payment_service_pb2, "CryptoPaymentService"),

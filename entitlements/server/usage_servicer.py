@@ -1,0 +1,228 @@
+"""UsageService: validate every event first (a bad one fails the batch, nothing written), then
+hand the batch to the ledger and answer once it is durable."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+from nchat.entitlements.v1 import plan_pb2
+from nchat.entitlements.v1 import usage_service_pb2 as pb
+from nchat.entitlements.v1 import usage_service_pb2_grpc as pb_grpc
+
+from entitlements.errors import InvalidArgument
+from entitlements.policies import Catalog, MetricInfo, check_limit, level_for
+from entitlements.server.status import unary
+from entitlements.server.validation import require_count, require_id
+from entitlements.service import EntitlementService
+from entitlements.state import AccountEntitlements
+from entitlements.usage.ledger import APPLIED, DUPLICATE, GaugeSet, Increment, UsageLedger
+from entitlements.usage.periods import current_period, parse_period, period_of
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+MAX_EVENTS = 1000
+MAX_KEY_BYTES = 200
+FUTURE_TOLERANCE_MS = 5 * 60 * 1000
+# An event older than the key retention window, less this margin, could be a retry whose key
+# was already pruned: refusing it is what keeps "counted once" true.
+RETENTION_MARGIN_MS = 60 * 60 * 1000
+
+_STATUS = {
+    APPLIED: pb.USAGE_EVENT_STATUS_APPLIED,
+    DUPLICATE: pb.USAGE_EVENT_STATUS_DUPLICATE,
+}
+
+
+def _level(level: int) -> plan_pb2.UsageLevel.ValueType:
+    return plan_pb2.UsageLevel.ValueType(level)
+
+
+def _percentage(current: int, limit: int | None) -> float:
+    if limit is None:
+        return 0.0
+    if limit == 0:
+        return 100.0
+    return 100.0 * current / limit
+
+
+class UsageServicer(pb_grpc.UsageServiceServicer):
+    def __init__(self, ledger: UsageLedger, service: EntitlementService, catalog: Catalog) -> None:
+        self._ledger = ledger
+        self._service = service
+        self._catalog = catalog
+
+    async def _entitlements(self, account_id: str) -> AccountEntitlements:
+        cached = self._service.cache.peek(account_id)
+        if cached is not None:
+            return cached
+        return await self._service.get(account_id)
+
+    @unary
+    async def ReportUsage(
+        self, request: pb.ReportUsageRequest, context: Ctx
+    ) -> pb.ReportUsageResponse:
+        events = request.events
+        if not events:
+            raise InvalidArgument("events", "send at least one event")
+        require_count(events, "events", maximum=MAX_EVENTS)
+        now_ms = int(time.time() * 1000)
+        oldest_ms = now_ms - int(self._ledger.key_retention_seconds * 1000) + RETENTION_MARGIN_MS
+        metrics = self._catalog.metrics
+        checked: list[tuple[str, MetricInfo, int, str, int, bool]] = []
+        for i, ev in enumerate(events):
+            account_id = require_id(ev.account_id, f"events[{i}].account_id")
+            info = metrics.get(ev.metric) or self._catalog.metric(
+                ev.metric, field=f"events[{i}].metric"
+            )
+            if ev.delta < 0:
+                raise InvalidArgument(f"events[{i}].delta", f"must be zero or more, got {ev.delta}")
+            key = ev.idempotency_key
+            if not key:
+                raise InvalidArgument(f"events[{i}].idempotency_key", "is required")
+            if len(key) > MAX_KEY_BYTES and len(key.encode()) > MAX_KEY_BYTES:
+                raise InvalidArgument(
+                    f"events[{i}].idempotency_key", f"at most {MAX_KEY_BYTES} bytes"
+                )
+            occurred_ms = now_ms
+            if ev.HasField("occurred_at"):
+                occurred_ms = ev.occurred_at.ToMilliseconds()
+                if occurred_ms > now_ms + FUTURE_TOLERANCE_MS:
+                    raise InvalidArgument(
+                        f"events[{i}].occurred_at", "is more than 5 minutes in the future"
+                    )
+                if occurred_ms < oldest_ms:
+                    raise InvalidArgument(
+                        f"events[{i}].occurred_at",
+                        "is older than the idempotency window; such an event cannot be "
+                        "counted exactly once",
+                    )
+            checked.append((account_id, info, ev.delta, key, occurred_ms, ev.enforce_limit))
+        entitlements: dict[str, AccountEntitlements] = {}
+        for account_id, *_ in checked:
+            if account_id not in entitlements:
+                entitlements[account_id] = await self._entitlements(account_id)
+        increments = []
+        this_month = period_of(now_ms)
+        for account_id, info, delta, key, occurred_ms, enforce in checked:
+            limit = entitlements[account_id].effective.limits[info.limit_key]
+            if not info.monthly:
+                period = ""
+            elif occurred_ms == now_ms:
+                period = this_month
+            else:
+                period = period_of(occurred_ms)
+            increments.append(
+                Increment(
+                    account_id=account_id,
+                    metric=info.name,
+                    delta=delta,
+                    key=key,
+                    period=period,
+                    occurred_at_ms=occurred_ms,
+                    enforce=enforce,
+                    limit_key=info.limit_key,
+                    limit=limit,
+                )
+            )
+        outcomes = await self._ledger.report(increments)
+        response = pb.ReportUsageResponse()
+        add = response.results.add
+        for inc, outcome in zip(increments, outcomes, strict=True):
+            limit = inc.limit
+            add(
+                idempotency_key=inc.key,
+                status=_STATUS.get(outcome.status, pb.USAGE_EVENT_STATUS_REFUSED),
+                total=outcome.total,
+                limit=limit or 0,
+                unlimited=limit is None,
+                level=_level(level_for(outcome.total, limit)),
+                percentage=_percentage(outcome.total, limit),
+                period=outcome.period,
+            )
+        return response
+
+    @unary
+    async def SetUsage(self, request: pb.SetUsageRequest, context: Ctx) -> pb.SetUsageResponse:
+        account_id = require_id(request.account_id, "account_id")
+        info = self._catalog.metric(request.metric, field="metric")
+        if info.monthly:
+            raise InvalidArgument(
+                "metric",
+                f"{info.name} is counted per month: report increments with ReportUsage; "
+                "SetUsage sets gauges",
+            )
+        if request.value < 0:
+            raise InvalidArgument("value", f"must be zero or more, got {request.value}")
+        ent = await self._entitlements(account_id)
+        limit = ent.effective.limits[info.limit_key]
+        outcome = await self._ledger.set_gauge(
+            GaugeSet(account_id, info.name, request.value, info.limit_key, limit)
+        )
+        return pb.SetUsageResponse(usage=_metric_usage(info, outcome.total, limit, ""))
+
+    @unary
+    async def CheckLimit(
+        self, request: pb.CheckLimitRequest, context: Ctx
+    ) -> pb.CheckLimitResponse:
+        account_id = require_id(request.account_id, "account_id")
+        info = self._catalog.limit(request.limit, field="limit")
+        ent = await self._entitlements(account_id)
+        if request.HasField("current"):
+            current = request.current
+            if current < 0:
+                raise InvalidArgument("current", f"must be zero or more, got {current}")
+        elif info.metric is None:
+            raise InvalidArgument(
+                "current", f"is required for {info.key}: the service tracks no usage for it"
+            )
+        else:
+            period = current_period(self._service.now()) if info.monthly else ""
+            current = await self._ledger.current((account_id, info.metric, period))
+        result = check_limit(ent.effective.limits[info.key], current)
+        return pb.CheckLimitResponse(
+            allowed=result.allowed,
+            limit=result.limit or 0,
+            current=result.current,
+            percentage=result.percentage,
+            level=_level(result.level),
+            unlimited=result.unlimited,
+            remaining=result.remaining or 0,
+            plan_id=ent.plan_id,
+            revision=ent.revision,
+        )
+
+    @unary
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Ctx) -> pb.GetUsageResponse:
+        account_id = require_id(request.account_id, "account_id")
+        if request.period:
+            period = parse_period(request.period, "period")
+        else:
+            period = current_period(self._service.now())
+        ent = await self._entitlements(account_id)
+        values = await self._ledger.counters(account_id, period)
+        response = pb.GetUsageResponse(account_id=account_id, period=period, plan_id=ent.plan_id)
+        for info in self._catalog.metrics.values():
+            metric_period = period if info.monthly else ""
+            value = values.get((info.name, metric_period), 0)
+            limit = ent.effective.limits[info.limit_key]
+            response.metrics.append(_metric_usage(info, value, limit, metric_period))
+        return response
+
+
+def _metric_usage(info: MetricInfo, value: int, limit: int | None, period: str) -> pb.MetricUsage:
+    return pb.MetricUsage(
+        metric=info.name,
+        limit_key=info.limit_key,
+        current=value,
+        limit=limit or 0,
+        unlimited=limit is None,
+        percentage=_percentage(value, limit),
+        level=_level(level_for(value, limit)),
+        period=period,
+        monthly=info.monthly,
+    )
+
+
+assert plan_pb2.USAGE_LEVEL_EXCEEDED == 4  # the policies' UsageLevel ints are the proto's

@@ -1,0 +1,341 @@
+"""The usage ledger: exact, idempotent, durable counting with group commit.
+
+Every RPC hands its operations to one writer task and awaits them. The writer takes everything
+queued while the previous transaction was committing and applies it in one transaction, so a
+commit (and its fsync) is shared by many callers; a caller is answered only after the commit.
+Counters' values are kept in memory after each commit, so CheckLimit answers without a query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cachetools import LRUCache
+
+from entitlements.errors import AlreadyExists, EntitlementsError
+from entitlements.policies import crossed_levels
+from entitlements.store.usage_repository import (
+    CounterKey,
+    GroupWrite,
+    KeyRecord,
+    ThresholdRecord,
+    UsageRepository,
+)
+from entitlements.usage.periods import current_period
+from entitlements.watch import ThresholdCrossed, WatchHub
+
+log = logging.getLogger(__name__)
+
+APPLIED = "applied"
+DUPLICATE = "duplicate"
+REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class Increment:
+    """One validated usage event, with the limit of its metric on the account's plan."""
+
+    account_id: str
+    metric: str
+    delta: int
+    key: str
+    period: str
+    occurred_at_ms: int
+    enforce: bool
+    limit_key: str
+    limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class GaugeSet:
+    """Set a gauge to an absolute value."""
+
+    account_id: str
+    metric: str
+    value: int
+    limit_key: str
+    limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one event: its status and the metric's total after it."""
+
+    status: str
+    total: int
+    period: str
+
+
+@dataclass(eq=False)
+class _Pending:
+    ops: Sequence[Increment] | GaugeSet
+    future: asyncio.Future[list[Outcome]]
+    size: int = 1
+
+
+@dataclass(slots=True)
+class _Decision:
+    write: GroupWrite = field(default_factory=GroupWrite)
+    results: dict[int, list[Outcome] | EntitlementsError] = field(default_factory=dict)
+    limits: dict[CounterKey, tuple[str, int | None]] = field(default_factory=dict)
+
+
+class UsageLedger:
+    """Counts usage. `report` and `set_gauge` return once the change is durable."""
+
+    def __init__(
+        self,
+        repository: UsageRepository,
+        hub: WatchHub,
+        *,
+        max_group_events: int = 4000,
+        counter_cache_size: int = 500_000,
+        counter_ttl_seconds: float = 2.0,
+        key_retention_seconds: float = 7 * 86400,
+        prune_interval_seconds: float = 3600,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._repo = repository
+        self._hub = hub
+        self._max_group = max_group_events
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._counters: LRUCache[CounterKey, tuple[int, float]] = LRUCache(counter_cache_size)
+        self._counter_ttl = counter_ttl_seconds
+        self._retention = key_retention_seconds
+        self._prune_interval = prune_interval_seconds
+        self._clock = clock
+        self._writer: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.events_applied = 0
+        self.events_duplicate = 0
+
+    @property
+    def key_retention_seconds(self) -> float:
+        return self._retention
+
+    def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+            self._pruner = asyncio.get_running_loop().create_task(self._prune_loop())
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop the writer."""
+        await self._queue.join()
+        for task in (self._pruner, self._writer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._writer = self._pruner = None
+
+    async def report(self, events: Sequence[Increment]) -> list[Outcome]:
+        """Count a batch of events; all or nothing (a reused key with another payload fails the
+        whole batch with AlreadyExists)."""
+        return await self._submit(_Pending(events, self._future(), size=len(events)))
+
+    async def set_gauge(self, op: GaugeSet) -> Outcome:
+        return (await self._submit(_Pending(op, self._future())))[0]
+
+    async def current(self, key: CounterKey) -> int:
+        """A counter's value: from memory when fresh, else from the database."""
+        cached = self._counters.get(key)
+        if cached is not None and time.monotonic() < cached[1]:
+            return cached[0]
+        value = await self._repo.counter(key)
+        self._remember(key, value)
+        return value
+
+    async def counters(self, account_id: str, period: str) -> dict[tuple[str, str], int]:
+        """The account's monthly counters of `period` and its gauges, fresh from the database."""
+        values = await self._repo.counters(account_id, [period, ""])
+        for (metric, metric_period), value in values.items():
+            self._remember((account_id, metric, metric_period), value)
+        return values
+
+    def _remember(self, key: CounterKey, value: int) -> None:
+        self._counters[key] = (value, time.monotonic() + self._counter_ttl)
+
+    def _future(self) -> asyncio.Future[list[Outcome]]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, pending: _Pending) -> list[Outcome]:
+        if self._writer is None:
+            raise RuntimeError("UsageLedger.start() was not called")
+        self._queue.put_nowait(pending)
+        return await pending.future
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            group = [first]
+            size = first.size
+            while size < self._max_group and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                group.append(nxt)
+                size += nxt.size
+            try:
+                await self._apply(group)
+            except Exception as exc:
+                if not isinstance(exc, EntitlementsError):
+                    log.exception("usage group of %d operations failed", len(group))
+                for pending in group:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+            finally:
+                for _ in group:
+                    self._queue.task_done()
+
+    async def _apply(self, group: list[_Pending]) -> None:
+        counters: set[CounterKey] = set()
+        keys: set[tuple[str, str]] = set()
+        for pending in group:
+            if isinstance(pending.ops, GaugeSet):
+                op = pending.ops
+                counters.add((op.account_id, op.metric, ""))
+            else:
+                for ev in pending.ops:
+                    counters.add((ev.account_id, ev.metric, ev.period))
+                    keys.add((ev.account_id, ev.key))
+        decision = _Decision()
+
+        def decide(
+            values: dict[CounterKey, int], stored: dict[tuple[str, str], KeyRecord]
+        ) -> GroupWrite:
+            nonlocal decision
+            decision = self._decide(group, values, stored)
+            return decision.write
+
+        write, fresh = await self._repo.apply_group(counters, keys, decide)
+        self.commits += 1
+        for key, value in write.counters.items():
+            self._remember(key, value)
+        for index, pending in enumerate(group):
+            result = decision.results[index]
+            if isinstance(result, EntitlementsError):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+        for t in fresh:
+            limit_key, _ = decision.limits[(t.account_id, t.metric, t.period)]
+            self._hub.publish(
+                ThresholdCrossed(
+                    account_id=t.account_id,
+                    metric=t.metric,
+                    limit_key=limit_key,
+                    period=t.period,
+                    level=t.level,
+                    current=t.current,
+                    limit=t.limit,
+                )
+            )
+
+    def _decide(
+        self,
+        group: list[_Pending],
+        values: dict[CounterKey, int],
+        stored: dict[tuple[str, str], KeyRecord],
+    ) -> _Decision:
+        decision = _Decision()
+        current = dict(values)
+        seen = dict(stored)
+        touched: dict[CounterKey, tuple[str, int | None]] = {}
+        for index, pending in enumerate(group):
+            if isinstance(pending.ops, GaugeSet):
+                op = pending.ops
+                ck = (op.account_id, op.metric, "")
+                current[ck] = op.value
+                touched[ck] = (op.limit_key, op.limit)
+                decision.results[index] = [Outcome(APPLIED, op.value, "")]
+                continue
+            conflict = _reused_key(pending.ops, seen)
+            if conflict is not None:
+                decision.results[index] = conflict
+                continue
+            outcomes: list[Outcome] = []
+            for ev in pending.ops:
+                record = seen.get((ev.account_id, ev.key))
+                if record is not None:
+                    outcomes.append(Outcome(DUPLICATE, record.total, record.period))
+                    self.events_duplicate += 1
+                    continue
+                ck = (ev.account_id, ev.metric, ev.period)
+                total = current.get(ck, 0)
+                if ev.enforce and ev.limit is not None and total + ev.delta > ev.limit:
+                    outcomes.append(Outcome(REFUSED, total, ev.period))
+                    continue
+                total += ev.delta
+                current[ck] = total
+                touched[ck] = (ev.limit_key, ev.limit)
+                record = KeyRecord(
+                    ev.account_id, ev.key, ev.metric, ev.delta, ev.period, total, ev.occurred_at_ms
+                )
+                seen[(ev.account_id, ev.key)] = record
+                decision.write.new_keys.append(record)
+                outcomes.append(Outcome(APPLIED, total, ev.period))
+                self.events_applied += 1
+            decision.results[index] = outcomes
+        month = current_period(self._clock())
+        for ck, (limit_key, limit) in touched.items():
+            after = current[ck]
+            decision.write.counters[ck] = after
+            decision.limits[ck] = (limit_key, limit)
+            before = values.get(ck, 0)
+            if limit is None or after <= before:
+                continue
+            for level in crossed_levels(before, after, limit):
+                account_id, metric, period = ck
+                decision.write.thresholds.append(
+                    ThresholdRecord(account_id, metric, period or month, int(level), after, limit)
+                )
+                if not period:
+                    decision.limits[(account_id, metric, month)] = (limit_key, limit)
+        return decision
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._prune_interval)
+            await self.prune()
+
+    async def prune(self) -> int:
+        """Forget idempotency keys older than the retention window."""
+        cutoff = int((self._clock().timestamp() - self._retention) * 1000)
+        try:
+            removed = await self._repo.prune_keys(cutoff)
+        except EntitlementsError as exc:
+            log.warning("pruning usage keys failed: %s", exc)
+            return 0
+        if removed:
+            log.info("pruned %d usage idempotency keys older than the retention window", removed)
+        return removed
+
+
+def _reused_key(
+    events: Sequence[Increment], seen: dict[tuple[str, str], KeyRecord]
+) -> AlreadyExists | None:
+    """An error if the batch reuses a key (stored, earlier in the group, or earlier in the
+    batch) with another payload."""
+    local: dict[tuple[str, str], tuple[str, int, str]] = {}
+    for i, ev in enumerate(events):
+        payload = (ev.metric, ev.delta, ev.period)
+        record = seen.get((ev.account_id, ev.key))
+        known = (
+            (record.metric, record.delta, record.period)
+            if record
+            else local.get((ev.account_id, ev.key))
+        )
+        if known is not None and known != payload:
+            return AlreadyExists(
+                f"events[{i}].idempotency_key: {ev.key!r} was already used for account "
+                f"{ev.account_id!r} with another event ({known[0]} +{known[1]} in "
+                f"{known[2] or 'the gauge'}); use a new key for a new event",
+                reason="ERROR_REASON_IDEMPOTENCY_KEY_REUSED",
+            )
+        local[(ev.account_id, ev.key)] = payload
+    return None
