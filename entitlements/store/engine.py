@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import event
@@ -33,14 +34,14 @@ _POSTGRES_DRIVERS = {
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
 _SQLITE_PRAGMAS = (
-    # WAL lets readers run while one writer commits; FULL syncs the WAL on every commit, so an
-    # acknowledged write survives kill -9 and power loss (NORMAL would only survive the former).
-    "PRAGMA journal_mode=WAL",
+    "PRAGMA busy_timeout=5000",
+    # FULL syncs the WAL on every commit, so an acknowledged write survives kill -9 and power
+    # loss (NORMAL would only survive the former).
     "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
-    "PRAGMA busy_timeout=5000",
 )
 _POSTGRES_CONNECT_TIMEOUT_S = 10.0
+_WAL_SWITCH_ATTEMPTS = 10
 
 
 def normalize_url(url: str | URL) -> str:
@@ -98,8 +99,29 @@ def _on_sqlite_connect(dbapi_connection: Any, _connection_record: Any) -> None:
     try:
         for pragma in _SQLITE_PRAGMAS:
             cursor.execute(pragma)
+        _use_wal(cursor)
     finally:
         cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the file in WAL mode (it stays so): readers then run while one writer commits."""
+    for attempt in range(_WAL_SWITCH_ATTEMPTS):
+        cursor.execute("PRAGMA journal_mode")
+        mode = cursor.fetchone()[0]
+        if mode in ("wal", "memory"):  # an in-memory database has no WAL
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.fetchone()
+        except Exception as error:
+            # Connections that open a new file together all try to switch it, and SQLite
+            # answers SQLITE_BUSY at once, without waiting, to all but one: wait for that one.
+            if not getattr(error, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+                raise
+            # The event hook cannot await; this blocks for milliseconds, once, on a new file.
+            time.sleep(0.002 * (attempt + 1))
+    raise RuntimeError("SQLite did not switch to WAL mode")
 
 
 def _on_sqlite_begin(connection: Connection) -> None:
