@@ -49,6 +49,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         **os.environ,
         "ENTITLEMENTS_DEV_MODE": "1",
         "ENTITLEMENTS_GRPC_ADDR": f"127.0.0.1:{port}",
+        "ENTITLEMENTS_HTTP_ADDR": f"127.0.0.1:{free_port()}",
         "ENTITLEMENTS_DATABASE_URL": f"sqlite:///{tmp_path / 'entitlements.db'}",
     }
 
