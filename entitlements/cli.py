@@ -7,7 +7,8 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from entitlements.config import ConfigError, Settings
 from entitlements.errors import EntitlementsError
@@ -25,6 +26,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply database migrations (ENTITLEMENTS_DATABASE_URL)")
     plans = sub.add_parser("plans", help="print the plan catalog")
     plans.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub.add_parser(
+        "webhooks",
+        help="run only the HTTP webhook shim (ENTITLEMENTS_HTTP_ADDR, default 0.0.0.0:8080)",
+    )
+    reconcile = sub.add_parser(
+        "reconcile", help="repair the local mirror of a billing provider (safe to run any time)"
+    )
+    reconcile.add_argument("provider", choices=["stripe"], help="the provider to reconcile")
     args = parser.parse_args(argv)
 
     if args.command == "plans":
@@ -50,10 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             revision = asyncio.run(current_revision(settings.database_url))
             print(f"database at migration {revision}")
             return 0
+        if args.command in ("webhooks", "reconcile"):
+            return _billing_command(args.command, settings)
         from entitlements.server.app import SchemaNotCurrent, serve
 
         try:
-            asyncio.run(serve(settings))
+            _run(serve(settings), settings.event_loop)
         except SchemaNotCurrent as exc:
             print(f"entitlements: {exc}", file=sys.stderr)
             return 2
@@ -61,6 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EntitlementsError, OSError) as exc:
         print(f"entitlements: {exc}", file=sys.stderr)
         return 1
+
+
+def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
+    """Run the server on uvloop (measured: less CPU per call than asyncio's loop) unless the
+    configuration asks for asyncio."""
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 def _env() -> dict[str, str]:
@@ -120,6 +142,23 @@ def _plans_json(catalog: Catalog) -> str:
         ],
         indent=2,
     )
+
+
+def _billing_command(command: str, settings: Settings) -> int:
+    """`entitlements webhooks` and `entitlements reconcile stripe`."""
+    from entitlements.server.app import SchemaNotCurrent
+    from entitlements.server.billing_setup import run_reconcile, run_webhooks
+
+    try:
+        if command == "webhooks":
+            asyncio.run(run_webhooks(settings))
+            return 0
+        for line in asyncio.run(run_reconcile(settings)):
+            print(line)
+        return 0
+    except (SchemaNotCurrent, ConfigError) as exc:
+        print(f"entitlements: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from adapters.chains.config import ChainConfigError, ChainSettings
 from adapters.stripe.config import StripeConfigError, StripeSettings
 from entitlements.store.engine import DEFAULT_DATABASE_URL, normalize_url
 
@@ -68,6 +69,8 @@ class Settings:
     #: In-flight calls finish within this many seconds of SIGTERM.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
+    #: Chain nodes (ENTITLEMENTS_RPC_URL_*, INFURA_API_KEY, ALCHEMY_API_KEY) and token gating.
+    chains: ChainSettings = field(default_factory=ChainSettings)
     #: Stripe (BillingService and the webhook shim); not configured by default.
     stripe: StripeSettings = field(default_factory=StripeSettings)
     #: How long a usage counter read from the database is answered from memory (CheckLimit);
@@ -75,6 +78,8 @@ class Settings:
     usage_counter_ttl_seconds: float = 2.0
     #: How long usage idempotency keys are kept: a retry within this window is counted once.
     usage_key_retention_seconds: float = 7 * 86400.0
+    #: "uvloop" (default) or "asyncio".
+    event_loop: str = "uvloop"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,10 +119,12 @@ class Settings:
                 env, "ENTITLEMENTS_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0
             ),
             log_level=(env.get("ENTITLEMENTS_LOG_LEVEL") or "INFO").upper(),
+            chains=_chains(env),
             stripe=_stripe_settings(env),
             usage_counter_ttl_seconds=_number(
                 env, "ENTITLEMENTS_USAGE_COUNTER_TTL_SECONDS", 2.0, minimum=0
             ),
+            event_loop=_choice(env, "ENTITLEMENTS_EVENT_LOOP", ("uvloop", "asyncio")),
             usage_key_retention_seconds=86400.0
             * _number(env, "ENTITLEMENTS_USAGE_KEY_RETENTION_DAYS", 7.0, minimum=1),
         )
@@ -180,6 +187,13 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name}: expected 1 or 0, got {value!r}")
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or choices[0]).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -197,4 +211,11 @@ def _stripe_settings(env: Mapping[str, str]) -> StripeSettings:
     try:
         return StripeSettings.from_env(env)
     except StripeConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _chains(env: Mapping[str, str]) -> ChainSettings:
+    try:
+        return ChainSettings.from_env(env)
+    except ChainConfigError as exc:
         raise ConfigError(str(exc)) from exc

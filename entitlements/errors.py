@@ -5,10 +5,14 @@ EntitlementsError
 │   ├── UnknownPlan
 │   ├── UnknownFeature
 │   ├── UnknownLimit
-│   └── UnknownMetric
+│   ├── UnknownMetric
+│   ├── UnknownNetwork       a network that is unknown or has no node configured
+│   └── InvalidAddress       not a 0x-prefixed 20-byte address, or a bad EIP-55 checksum
 ├── NotFound                 a named object that must exist does not (NOT_FOUND)
 ├── AlreadyExists            same key, different payload (ALREADY_EXISTS)
+│   └── IdempotencyKeyReused (e.g. Stripe's idempotency_error)
 ├── FailedPrecondition       the request is valid but the state forbids it (FAILED_PRECONDITION)
+│   └── UnknownPrice         a Stripe price no plan is configured for
 ├── Unavailable              a dependency (database, Stripe, a chain) is down (UNAVAILABLE)
 └── CatalogError             the plan catalog file is invalid (raised at load, never at request)
 """
@@ -98,3 +102,32 @@ class CatalogError(EntitlementsError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"plan catalog: {key}: {message}")
         self.key = key
+
+
+class IdempotencyKeyReused(AlreadyExists):
+    """An idempotency key was used before with other parameters (e.g. Stripe said so)."""
+
+    reason = "ERROR_REASON_IDEMPOTENCY_KEY_REUSED"
+
+
+class UnknownPrice(FailedPrecondition):
+    """A Stripe price that no configured plan and interval maps to; never guessed."""
+
+    def __init__(self, price_id: str) -> None:
+        super().__init__(
+            f"Stripe price {price_id!r} is not configured for any plan and interval "
+            "(STRIPE_<PLAN>_<INTERVAL>_PRICE_ID)"
+        )
+        self.price_id = price_id
+
+
+class UnknownNetwork(InvalidArgument):
+    """A network (or chain id) the service does not know, or has no node configured for."""
+
+    reason = "ERROR_REASON_UNKNOWN_NETWORK"
+
+
+class InvalidAddress(InvalidArgument):
+    """Not a 0x-prefixed 20-byte hex address, or mixed case that fails the EIP-55 checksum."""
+
+    reason = "ERROR_REASON_INVALID_ADDRESS"

@@ -121,3 +121,46 @@ class WatchHub:
         for sub in (*self._all, *(s for subs in self._by_account.values() for s in subs)):
             sub.closed = True
             sub._wake()
+
+
+# --- token gating ---
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAccessChanged:
+    """A token-gated channel access changed (granted -> revoked by re-verification, or back).
+
+    Not a `WatchEvent` yet: WatchEntitlementsResponse has no field for it, so it is delivered to
+    in-process listeners through `TokenAccessFeed` until the proto grows one.
+    """
+
+    channel_id: str
+    #: "" when the access was checked for wallets only.
+    user_id: str
+    wallet_addresses: tuple[str, ...]
+    granted: bool
+    #: Ids of the enabled requirements that were not met (empty when granted).
+    unmet_requirement_ids: tuple[str, ...] = ()
+
+
+class TokenAccessFeed:
+    """Fan-out of `TokenAccessChanged` to listeners; like `WatchHub`, publishing never blocks and
+    a listener that falls behind loses the oldest events rather than stalling the publisher."""
+
+    def __init__(self, queue_size: int = 1024) -> None:
+        self._queue_size = queue_size
+        self._listeners: set[asyncio.Queue[TokenAccessChanged]] = set()
+
+    def subscribe(self) -> asyncio.Queue[TokenAccessChanged]:
+        queue: asyncio.Queue[TokenAccessChanged] = asyncio.Queue(self._queue_size)
+        self._listeners.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[TokenAccessChanged]) -> None:
+        self._listeners.discard(queue)
+
+    def publish(self, event: TokenAccessChanged) -> None:
+        for queue in self._listeners:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(event)

@@ -26,10 +26,13 @@ from nchat.entitlements.v1 import (
     usage_service_pb2_grpc,
 )
 
+from entitlements.billing import Billing
 from entitlements.config import Settings
 from entitlements.policies import Catalog, default_catalog
 from entitlements.server.auth import AuthInterceptor
+from entitlements.server.billing_setup import install_billing, webhook_server
 from entitlements.server.entitlements_servicer import EntitlementsServicer
+from entitlements.server.token_gate_setup import TokenGateRuntime, install_token_gate
 from entitlements.server.unimplemented import MISSING, unimplemented_servicer
 from entitlements.server.usage_servicer import UsageServicer
 from entitlements.service import EntitlementService
@@ -64,6 +67,10 @@ class Deps:
     #: Called in reverse order at shutdown, after the server has stopped (adapters' clients).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     ledger: UsageLedger | None = None
+    #: Card billing through Stripe, when configured (BillingService, the webhook shim).
+    billing: Billing | None = None
+    #: Token gating (TokenGateService, chain readers, the re-verification task).
+    token_gate: TokenGateRuntime | None = None
 
     async def close(self) -> None:
         for close in reversed(self.closers):
@@ -94,6 +101,8 @@ class Deps:
         deps.ledger = ledger
         deps.servicers["UsageService"] = UsageServicer(ledger, service, catalog)
         deps.closers.append(ledger.close)
+        deps.billing = install_billing(settings, deps)
+        deps.token_gate = install_token_gate(settings, deps)
         return deps
 
 
@@ -200,8 +209,12 @@ async def serve(settings: Settings) -> None:
     store = Store.open(settings.database_url)
     try:
         deps = Deps.build(settings, store)
+        if deps.token_gate is not None:
+            await deps.token_gate.start()  # refuses a chain node of the wrong chain id
         running = await create_server(settings, deps)
         await running.server.start()
+        http = webhook_server(settings, deps.billing)
+        await http.start()
         await store.ping()
         await running.set_serving(True)
         log.info(
@@ -210,6 +223,7 @@ async def serve(settings: Settings) -> None:
             running.port,
             _redacted(settings.database_url),
         )
+        log.info("serving HTTP (/webhooks/stripe, /healthz) on %s", settings.http_addr)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -219,6 +233,7 @@ async def serve(settings: Settings) -> None:
             "shutting down: finishing in-flight calls (grace %.1fs)",
             settings.shutdown_grace_seconds,
         )
+        await http.stop()
         await running.stop(settings.shutdown_grace_seconds)
     finally:
         await store.close()

@@ -29,6 +29,8 @@ FUTURE_TOLERANCE_MS = 5 * 60 * 1000
 # was already pruned: refusing it is what keeps "counted once" true.
 RETENTION_MARGIN_MS = 60 * 60 * 1000
 
+_new = tuple.__new__  # see entitlements.usage.ledger._new
+
 _STATUS = {
     APPLIED: pb.USAGE_EVENT_STATUS_APPLIED,
     DUPLICATE: pb.USAGE_EVENT_STATUS_DUPLICATE,
@@ -114,16 +116,19 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             else:
                 period = period_of(occurred_ms)
             increments.append(
-                Increment(
-                    account_id=account_id,
-                    metric=info.name,
-                    delta=delta,
-                    key=key,
-                    period=period,
-                    occurred_at_ms=occurred_ms,
-                    enforce=enforce,
-                    limit_key=info.limit_key,
-                    limit=limit,
+                _new(
+                    Increment,
+                    (
+                        account_id,
+                        info.name,
+                        delta,
+                        key,
+                        period,
+                        occurred_ms,
+                        enforce,
+                        info.limit_key,
+                        limit,
+                    ),
                 )
             )
         outcomes = await self._ledger.report(increments)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -41,8 +41,7 @@ _CHUNK = 400
 CounterKey = tuple[str, str, str]  # (account_id, metric, period)
 
 
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
+class KeyRecord(NamedTuple):
     """A counted event's idempotency row."""
 
     account_id: str
@@ -276,7 +275,7 @@ class _SqliteSql(_Sql):
         await conn.exec_driver_sql(
             "INSERT INTO usage_events (account_id, idempotency_key, metric, delta, period, total,"
             " occurred_at_ms, received_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*astuple_key(r), received_ms) for r in records],
+            [(*r, received_ms) for r in records],
         )
 
     async def save_counters(
@@ -343,7 +342,7 @@ class _PostgresSql(_Sql):
     async def insert_keys(
         self, conn: AsyncConnection, records: list[KeyRecord], received_ms: int
     ) -> None:
-        columns = list(zip(*(astuple_key(r) for r in records), strict=True))
+        columns = list(zip(*records, strict=True))
         await conn.exec_driver_sql(
             "INSERT INTO usage_events (account_id, idempotency_key, metric, delta, period, total,"
             " occurred_at_ms, received_at_ms)"
@@ -376,7 +375,3 @@ class _PostgresSql(_Sql):
             (older_than_ms, batch),
         )
         return int(result.rowcount)
-
-
-def astuple_key(r: KeyRecord) -> tuple[str, str, str, int, str, int, int]:
-    return (r.account_id, r.idempotency_key, r.metric, r.delta, r.period, r.total, r.occurred_at_ms)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from cachetools import LRUCache
 
@@ -32,13 +33,16 @@ from entitlements.watch import ThresholdCrossed, WatchHub
 
 log = logging.getLogger(__name__)
 
+#: Builds a NamedTuple without its Python-level __new__: three times cheaper, and the ledger
+#: builds several per event.
+_new = tuple.__new__
+
 APPLIED = "applied"
 DUPLICATE = "duplicate"
 REFUSED = "refused"
 
 
-@dataclass(frozen=True, slots=True)
-class Increment:
+class Increment(NamedTuple):
     """One validated usage event, with the limit of its metric on the account's plan."""
 
     account_id: str
@@ -46,7 +50,7 @@ class Increment:
     delta: int
     key: str
     period: str
-    occurred_at_ms: int
+    occurred_at: int  # unix ms
     enforce: bool
     limit_key: str
     limit: int | None
@@ -63,8 +67,7 @@ class GaugeSet:
     limit: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What happened to one event: its status and the metric's total after it."""
 
     status: str
@@ -222,6 +225,11 @@ class UsageLedger:
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
+                for outcome in result:
+                    if outcome.status == APPLIED:
+                        self.events_applied += 1
+                    elif outcome.status == DUPLICATE:
+                        self.events_duplicate += 1
         for t in fresh:
             limit_key, _ = decision.limits[(t.account_id, t.metric, t.period)]
             self._hub.publish(
@@ -254,32 +262,59 @@ class UsageLedger:
                 touched[ck] = (op.limit_key, op.limit)
                 decision.results[index] = [Outcome(APPLIED, op.value, "")]
                 continue
-            conflict = _reused_key(pending.ops, seen)
-            if conflict is not None:
-                decision.results[index] = conflict
-                continue
+            # Apply the batch tentatively; a reused key with another payload undoes the whole
+            # batch (it is all or nothing), using the journal of what it changed.
             outcomes: list[Outcome] = []
-            for ev in pending.ops:
-                record = seen.get((ev.account_id, ev.key))
+            journal: list[tuple[CounterKey, int | None, tuple[str, int | None] | None]] = []
+            added: list[tuple[str, str]] = []
+            keys_mark = len(decision.write.new_keys)
+            conflict: AlreadyExists | None = None
+            for i, ev in enumerate(pending.ops):
+                identity = (ev.account_id, ev.key)
+                record = seen.get(identity)
                 if record is not None:
-                    outcomes.append(Outcome(DUPLICATE, record.total, record.period))
-                    self.events_duplicate += 1
+                    if (record.metric, record.delta, record.period) != (
+                        ev.metric,
+                        ev.delta,
+                        ev.period,
+                    ):
+                        conflict = _reused_key_error(i, ev, record)
+                        break
+                    outcomes.append(_new(Outcome, (DUPLICATE, record.total, record.period)))
                     continue
                 ck = (ev.account_id, ev.metric, ev.period)
-                total = current.get(ck, 0)
+                before = current.get(ck)
+                total = before or 0
                 if ev.enforce and ev.limit is not None and total + ev.delta > ev.limit:
                     outcomes.append(Outcome(REFUSED, total, ev.period))
                     continue
+                journal.append((ck, before, touched.get(ck)))
                 total += ev.delta
                 current[ck] = total
                 touched[ck] = (ev.limit_key, ev.limit)
-                record = KeyRecord(
-                    ev.account_id, ev.key, ev.metric, ev.delta, ev.period, total, ev.occurred_at_ms
+                record = _new(
+                    KeyRecord,
+                    (ev.account_id, ev.key, ev.metric, ev.delta, ev.period, total, ev.occurred_at),
                 )
-                seen[(ev.account_id, ev.key)] = record
+                seen[identity] = record
+                added.append(identity)
                 decision.write.new_keys.append(record)
-                outcomes.append(Outcome(APPLIED, total, ev.period))
-                self.events_applied += 1
+                outcomes.append(_new(Outcome, (APPLIED, total, ev.period)))
+            if conflict is not None:
+                for identity in added:
+                    del seen[identity]
+                for ck, before, was_touched in reversed(journal):
+                    if before is None:
+                        del current[ck]
+                    else:
+                        current[ck] = before
+                    if was_touched is None:
+                        touched.pop(ck, None)
+                    else:
+                        touched[ck] = was_touched
+                del decision.write.new_keys[keys_mark:]
+                decision.results[index] = conflict
+                continue
             decision.results[index] = outcomes
         month = current_period(self._clock())
         for ck, (limit_key, limit) in touched.items():
@@ -316,26 +351,10 @@ class UsageLedger:
         return removed
 
 
-def _reused_key(
-    events: Sequence[Increment], seen: dict[tuple[str, str], KeyRecord]
-) -> AlreadyExists | None:
-    """An error if the batch reuses a key (stored, earlier in the group, or earlier in the
-    batch) with another payload."""
-    local: dict[tuple[str, str], tuple[str, int, str]] = {}
-    for i, ev in enumerate(events):
-        payload = (ev.metric, ev.delta, ev.period)
-        record = seen.get((ev.account_id, ev.key))
-        known = (
-            (record.metric, record.delta, record.period)
-            if record
-            else local.get((ev.account_id, ev.key))
-        )
-        if known is not None and known != payload:
-            return AlreadyExists(
-                f"events[{i}].idempotency_key: {ev.key!r} was already used for account "
-                f"{ev.account_id!r} with another event ({known[0]} +{known[1]} in "
-                f"{known[2] or 'the gauge'}); use a new key for a new event",
-                reason="ERROR_REASON_IDEMPOTENCY_KEY_REUSED",
-            )
-        local[(ev.account_id, ev.key)] = payload
-    return None
+def _reused_key_error(index: int, ev: Increment, known: KeyRecord) -> AlreadyExists:
+    return AlreadyExists(
+        f"events[{index}].idempotency_key: {ev.key!r} was already used for account "
+        f"{ev.account_id!r} with another event ({known.metric} +{known.delta} in "
+        f"{known.period or 'the gauge'}); use a new key for a new event",
+        reason="ERROR_REASON_IDEMPOTENCY_KEY_REUSED",
+    )

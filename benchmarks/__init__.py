@@ -1,0 +1,1 @@
+"""Benchmarks run by `make bench`: the service as a separate process, driven from this one."""

@@ -1,0 +1,179 @@
+"""`make bench`: every benchmark in one run, each beside the same run's health-check baseline.
+
+Prints absolute figures and ratios; BENCHMARKS.md records a run with the machine and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nchat.entitlements.v1 import entitlements_service_pb2 as ent_pb
+from nchat.entitlements.v1 import entitlements_service_pb2_grpc as ent_grpc
+from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
+from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
+
+from benchmarks.harness import Result, Server, drive, pin_client
+
+POSTGRES_URL = os.environ.get(
+    "ENTITLEMENTS_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def line(result: Result, baseline: Result | None, unit: str = "calls") -> str:
+    text = (
+        f"{result.name:<44} {result.items_per_second:>10,.0f} {unit}/s"
+        f"  {result.cpu_per_call_us:>8,.0f} us server CPU/call"
+    )
+    if baseline is not None:
+        text += (
+            f"  | {result.calls_per_second / baseline.calls_per_second:5.2f}x calls/s,"
+            f" {result.cpu_per_call_us / baseline.cpu_per_call_us:5.2f}x CPU/call of health"
+        )
+    return text
+
+
+async def health_baseline(server: Server, seconds: float) -> Result:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest()
+        return await drive("grpc.health.v1.Health/Check (baseline)", server,
+                           lambda i: stub.Check(request), seconds=seconds)
+
+
+async def usage_throughput(server: Server, name: str, seconds: float) -> Result:
+    """Batches of 100 events over 20 accounts, 10 % of them repeats of already-sent keys."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = usage_grpc.UsageServiceStub(channel)
+
+        def batch(i: int) -> usage_pb.ReportUsageRequest:
+            events = []
+            for j in range(100):
+                if j < 10 and i > 0:
+                    key = f"b{i - 1}-{j}"  # a retry of the previous batch's event
+                else:
+                    key = f"b{i}-{j}"
+                events.append(
+                    usage_pb.UsageEvent(
+                        account_id=f"ws-{(i + j) % 20}" if not key.startswith(f"b{i - 1}-")
+                        else f"ws-{(i - 1 + j) % 20}",
+                        metric="messages", delta=1, idempotency_key=key,
+                    )
+                )
+            return usage_pb.ReportUsageRequest(events=events)
+
+        return await drive(name, server, lambda i: stub.ReportUsage(batch(i)),
+                           seconds=seconds, items_per_call=100)
+
+
+async def hot_checks(server: Server, seconds: float) -> list[Result]:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        ent = ent_grpc.EntitlementsServiceStub(channel)
+        usage = usage_grpc.UsageServiceStub(channel)
+        can_use = ent_pb.CanUseFeatureRequest(account_id="ws-1", feature="customBranding")
+        check_limit = usage_pb.CheckLimitRequest(account_id="ws-1", limit="maxMessages")
+        many = ent_pb.CheckFeaturesRequest(
+            checks=[ent_pb.CanUseFeatureRequest(account_id=f"ws-{i % 20}", feature="apiAccess")
+                    for i in range(100)]
+        )
+        return [
+            await drive("EntitlementsService/CanUseFeature", server,
+                        lambda i: ent.CanUseFeature(can_use), seconds=seconds),
+            await drive("UsageService/CheckLimit (tracked usage)", server,
+                        lambda i: usage.CheckLimit(check_limit), seconds=seconds),
+            await drive("EntitlementsService/CheckFeatures x100", server,
+                        lambda i: ent.CheckFeatures(many), seconds=seconds, items_per_call=100),
+        ]
+
+
+async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
+    pin_client()
+    report: dict[str, object] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "results": [],
+    }
+    results: list[dict[str, object]] = report["results"]  # type: ignore[assignment]
+
+    def record(result: Result, baseline: Result | None, unit: str = "calls") -> None:
+        print(line(result, baseline, unit), flush=True)
+        results.append({
+            "name": result.name, "per_second": round(result.items_per_second),
+            "calls_per_second": round(result.calls_per_second),
+            "server_cpu_per_call_us": round(result.cpu_per_call_us, 1),
+            "ratio_calls_vs_health": None if baseline is None
+            else round(result.calls_per_second / baseline.calls_per_second, 3),
+            "ratio_cpu_vs_health": None if baseline is None
+            else round(result.cpu_per_call_us / baseline.cpu_per_call_us, 3),
+        })
+
+    print(f"server pinned to core 0, client to core 1; {seconds:.0f} s per figure")
+    with Server() as server:
+        baseline = await health_baseline(server, seconds)
+        record(baseline, None)
+        for result in await hot_checks(server, seconds):
+            record(result, baseline, "checks" if "x100" in result.name else "calls")
+        record(await usage_throughput(server, "UsageService/ReportUsage, SQLite", seconds),
+               baseline, "events")
+    if skip_postgres:
+        print("PostgreSQL: skipped (--no-postgres)")
+    else:
+        database = await _fresh_postgres_database()
+        if database is None:
+            print(f"PostgreSQL: not reachable at {POSTGRES_URL}; skipped")
+        else:
+            try:
+                with Server(database) as server:
+                    baseline = await health_baseline(server, seconds)
+                    record(baseline, None)
+                    record(await usage_throughput(server, "UsageService/ReportUsage, PostgreSQL",
+                                                  seconds), baseline, "events")
+            finally:
+                await _drop_postgres_database(database)
+    return report
+
+
+async def _fresh_postgres_database() -> str | None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    admin = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
+    try:
+        connection = await asyncpg.connect(admin, timeout=5)
+    except (OSError, asyncpg.PostgresError):
+        return None
+    try:
+        await connection.execute("DROP DATABASE IF EXISTS entitlements_bench WITH (FORCE)")
+        await connection.execute("CREATE DATABASE entitlements_bench")
+    finally:
+        await connection.close()
+    return POSTGRES_URL.rsplit("/", 1)[0] + "/entitlements_bench"
+
+
+async def _drop_postgres_database(url: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await connection.execute("DROP DATABASE IF EXISTS entitlements_bench WITH (FORCE)")
+    finally:
+        await connection.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure")
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--json", type=Path, default=Path(".bench/results.json"))
+    args = parser.parse_args()
+    outcome = asyncio.run(main(args.seconds, args.no_postgres))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(outcome, indent=2))
+    print(f"results written to {args.json}", file=sys.stderr)

@@ -1,0 +1,157 @@
+"""Starting servers for benchmarks and measuring calls against them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: The server gets core 0 and this process core 1 when the machine has two or more.
+PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class Server:
+    """`entitlements serve` in its own process (pinned to core 0), on a fresh database."""
+
+    def __init__(self, database_url: str | None = None, **env: str) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="entitlements-bench-"))
+        self.database_url = database_url or f"sqlite:///{self.workdir / 'bench.db'}"
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "ENTITLEMENTS_DEV_MODE": "1",
+            "ENTITLEMENTS_GRPC_ADDR": f"127.0.0.1:{self.port}",
+            "ENTITLEMENTS_HTTP_ADDR": f"127.0.0.1:{free_port()}",
+            "ENTITLEMENTS_DATABASE_URL": self.database_url,
+            "ENTITLEMENTS_LOG_LEVEL": "WARNING",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def __enter__(self) -> Server:
+        cli = [sys.executable, "-m", "entitlements.cli"]
+        subprocess.run([*cli, "migrate"], env=self.env, cwd=self.workdir, check=True,
+                       capture_output=True)
+        pin = ["taskset", "-c", "0"] if PIN else []
+        self.process = subprocess.Popen(
+            [*pin, *cli, "serve"], env=self.env, cwd=self.workdir,
+            stdout=subprocess.DEVNULL, stderr=(self.workdir / "server.log").open("wb"),
+        )
+        deadline = time.monotonic() + 30
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    calls: int
+    seconds: float
+    server_cpu: float
+    items_per_call: int = 1
+
+    @property
+    def calls_per_second(self) -> float:
+        return self.calls / self.seconds
+
+    @property
+    def items_per_second(self) -> float:
+        return self.calls * self.items_per_call / self.seconds
+
+    @property
+    def cpu_per_call_us(self) -> float:
+        return self.server_cpu / self.calls * 1e6
+
+
+async def drive(
+    name: str,
+    server: Server,
+    call: Callable[[int], Awaitable[object]],
+    *,
+    seconds: float = 5.0,
+    concurrency: int = 64,
+    items_per_call: int = 1,
+    warmup: float = 1.0,
+) -> Result:
+    """Keep `concurrency` calls in flight for `seconds` (after a warm-up) and count them."""
+    stop_at = 0.0
+    counted = 0
+    measuring = False
+
+    async def worker(w: int) -> None:
+        nonlocal counted
+        i = w
+        while time.perf_counter() < stop_at:
+            await call(i)
+            i += concurrency
+            if measuring:
+                counted += 1
+
+    stop_at = time.perf_counter() + warmup
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    measuring = True
+    cpu0 = cpu_seconds(server.pid)
+    t0 = time.perf_counter()
+    stop_at = t0 + seconds
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    cpu = cpu_seconds(server.pid) - cpu0
+    return Result(name, counted, elapsed, cpu, items_per_call)
+
+
+def pin_client() -> None:
+    if PIN:
+        os.sched_setaffinity(0, {1})

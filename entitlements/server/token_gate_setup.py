@@ -1,0 +1,49 @@
+"""Wiring token gating into the server: the domain service on the shared engine, the chain
+readers from settings, the servicer, the re-verification task and their shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from adapters.chains import ChainReaders, ChainSettings
+from entitlements.server.token_gate_servicer import TokenGateServicer
+from entitlements.store.tokengate_repository import TokenGateStore
+from entitlements.tokengate import Reverifier, TokenGate
+
+if TYPE_CHECKING:
+    from entitlements.config import Settings
+    from entitlements.server.app import Deps
+
+__all__ = ["TokenGateRuntime", "install_token_gate"]
+
+
+@dataclass
+class TokenGateRuntime:
+    gate: TokenGate
+    reverifier: Reverifier
+
+    async def start(self) -> None:
+        """Refuse a node of the wrong chain (FailedPrecondition), then start re-verifying."""
+        await self.gate.start()
+        self.reverifier.start()
+
+    async def close(self) -> None:
+        await self.reverifier.stop()
+        await self.gate.close()
+
+
+def install_token_gate(
+    settings: Settings, deps: Deps, *, readers: ChainReaders | None = None
+) -> TokenGateRuntime:
+    """Build token gating on `deps.store`'s engine and register its servicer and closer."""
+    chains: ChainSettings = settings.chains
+    gate = TokenGate(
+        TokenGateStore(deps.store.engine),
+        readers or ChainReaders.from_settings(chains),
+        chains,
+    )
+    runtime = TokenGateRuntime(gate, Reverifier(gate, chains.reverify_interval_seconds))
+    deps.servicers["TokenGateService"] = TokenGateServicer(gate)
+    deps.closers.append(runtime.close)
+    return runtime

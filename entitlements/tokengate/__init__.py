@@ -1,0 +1,23 @@
+"""Token gating: requirements, on-chain verification (cached, single-flight, stale grace),
+channel access, periodic re-verification and wallet ownership (Sign-In with Ethereum)."""
+
+from __future__ import annotations
+
+from entitlements.tokengate.requirements import RequirementDraft, validate_requirement
+from entitlements.tokengate.reverify import Reverifier, SweepReport
+from entitlements.tokengate.service import AccessDecision, RequirementResult, TokenGate
+from entitlements.tokengate.verifier import TokenVerifier, Verification
+from entitlements.tokengate.wallets import WalletOwnership
+
+__all__ = [
+    "AccessDecision",
+    "RequirementDraft",
+    "RequirementResult",
+    "Reverifier",
+    "SweepReport",
+    "TokenGate",
+    "TokenVerifier",
+    "Verification",
+    "WalletOwnership",
+    "validate_requirement",
+]

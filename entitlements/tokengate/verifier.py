@@ -1,0 +1,175 @@
+"""Checking one wallet against one requirement on chain, with a short cache, single-flight reads
+and a bounded stale grace for positive results when the node is down.
+
+Why these three:
+- The cache (default 60 s) absorbs the bursts a chat produces (everyone opening a channel), and
+  a minute is shorter than a token transfer takes to matter to people.
+- Single-flight: identical concurrent checks share one chain read, so 1,000 at once cost one
+  round trip, not 1,000 (and no provider rate limit is hit).
+- Stale grace (default 10 min): when the node is down, a holder verified in the last minutes
+  keeps access rather than being locked out by the outage; a wallet never verified (or last
+  seen without the token) gets UNAVAILABLE, never a grant. The window is short so a token sold
+  during an outage cannot keep a channel open for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from cachetools import LRUCache
+
+from adapters.chains import ChainReaders, ChainUnavailable, NetworkNotConfigured
+from entitlements.errors import Unavailable
+from entitlements.store.records import utcnow
+from entitlements.store.tokengate_records import RequirementRecord
+from entitlements.tokengate.requirements import base_units, format_units
+
+__all__ = ["TokenVerifier", "Verification"]
+
+log = logging.getLogger(__name__)
+
+CacheKey = tuple[str, str, str, str, tuple[str, ...], int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """The result of one (wallet, requirement) check."""
+
+    verified: bool
+    #: ERC-20: the balance in tokens ("1.5"); ERC-721/1155: the count of tokens that count.
+    balance: str
+    #: Why the wallet does not meet the requirement ("" when it does).
+    error: str
+    #: When the chain was read for this answer.
+    checked_at: datetime
+    #: True when the answer came from the cache.
+    cached: bool = False
+    #: True when the node is down and this is a recent positive answer kept for the grace window.
+    stale: bool = False
+
+
+def _key(requirement: RequirementRecord, wallet: str) -> CacheKey:
+    # What decides the answer, not the requirement's id: an inline requirement and a stored one
+    # with the same terms share entries.
+    return (
+        requirement.network,
+        requirement.contract_address,
+        requirement.token_type,
+        requirement.min_balance or "",
+        requirement.token_ids,
+        requirement.min_token_count or 0,
+        wallet,
+    )
+
+
+class TokenVerifier:
+    """Answers (wallet, requirement) checks from the chain readers, cached and single-flight.
+
+    `chain_reads` counts the reads this verifier started (one JSON-RPC round trip each, see
+    `ChainReader`), so tests and benchmarks can show what a workload cost.
+    """
+
+    def __init__(
+        self,
+        readers: ChainReaders,
+        *,
+        ttl_seconds: float = 60.0,
+        stale_grace_seconds: float = 600.0,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._readers = readers
+        self._ttl = ttl_seconds
+        self._grace = stale_grace_seconds
+        self._clock = clock
+        self._cache: LRUCache[CacheKey, tuple[float, Verification]] = LRUCache(max_entries)
+        self._inflight: dict[CacheKey, asyncio.Task[Verification]] = {}
+        self.chain_reads = 0
+
+    async def verify(
+        self, requirement: RequirementRecord, wallet: str, *, fresh: bool = False
+    ) -> Verification:
+        """Check `wallet` (checksummed) against `requirement`. `fresh` skips the cache (the
+        re-verification sweep). Raises Unavailable when the chain cannot say and no recent
+        positive answer may stand in."""
+        key = _key(requirement, wallet)
+        now = self._clock()
+        entry = self._cache.get(key)
+        if not fresh and entry is not None and now - entry[0] < self._ttl:
+            return replace(entry[1], cached=True)
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._read(key, requirement, wallet))
+            task.add_done_callback(_retrieve)
+            self._inflight[key] = task
+        try:
+            # shield: a caller that gives up does not cancel the read the others wait for.
+            return await asyncio.shield(task)
+        except ChainUnavailable as exc:
+            stale = self._cache.get(key)
+            if stale is not None and stale[1].verified and self._clock() - stale[0] <= self._grace:
+                log.warning("serving a cached grant within the stale grace: %s", exc)
+                return replace(stale[1], cached=True, stale=True)
+            raise Unavailable(f"cannot read the chain: {exc}") from exc
+        except NetworkNotConfigured as exc:
+            raise Unavailable(f"network {requirement.network!r} is not configured") from exc
+
+    def forget(self) -> None:
+        """Drop every cached answer (tests; a configuration change)."""
+        self._cache.clear()
+
+    async def _read(
+        self, key: CacheKey, requirement: RequirementRecord, wallet: str
+    ) -> Verification:
+        try:
+            self.chain_reads += 1
+            result = await self._evaluate(requirement, wallet)
+            self._cache[key] = (self._clock(), result)
+            return result
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _evaluate(self, requirement: RequirementRecord, wallet: str) -> Verification:
+        reader = self._readers.get(requirement.network)
+        contract = requirement.contract_address
+        checked_at = utcnow()
+        if requirement.token_type == "ERC20":
+            balance = await reader.erc20_balance(contract, wallet)
+            needed = base_units(requirement.min_balance, balance.decimals)
+            held = format_units(balance.raw, balance.decimals)
+            if balance.raw >= needed:
+                return Verification(True, held, "", checked_at)
+            wanted = requirement.min_balance or format_units(1, balance.decimals)
+            return Verification(
+                False, held, f"balance {held} is below the required {wanted}", checked_at
+            )
+        needed_count = max(requirement.min_token_count or 0, 1)
+        ids = [int(i) for i in requirement.token_ids]
+        if requirement.token_type == "ERC721":
+            if ids:
+                owned = await reader.erc721_owned(contract, wallet, ids)
+                count = sum(owned)
+                what = f"of the listed token ids {', '.join(requirement.token_ids)}"
+            else:
+                count = await reader.erc721_balance(contract, wallet)
+                what = "tokens of the collection"
+        else:
+            balances = await reader.erc1155_balances(contract, wallet, ids)
+            count = sum(balances)
+            what = f"tokens with ids {', '.join(requirement.token_ids)}"
+        if count >= needed_count:
+            return Verification(True, str(count), "", checked_at)
+        return Verification(
+            False, str(count), f"holds {count} {what}; {needed_count} required", checked_at
+        )
+
+
+def _retrieve(task: asyncio.Task[Verification]) -> None:
+    # Every waiter may have given up: mark the outcome seen so asyncio does not log it.
+    if not task.cancelled():
+        task.exception()
