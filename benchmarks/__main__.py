@@ -45,8 +45,12 @@ async def health_baseline(server: Server, seconds: float) -> Result:
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest()
-        return await drive("grpc.health.v1.Health/Check (baseline)", server,
-                           lambda i: stub.Check(request), seconds=seconds)
+        return await drive(
+            "grpc.health.v1.Health/Check (baseline)",
+            server,
+            lambda i: stub.Check(request),
+            seconds=seconds,
+        )
 
 
 async def usage_throughput(server: Server, name: str, seconds: float) -> Result:
@@ -57,21 +61,23 @@ async def usage_throughput(server: Server, name: str, seconds: float) -> Result:
         def batch(i: int) -> usage_pb.ReportUsageRequest:
             events = []
             for j in range(100):
-                if j < 10 and i > 0:
-                    key = f"b{i - 1}-{j}"  # a retry of the previous batch's event
-                else:
-                    key = f"b{i}-{j}"
+                # the first 10 events repeat the previous batch's (retries)
+                key = f"b{i - 1}-{j}" if j < 10 and i > 0 else f"b{i}-{j}"
                 events.append(
                     usage_pb.UsageEvent(
-                        account_id=f"ws-{(i + j) % 20}" if not key.startswith(f"b{i - 1}-")
+                        account_id=f"ws-{(i + j) % 20}"
+                        if not key.startswith(f"b{i - 1}-")
                         else f"ws-{(i - 1 + j) % 20}",
-                        metric="messages", delta=1, idempotency_key=key,
+                        metric="messages",
+                        delta=1,
+                        idempotency_key=key,
                     )
                 )
             return usage_pb.ReportUsageRequest(events=events)
 
-        return await drive(name, server, lambda i: stub.ReportUsage(batch(i)),
-                           seconds=seconds, items_per_call=100)
+        return await drive(
+            name, server, lambda i: stub.ReportUsage(batch(i)), seconds=seconds, items_per_call=100
+        )
 
 
 async def hot_checks(server: Server, seconds: float) -> list[Result]:
@@ -81,16 +87,31 @@ async def hot_checks(server: Server, seconds: float) -> list[Result]:
         can_use = ent_pb.CanUseFeatureRequest(account_id="ws-1", feature="customBranding")
         check_limit = usage_pb.CheckLimitRequest(account_id="ws-1", limit="maxMessages")
         many = ent_pb.CheckFeaturesRequest(
-            checks=[ent_pb.CanUseFeatureRequest(account_id=f"ws-{i % 20}", feature="apiAccess")
-                    for i in range(100)]
+            checks=[
+                ent_pb.CanUseFeatureRequest(account_id=f"ws-{i % 20}", feature="apiAccess")
+                for i in range(100)
+            ]
         )
         return [
-            await drive("EntitlementsService/CanUseFeature", server,
-                        lambda i: ent.CanUseFeature(can_use), seconds=seconds),
-            await drive("UsageService/CheckLimit (tracked usage)", server,
-                        lambda i: usage.CheckLimit(check_limit), seconds=seconds),
-            await drive("EntitlementsService/CheckFeatures x100", server,
-                        lambda i: ent.CheckFeatures(many), seconds=seconds, items_per_call=100),
+            await drive(
+                "EntitlementsService/CanUseFeature",
+                server,
+                lambda i: ent.CanUseFeature(can_use),
+                seconds=seconds,
+            ),
+            await drive(
+                "UsageService/CheckLimit (tracked usage)",
+                server,
+                lambda i: usage.CheckLimit(check_limit),
+                seconds=seconds,
+            ),
+            await drive(
+                "EntitlementsService/CheckFeatures x100",
+                server,
+                lambda i: ent.CheckFeatures(many),
+                seconds=seconds,
+                items_per_call=100,
+            ),
         ]
 
 
@@ -98,22 +119,29 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
     pin_client()
     report: dict[str, object] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
         "results": [],
     }
     results: list[dict[str, object]] = report["results"]  # type: ignore[assignment]
 
     def record(result: Result, baseline: Result | None, unit: str = "calls") -> None:
         print(line(result, baseline, unit), flush=True)
-        results.append({
-            "name": result.name, "per_second": round(result.items_per_second),
-            "calls_per_second": round(result.calls_per_second),
-            "server_cpu_per_call_us": round(result.cpu_per_call_us, 1),
-            "ratio_calls_vs_health": None if baseline is None
-            else round(result.calls_per_second / baseline.calls_per_second, 3),
-            "ratio_cpu_vs_health": None if baseline is None
-            else round(result.cpu_per_call_us / baseline.cpu_per_call_us, 3),
-        })
+        results.append(
+            {
+                "name": result.name,
+                "per_second": round(result.items_per_second),
+                "calls_per_second": round(result.calls_per_second),
+                "server_cpu_per_call_us": round(result.cpu_per_call_us, 1),
+                "ratio_calls_vs_health": None
+                if baseline is None
+                else round(result.calls_per_second / baseline.calls_per_second, 3),
+                "ratio_cpu_vs_health": None
+                if baseline is None
+                else round(result.cpu_per_call_us / baseline.cpu_per_call_us, 3),
+            }
+        )
 
     print(f"server pinned to core 0, client to core 1; {seconds:.0f} s per figure")
     with Server() as server:
@@ -121,8 +149,11 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
         record(baseline, None)
         for result in await hot_checks(server, seconds):
             record(result, baseline, "checks" if "x100" in result.name else "calls")
-        record(await usage_throughput(server, "UsageService/ReportUsage, SQLite", seconds),
-               baseline, "events")
+        record(
+            await usage_throughput(server, "UsageService/ReportUsage, SQLite", seconds),
+            baseline,
+            "events",
+        )
     if skip_postgres:
         print("PostgreSQL: skipped (--no-postgres)")
     else:
@@ -134,8 +165,13 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
                 with Server(database) as server:
                     baseline = await health_baseline(server, seconds)
                     record(baseline, None)
-                    record(await usage_throughput(server, "UsageService/ReportUsage, PostgreSQL",
-                                                  seconds), baseline, "events")
+                    record(
+                        await usage_throughput(
+                            server, "UsageService/ReportUsage, PostgreSQL", seconds
+                        ),
+                        baseline,
+                        "events",
+                    )
             finally:
                 await _drop_postgres_database(database)
     return report
@@ -160,7 +196,9 @@ async def _fresh_postgres_database() -> str | None:
 async def _drop_postgres_database(url: str) -> None:
     import asyncpg
 
-    connection = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://"))
+    connection = await asyncpg.connect(
+        POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
+    )
     try:
         await connection.execute("DROP DATABASE IF EXISTS entitlements_bench WITH (FORCE)")
     finally:

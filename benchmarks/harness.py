@@ -65,12 +65,16 @@ class Server:
 
     def __enter__(self) -> Server:
         cli = [sys.executable, "-m", "entitlements.cli"]
-        subprocess.run([*cli, "migrate"], env=self.env, cwd=self.workdir, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [*cli, "migrate"], env=self.env, cwd=self.workdir, check=True, capture_output=True
+        )
         pin = ["taskset", "-c", "0"] if PIN else []
         self.process = subprocess.Popen(
-            [*pin, *cli, "serve"], env=self.env, cwd=self.workdir,
-            stdout=subprocess.DEVNULL, stderr=(self.workdir / "server.log").open("wb"),
+            [*pin, *cli, "serve"],
+            env=self.env,
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "server.log").open("wb"),
         )
         deadline = time.monotonic() + 30
         with grpc.insecure_channel(self.target) as channel:

@@ -74,6 +74,11 @@ class EntitlementCache:
             self.stale_served += 1
             return stale[0]
 
+    def known_revision(self, account_id: str) -> int | None:
+        """The revision of the cached entry, fresh or not; None if the account is not cached."""
+        entry = self._entries.get(account_id)
+        return None if entry is None else entry[0].revision
+
     def invalidate(self, account_id: str) -> None:
         self._entries.pop(account_id, None)
         self._inflight.pop(account_id, None)

@@ -20,8 +20,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="entitlements", description="nchat entitlement service (gRPC)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser(
+    serve_parser = sub.add_parser(
         "serve", help="run the gRPC server (ENTITLEMENTS_GRPC_ADDR, default 0.0.0.0:50051)"
+    )
+    serve_parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (one per core); default 1",
     )
     sub.add_parser("migrate", help="apply database migrations (ENTITLEMENTS_DATABASE_URL)")
     plans = sub.add_parser("plans", help="print the plan catalog")
@@ -61,17 +67,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in ("webhooks", "reconcile"):
             return _billing_command(args.command, settings)
-        from entitlements.server.app import SchemaNotCurrent, serve
-
-        try:
-            _run(serve(settings), settings.event_loop)
-        except SchemaNotCurrent as exc:
-            print(f"entitlements: {exc}", file=sys.stderr)
+        if args.workers < 1:
+            print("entitlements: --workers must be 1 or more", file=sys.stderr)
             return 2
-        return 0
+        if args.workers == 1:
+            return _serve(settings)
+        from dataclasses import replace
+
+        from entitlements.server.workers import run_workers
+
+        shared = replace(settings, reuse_port=True)
+        return run_workers(args.workers, lambda index: _serve(shared))
     except (EntitlementsError, OSError) as exc:
         print(f"entitlements: {exc}", file=sys.stderr)
         return 1
+
+
+def _serve(settings: Settings) -> int:
+    from entitlements.server.app import SchemaNotCurrent, serve
+
+    try:
+        _run(serve(settings), settings.event_loop)
+    except SchemaNotCurrent as exc:
+        print(f"entitlements: {exc}", file=sys.stderr)
+        return 2
+    except (EntitlementsError, OSError) as exc:
+        print(f"entitlements: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _run(main: Coroutine[Any, Any, None], loop: str) -> None:

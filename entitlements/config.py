@@ -75,11 +75,21 @@ class Settings:
     stripe: StripeSettings = field(default_factory=StripeSettings)
     #: How long a usage counter read from the database is answered from memory (CheckLimit);
     #: this replica's own writes refresh it at once, other replicas' within this time.
-    usage_counter_ttl_seconds: float = 2.0
+    usage_counter_ttl_seconds: float = 1.0
     #: How long usage idempotency keys are kept: a retry within this window is counted once.
     usage_key_retention_seconds: float = 7 * 86400.0
     #: "uvloop" (default) or "asyncio".
     event_loop: str = "uvloop"
+    #: Unary calls handled at once; past it, calls are refused with RESOURCE_EXHAUSTED.
+    max_in_flight: int = 2000
+    #: WatchEntitlements streams open at once.
+    max_watchers: int = 10_000
+    #: How often each process polls the change feed (coherence across workers and replicas).
+    change_feed_interval_seconds: float = 0.25
+    #: Share the gRPC port with other processes (set by `serve --workers N`).
+    reuse_port: bool = False
+    #: Accounts loaded into the cache before the server reports SERVING.
+    warm_accounts: int = 10_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,8 +132,14 @@ class Settings:
             chains=_chains(env),
             stripe=_stripe_settings(env),
             usage_counter_ttl_seconds=_number(
-                env, "ENTITLEMENTS_USAGE_COUNTER_TTL_SECONDS", 2.0, minimum=0
+                env, "ENTITLEMENTS_USAGE_COUNTER_TTL_SECONDS", 1.0, minimum=0
             ),
+            max_in_flight=int(_number(env, "ENTITLEMENTS_MAX_IN_FLIGHT", 2000, minimum=1)),
+            max_watchers=int(_number(env, "ENTITLEMENTS_MAX_WATCHERS", 10_000, minimum=1)),
+            change_feed_interval_seconds=_number(
+                env, "ENTITLEMENTS_CHANGE_FEED_INTERVAL_SECONDS", 0.25, minimum=0.01
+            ),
+            warm_accounts=int(_number(env, "ENTITLEMENTS_WARM_ACCOUNTS", 10_000, minimum=0)),
             event_loop=_choice(env, "ENTITLEMENTS_EVENT_LOOP", ("uvloop", "asyncio")),
             usage_key_retention_seconds=86400.0
             * _number(env, "ENTITLEMENTS_USAGE_KEY_RETENTION_DAYS", 7.0, minimum=1),

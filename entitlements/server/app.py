@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,11 +28,13 @@ from nchat.entitlements.v1 import (
 )
 
 from entitlements.billing import Billing
+from entitlements.coherence import ChangeFeed
 from entitlements.config import Settings
 from entitlements.policies import Catalog, default_catalog
 from entitlements.server.auth import AuthInterceptor
 from entitlements.server.billing_setup import install_billing, webhook_server
 from entitlements.server.entitlements_servicer import EntitlementsServicer
+from entitlements.server.status import InFlight
 from entitlements.server.token_gate_setup import TokenGateRuntime, install_token_gate
 from entitlements.server.unimplemented import MISSING, unimplemented_servicer
 from entitlements.server.usage_servicer import UsageServicer
@@ -67,6 +70,8 @@ class Deps:
     #: Called in reverse order at shutdown, after the server has stopped (adapters' clients).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     ledger: UsageLedger | None = None
+    feed: ChangeFeed | None = None
+    in_flight: InFlight = field(default_factory=lambda: InFlight(2000))
     #: Card billing through Stripe, when configured (BillingService, the webhook shim).
     billing: Billing | None = None
     #: Token gating (TokenGateService, chain readers, the re-verification task).
@@ -99,6 +104,9 @@ class Deps:
             key_retention_seconds=settings.usage_key_retention_seconds,
         )
         deps.ledger = ledger
+        deps.feed = ChangeFeed(service, interval_seconds=settings.change_feed_interval_seconds)
+        deps.closers.append(deps.feed.close)
+        deps.in_flight = InFlight(settings.max_in_flight)
         deps.servicers["UsageService"] = UsageServicer(ledger, service, catalog)
         deps.closers.append(ledger.close)
         deps.billing = install_billing(settings, deps)
@@ -155,14 +163,19 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            # One process owns the port; a second server on it fails instead of sharing calls.
-            ("grpc.so_reuseport", 0),
+            # One process owns the port, and a second server on it fails instead of silently
+            # sharing calls; with --workers N the workers share it on purpose.
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
+    entitlements_servicer = EntitlementsServicer(
+        deps.service, deps.catalog, max_watchers=settings.max_watchers
+    )
+    entitlements_servicer.in_flight = deps.in_flight
     entitlements_service_pb2_grpc.add_EntitlementsServiceServicer_to_server(
-        EntitlementsServicer(deps.service, deps.catalog), server
+        entitlements_servicer, server
     )
     for pb2, pb2_grpc, name in _OTHER_SERVICES:
         add = getattr(pb2_grpc, f"add_{name}Servicer_to_server")
@@ -171,6 +184,8 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
             descriptor = pb2.DESCRIPTOR.services_by_name[name]
             base = getattr(pb2_grpc, f"{name}Servicer")
             servicer = unimplemented_servicer(descriptor, base, MISSING[name])
+        else:
+            servicer.in_flight = deps.in_flight  # type: ignore[attr-defined]
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -184,6 +199,8 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
         raise OSError(f"cannot listen on {bind}: {exc}") from exc
     if deps.ledger is not None:
         deps.ledger.start()
+    if deps.feed is not None:
+        deps.feed.start()
     running = Running(server=server, port=port, health=health_servicer, deps=deps)
     await running.set_serving(False)
     return running
@@ -216,12 +233,17 @@ async def serve(settings: Settings) -> None:
         http = webhook_server(settings, deps.billing)
         await http.start()
         await store.ping()
+        warmed = await deps.service.warm(
+            await store.recently_changed_accounts(settings.warm_accounts)
+        )
         await running.set_serving(True)
         log.info(
-            "serving gRPC on %s (port %d), database %s",
+            "serving gRPC on %s (port %d, pid %d), database %s, %d accounts warmed",
             settings.grpc_addr,
             running.port,
+            os.getpid(),
             _redacted(settings.database_url),
+            warmed,
         )
         log.info("serving HTTP (/webhooks/stripe, /healthz) on %s", settings.http_addr)
         stop = asyncio.Event()

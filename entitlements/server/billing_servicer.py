@@ -10,8 +10,7 @@ from nchat.entitlements.v1 import billing_service_pb2 as pb
 from nchat.entitlements.v1 import billing_service_pb2_grpc as pb_grpc
 from nchat.entitlements.v1 import plan_pb2
 
-from adapters.stripe import PAID_PLANS, Interval
-from entitlements.billing import Billing, CheckoutRequest
+from entitlements.billing import PAID_PLANS, Billing, CheckoutRequest, Interval
 from entitlements.errors import InvalidArgument
 from entitlements.policies import Catalog
 from entitlements.server import convert

@@ -52,7 +52,9 @@ def webhook_server(
         sink=StripeEvents(billing).handle if billing is not None else None,
         tolerance_seconds=settings.stripe.webhook_tolerance_seconds,
     )
-    return WebhookServer(create_app(config), addr or settings.http_addr)
+    return WebhookServer(
+        create_app(config), addr or settings.http_addr, reuse_port=settings.reuse_port
+    )
 
 
 async def run_webhooks(settings: Settings) -> None:

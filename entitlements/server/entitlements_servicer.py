@@ -15,7 +15,7 @@ from nchat.entitlements.v1 import plan_pb2
 from entitlements.errors import EntitlementsError, InvalidArgument
 from entitlements.policies import Catalog, FeatureDecision, get_upgrade_path, meets_minimum_plan
 from entitlements.server import convert
-from entitlements.server.status import abort, abort_with, error_status, unary
+from entitlements.server.status import InFlight, abort, abort_with, error_status, unary
 from entitlements.server.validation import require_count, require_id
 from entitlements.service import EntitlementService
 from entitlements.state import AccountEntitlements
@@ -51,9 +51,14 @@ def _answer(feature: str, decision: FeatureDecision, revision: int) -> pb.CanUse
 
 
 class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
-    def __init__(self, service: EntitlementService, catalog: Catalog) -> None:
+    in_flight: InFlight | None = None
+
+    def __init__(
+        self, service: EntitlementService, catalog: Catalog, *, max_watchers: int = 10_000
+    ) -> None:
         self._service = service
         self._catalog = catalog
+        self._max_watchers = max_watchers
         self._plans = pb.ListPlansResponse(
             plans=[convert.plan(catalog, p) for p in catalog.plans],
             features=[
@@ -167,6 +172,13 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         except EntitlementsError as exc:
             await abort(context, error_status(exc))
         hub = self._service.hub
+        if hub.subscriber_count >= self._max_watchers:
+            await abort_with(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"more than {self._max_watchers} watch streams are open; retry with backoff",
+                reason="ERROR_REASON_OVERLOADED",
+            )
         # Subscribe before reading the initial state, so no change can fall between the two.
         subscription = hub.subscribe(accounts)
         try:

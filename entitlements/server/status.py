@@ -108,13 +108,60 @@ Self = TypeVar("Self")
 Handler = Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
 
 
+class InFlight:
+    """Counts the unary calls being handled by one server, and sheds load past `limit`.
+
+    A call over the limit is answered at once with RESOURCE_EXHAUSTED (ErrorInfo reason
+    OVERLOADED, a QuotaFailure detail) instead of waiting behind the others without bound.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.current = 0
+        self.shed = 0
+        info = any_pb2.Any()
+        info.Pack(
+            error_details_pb2.ErrorInfo(
+                reason="ERROR_REASON_OVERLOADED",
+                domain=ERROR_DOMAIN,
+                metadata={"max_in_flight": str(limit)},
+            )
+        )
+        quota = any_pb2.Any()
+        quota.Pack(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject="server",
+                        description=f"more than {limit} calls in flight; retry with backoff",
+                    )
+                ]
+            )
+        )
+        self.refusal = rpc_status.to_status(
+            status_pb2.Status(
+                code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                message=f"overloaded: more than {limit} calls in flight; retry with backoff",
+                details=[info, quota],
+            )
+        )
+
+
 def unary(fn: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
-    """Wrap a unary handler: domain errors become their status, anything else INTERNAL."""
+    """Wrap a unary handler: load shedding (when the servicer has an `in_flight` limiter),
+    domain errors become their status, anything else INTERNAL."""
 
     @functools.wraps(fn)
     async def wrapper(
         self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> Resp:
+        in_flight: InFlight | None = getattr(self, "in_flight", None)
+        if in_flight is not None:
+            if in_flight.current >= in_flight.limit:
+                in_flight.shed += 1
+                refusal = in_flight.refusal
+                await context.abort(refusal.code, refusal.details, refusal.trailing_metadata)
+            in_flight.current += 1
         try:
             return await fn(self, request, context)
         except EntitlementsError as exc:
@@ -131,6 +178,9 @@ def unary(fn: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
                     reason="ERROR_REASON_UNSPECIFIED",
                 ),
             )
+        finally:
+            if in_flight is not None:
+                in_flight.current -= 1
 
     return wrapper
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -118,7 +119,11 @@ class TokenGateServicer(pb_grpc.TokenGateServiceServicer):
     ) -> pb.CreateTokenRequirementResponse:
         if not request.HasField("requirement"):
             raise InvalidArgument("requirement", "is required")
-        record = await self._gate.create_requirement(draft(request.requirement))
+        # proto3 cannot tell an unset `enabled` from false, and a requirement created disabled
+        # by omission would leave its channel open: new requirements are enabled (the seed's
+        # default); disable one with UpdateTokenRequirement and the mask "enabled".
+        given = replace(draft(request.requirement), enabled=True)
+        record = await self._gate.create_requirement(given)
         return pb.CreateTokenRequirementResponse(requirement=requirement(record))
 
     @unary

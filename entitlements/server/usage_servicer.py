@@ -23,6 +23,9 @@ from entitlements.usage.periods import current_period, parse_period, period_of
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 MAX_EVENTS = 1000
+#: Largest delta of one event and largest gauge value: far beyond any real usage, and far from
+#: the 64-bit counters' limit, so no total can overflow.
+MAX_AMOUNT = 10**12
 MAX_KEY_BYTES = 200
 FUTURE_TOLERANCE_MS = 5 * 60 * 1000
 # An event older than the key retention window, less this margin, could be a retry whose key
@@ -78,8 +81,10 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             info = metrics.get(ev.metric) or self._catalog.metric(
                 ev.metric, field=f"events[{i}].metric"
             )
-            if ev.delta < 0:
-                raise InvalidArgument(f"events[{i}].delta", f"must be zero or more, got {ev.delta}")
+            if not 0 <= ev.delta <= MAX_AMOUNT:
+                raise InvalidArgument(
+                    f"events[{i}].delta", f"must be from 0 to {MAX_AMOUNT:,}, got {ev.delta}"
+                )
             key = ev.idempotency_key
             if not key:
                 raise InvalidArgument(f"events[{i}].idempotency_key", "is required")
@@ -158,8 +163,8 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
                 f"{info.name} is counted per month: report increments with ReportUsage; "
                 "SetUsage sets gauges",
             )
-        if request.value < 0:
-            raise InvalidArgument("value", f"must be zero or more, got {request.value}")
+        if not 0 <= request.value <= MAX_AMOUNT:
+            raise InvalidArgument("value", f"must be from 0 to {MAX_AMOUNT:,}, got {request.value}")
         ent = await self._entitlements(account_id)
         limit = ent.effective.limits[info.limit_key]
         outcome = await self._ledger.set_gauge(

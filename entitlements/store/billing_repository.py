@@ -392,11 +392,11 @@ class BillingStore:
         if change.failed_payment is not None:
             await self._add_failed_payment(session, account_id, change.failed_payment, now)
         revision = None
-        if changed:
-            account.revision = account.revision + 1
-            account.updated_at = now
-            revision = account.revision
         await session.flush()
+        if changed:
+            # The store's own bump, so this change is seen like any other (e.g. by a change
+            # feed written with the revision).
+            revision = await self._store._bump_revision(session, account_id)
         return ApplyResult(changed=changed, stale=stale, revision=revision, subscription=saved)
 
     async def _update_checkout(self, session: AsyncSession, update_: CheckoutUpdate) -> None:

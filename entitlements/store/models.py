@@ -36,6 +36,7 @@ __all__ = [
     "Account",
     "AccountOverride",
     "Base",
+    "EntitlementChange",
     "OverrideAudit",
     "Subscription",
     "TokenRequirement",
@@ -395,3 +396,18 @@ class TokenAccessGrant(Base):
     granted: Mapped[bool] = mapped_column(Boolean, index=True)
     checked_at: Mapped[datetime] = mapped_column(default=utcnow)
     changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- change feed ---
+
+
+class EntitlementChange(Base):
+    """One entitlement change of an account, written with its revision bump; every worker and
+    replica polls the recent ones to drop stale cache entries and tell its watchers."""
+
+    __tablename__ = "entitlement_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    account_id: Mapped[str]
+    revision: Mapped[int] = mapped_column(BigInteger)
+    changed_at_ms: Mapped[int] = mapped_column(BigInteger, index=True)

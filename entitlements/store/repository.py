@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import fields, replace
@@ -9,7 +10,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, cast
 
-from sqlalchemy import ColumnElement, func, or_, select, text, update
+from sqlalchemy import ColumnElement, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -21,6 +22,7 @@ from entitlements.store.failures import translate_errors
 from entitlements.store.models import (
     Account,
     AccountOverride,
+    EntitlementChange,
     OverrideAudit,
     Subscription,
 )
@@ -36,6 +38,11 @@ from entitlements.store.records import (
 )
 
 __all__ = ["Store"]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
 
 # Bound parameters per IN (...) list: far below SQLite's and asyncpg's limits (32,766 / 32,767).
 _CHUNK = 500
@@ -266,7 +273,48 @@ class Store:
             .returning(Account.revision)
             .execution_options(synchronize_session=False)
         )
-        return (await session.execute(bump)).scalar_one()
+        revision: int = (await session.execute(bump)).scalar_one()
+        # The change feed other workers and replicas poll to drop their cached copy.
+        await session.execute(
+            insert(EntitlementChange).values(
+                account_id=account_id, revision=revision, changed_at_ms=_now_ms()
+            )
+        )
+        return revision
+
+    async def changes_since(self, since_ms: int) -> list[tuple[str, int, int]]:
+        """(account_id, revision, changed_at_ms) of the changes recorded at or after `since_ms`,
+        oldest first."""
+        with translate_errors(self._engine.url):
+            async with self._engine.connect() as connection:
+                rows = await connection.execute(
+                    select(
+                        EntitlementChange.account_id,
+                        EntitlementChange.revision,
+                        EntitlementChange.changed_at_ms,
+                    )
+                    .where(EntitlementChange.changed_at_ms >= since_ms)
+                    .order_by(EntitlementChange.changed_at_ms)
+                )
+                return [(a, r, t) for a, r, t in rows]
+
+    async def prune_changes(self, before_ms: int) -> int:
+        """Forget change-feed rows older than `before_ms`."""
+        with translate_errors(self._engine.url):
+            async with self._engine.execution_options(**{IMMEDIATE: True}).begin() as connection:
+                result = await connection.execute(
+                    delete(EntitlementChange).where(EntitlementChange.changed_at_ms < before_ms)
+                )
+                return int(result.rowcount)
+
+    async def recently_changed_accounts(self, limit: int) -> list[str]:
+        """The accounts whose entitlements changed most recently, newest first (cache warm-up)."""
+        with translate_errors(self._engine.url):
+            async with self._engine.connect() as connection:
+                rows = await connection.execute(
+                    select(Account.id).order_by(Account.updated_at.desc()).limit(limit)
+                )
+                return [account_id for (account_id,) in rows]
 
     async def _latest_subscriptions(
         self, session: AsyncSession, account_ids: list[str]

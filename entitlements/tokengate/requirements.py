@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, Decimal, localcontext
 
-from eth_utils.address import is_checksum_address, to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from adapters.chains import ChainSettings
 from entitlements.errors import InvalidAddress, InvalidArgument, UnknownNetwork
-from entitlements.server.validation import require_id
 from entitlements.store.tokengate_records import TOKEN_TYPES, RequirementRecord, TokenType
 
 __all__ = [
@@ -22,10 +22,12 @@ __all__ = [
     "format_units",
     "merge",
     "normalize_address",
+    "require_id",
     "validate_requirement",
 ]
 
 MAX_TOKEN_IDS = 100
+MAX_ID_LENGTH = 256
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000
 _UINT256_MAX = 2**256 - 1
@@ -94,6 +96,21 @@ def merge(
     return replace(base, **{path: getattr(change, path) for path in paths})
 
 
+def require_id(value: str, field: str) -> str:
+    """An opaque identifier (channel, user, role): the same rule as the server's request ids
+    (non-empty, at most 256 characters, printable, no surrounding white space), kept here so
+    the domain does not import the server layer."""
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(field, f"must be at most {MAX_ID_LENGTH} characters")
+    if not value.isprintable() or value.strip() != value:
+        raise InvalidArgument(
+            field, "must not contain control characters or leading/trailing white space"
+        )
+    return value
+
+
 def normalize_address(value: str, field: str) -> str:
     """The EIP-55 form of a 0x-prefixed 20-byte address. All-lower or all-upper hex is accepted
     as is; mixed case must carry a valid checksum (a typo is refused, never "corrected")."""
@@ -101,9 +118,16 @@ def normalize_address(value: str, field: str) -> str:
         raise InvalidAddress(field, "is required")
     if not _ADDRESS.fullmatch(value):
         raise InvalidAddress(field, f"{value!r} is not a 0x-prefixed 20-byte hex address")
+    checksummed = _checksummed(value)
     digits = value[2:]
-    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(value):
+    if digits != digits.lower() and digits != digits.upper() and value != checksummed:
         raise InvalidAddress(field, f"{value!r} has a bad EIP-55 checksum")
+    return checksummed
+
+
+@functools.lru_cache(maxsize=65_536)
+def _checksummed(value: str) -> str:
+    # keccak per address per call is most of a cached check's handler time: remember them.
     return str(to_checksum_address(value))
 
 
@@ -133,7 +157,7 @@ def validate_requirement(
         raise InvalidArgument(name("token_type"), f"unknown token type {draft.token_type!r}")
     token_type: TokenType = draft.token_type
     contract = normalize_address(draft.contract_address, name("contract_address"))
-    if contract == to_checksum_address(_ZERO_ADDRESS):
+    if contract == _ZERO_ADDRESS:
         raise InvalidAddress(name("contract_address"), "the zero address is not a token contract")
     _check_network(draft.network, chains, name("network"))
 

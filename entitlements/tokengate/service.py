@@ -14,11 +14,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
-from cachetools import LRUCache
+from cachetools import TTLCache
 
 from adapters.chains import ChainMismatch, ChainReaders, ChainSettings
 from entitlements.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from entitlements.server.validation import require_id
 from entitlements.store.records import utcnow
 from entitlements.store.tokengate_records import (
     ChallengeRecord,
@@ -31,6 +30,7 @@ from entitlements.tokengate.requirements import (
     check_update_paths,
     merge,
     normalize_address,
+    require_id,
     validate_requirement,
 )
 from entitlements.tokengate.verifier import TokenVerifier, Verification
@@ -86,9 +86,12 @@ class TokenGate:
         )
         self.wallets = wallets or WalletOwnership(store, readers, settings)
         self.feed = feed or TokenAccessFeed()
-        # The last decision stored per (channel, user, wallets): identical answers are not
-        # written again, so a cached check costs no database write.
-        self._recorded: LRUCache[tuple[str, str, tuple[str, ...]], bool] = LRUCache(100_000)
+        # The last decision stored per (channel, user, wallets): an identical answer is not
+        # written again within the cache TTL, so a cached check costs no database write, and
+        # another replica's change to the row is overwritten by ours at most a TTL late.
+        self._recorded: TTLCache[tuple[str, str, tuple[str, ...]], bool] = TTLCache(
+            100_000, ttl=max(settings.verify_cache_ttl_seconds, 1.0)
+        )
 
     async def start(self) -> None:
         """Check every configured node serves its network's chain (refuse to start if not)."""

@@ -19,11 +19,10 @@ from eth_account.messages import defunct_hash_message, encode_defunct
 
 from adapters.chains import ChainReaders, ChainSettings, ChainUnavailable
 from entitlements.errors import FailedPrecondition, InvalidArgument, Unavailable, UnknownNetwork
-from entitlements.server.validation import require_id
 from entitlements.store.records import utcnow
 from entitlements.store.tokengate_records import ChallengeRecord, WalletLinkRecord, WalletType
 from entitlements.store.tokengate_repository import TokenGateStore
-from entitlements.tokengate.requirements import normalize_address
+from entitlements.tokengate.requirements import normalize_address, require_id
 from entitlements.tokengate.siwe import SiweError, SiweMessage, format_time, parse_time
 
 __all__ = ["STATEMENT", "WalletOwnership"]

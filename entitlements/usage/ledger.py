@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 #: builds several per event.
 _new = tuple.__new__
 
+#: A counter never passes what a signed 64-bit column holds; an event that would is refused.
+MAX_TOTAL = 2**63 - 1
+
 APPLIED = "applied"
 DUPLICATE = "duplicate"
 REFUSED = "refused"
@@ -285,7 +288,9 @@ class UsageLedger:
                 ck = (ev.account_id, ev.metric, ev.period)
                 before = current.get(ck)
                 total = before or 0
-                if ev.enforce and ev.limit is not None and total + ev.delta > ev.limit:
+                if (
+                    ev.enforce and ev.limit is not None and total + ev.delta > ev.limit
+                ) or total + ev.delta > MAX_TOTAL:
                     outcomes.append(Outcome(REFUSED, total, ev.period))
                     continue
                 journal.append((ck, before, touched.get(ck)))

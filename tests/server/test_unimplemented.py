@@ -6,9 +6,7 @@ import grpc
 import pytest
 from nchat.entitlements.v1 import (
     admin_service_pb2,
-    billing_service_pb2,
     crypto_payment_service_pb2,
-    token_gate_service_pb2,
 )
 
 from tests.server.conftest import OPS
@@ -17,8 +15,6 @@ from tests.server.helpers import details
 UNBUILT = [
     (module, service)
     for module, name in (
-        (token_gate_service_pb2, "TokenGateService"),
-        (billing_service_pb2, "BillingService"),
         (crypto_payment_service_pb2, "CryptoPaymentService"),
         (admin_service_pb2, "AdminService"),
     )

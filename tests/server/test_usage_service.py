@@ -105,6 +105,7 @@ async def test_a_reused_key_with_another_payload_fails_the_batch_and_writes_noth
         ([], "events"),
         ([event("ws", "a", metric="teleports")], "events[0].metric"),
         ([event("ws", "a"), event("ws", "b", -1)], "events[1].delta"),
+        ([event("ws", "a", 2**62)], "events[0].delta"),
         ([event("ws", "")], "events[0].idempotency_key"),
         ([event("ws", "x" * 201)], "events[0].idempotency_key"),
         ([event("", "a")], "events[0].account_id"),

@@ -1,0 +1,21 @@
+"""The only code that talks to EVM chains: configuration, errors and the async readers."""
+
+from __future__ import annotations
+
+from adapters.chains.config import NETWORKS, ChainConfigError, ChainSettings, NetworkInfo
+from adapters.chains.errors import ChainError, ChainMismatch, ChainUnavailable, NetworkNotConfigured
+from adapters.chains.reader import ChainReader, ChainReaders, Erc20Balance
+
+__all__ = [
+    "NETWORKS",
+    "ChainConfigError",
+    "ChainError",
+    "ChainMismatch",
+    "ChainReader",
+    "ChainReaders",
+    "ChainSettings",
+    "ChainUnavailable",
+    "Erc20Balance",
+    "NetworkInfo",
+    "NetworkNotConfigured",
+]

@@ -1,0 +1,351 @@
+"""Reading token balances and contract-wallet signatures from EVM nodes with web3.py's async API.
+
+Every read of one check goes out as ONE JSON-RPC batch request (web3's provider batching), so a
+check costs one round trip whatever it reads. A reverted call is an answer (``ownerOf`` of a
+missing token: not the owner); a transport error, a timeout, an RPC error or an empty ``0x``
+result is not, and raises `ChainUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from eth_abi.exceptions import DecodingError
+from eth_utils.address import to_checksum_address
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.types import RPCEndpoint, RPCResponse
+
+from adapters.chains import abi
+from adapters.chains.config import ChainSettings
+from adapters.chains.errors import (
+    ChainMismatch,
+    ChainUnavailable,
+    NetworkNotConfigured,
+)
+
+__all__ = ["ChainReader", "ChainReaders", "Erc20Balance"]
+
+log = logging.getLogger(__name__)
+
+#: JSON-RPC error code geth, anvil and most providers use for "execution reverted".
+_REVERT_CODE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Erc20Balance:
+    """A balance in base units with the token's decimals."""
+
+    raw: int
+    decimals: int
+
+
+class _Reverted:
+    """A call that reverted: an answer, unlike an error."""
+
+
+_REVERTED = _Reverted()
+
+
+class ChainReader:
+    """One network's node. Counts its JSON-RPC round trips in `requests` (reads) so tests and
+    benchmarks can see how many chain reads a workload cost."""
+
+    def __init__(
+        self,
+        network: str,
+        chain_id: int,
+        url: str,
+        *,
+        timeout_seconds: float = 10.0,
+        max_head_age_seconds: float = 0.0,
+    ) -> None:
+        self.network = network
+        self.chain_id = chain_id
+        self.url = url
+        self._timeout = timeout_seconds
+        self._max_head_age = max_head_age_seconds
+        # No retries inside web3: a slow node must show up as unavailable within the timeout.
+        self._provider = AsyncHTTPProvider(url, exception_retry_configuration=None)
+        self.w3 = AsyncWeb3(self._provider)
+        self._checked = False
+        self._check_lock = asyncio.Lock()
+        self._decimals: dict[str, int] = {}
+        #: JSON-RPC round trips made for reads (a batch counts once); not the chain id check.
+        self.requests = 0
+
+    def __repr__(self) -> str:
+        return f"ChainReader({self.network!r}, chain_id={self.chain_id})"
+
+    async def connect(self) -> None:
+        """Check the node serves this network's chain; raise ChainMismatch if not, and
+        ChainUnavailable if it cannot be reached (then the check runs again before a read)."""
+        async with self._check_lock:
+            if self._checked:
+                return
+            try:
+                async with asyncio.timeout(self._timeout):
+                    actual = int(await self.w3.eth.chain_id)
+            except Exception as exc:
+                raise self._unavailable("eth_chainId", exc) from exc
+            if actual != self.chain_id:
+                raise ChainMismatch(self.network, self.chain_id, actual)
+            self._checked = True
+
+    check = connect
+
+    async def close(self) -> None:
+        await self._provider.disconnect()
+
+    # -- token reads --
+
+    async def erc20_balance(self, token: str, owner: str) -> Erc20Balance:
+        """`balanceOf(owner)` and, unless cached for the contract, `decimals()`, in one batch."""
+        token = to_checksum_address(token)
+        decimals = self._decimals.get(token)
+        calls = [(token, abi.balance_of(owner))]
+        if decimals is None:
+            calls.append((token, abi.decimals()))
+        results = await self._calls(calls)
+        raw = self._uint(results[0], "balanceOf")
+        if decimals is None:
+            decimals = self._uint(results[1], "decimals")
+            if decimals > 255:
+                raise ChainUnavailable(self.network, f"{token}: implausible decimals {decimals}")
+            self._decimals[token] = decimals
+        return Erc20Balance(raw=raw, decimals=decimals)
+
+    async def erc721_balance(self, token: str, owner: str) -> int:
+        (result,) = await self._calls([(to_checksum_address(token), abi.balance_of(owner))])
+        return self._uint(result, "balanceOf")
+
+    async def erc721_owned(self, token: str, owner: str, token_ids: Sequence[int]) -> list[bool]:
+        """For each id, whether `owner` owns it; a missing token (ownerOf reverts) is not owned."""
+        token = to_checksum_address(token)
+        owner = to_checksum_address(owner)
+        results = await self._calls([(token, abi.owner_of(i)) for i in token_ids])
+        owned = []
+        for result in results:
+            if isinstance(result, _Reverted):
+                owned.append(False)
+                continue
+            try:
+                holder = abi.decode_address(self._data(result, "ownerOf"))
+            except DecodingError as exc:
+                raise ChainUnavailable(self.network, f"ownerOf: undecodable result: {exc}") from exc
+            owned.append(to_checksum_address(holder) == owner)
+        return owned
+
+    async def erc1155_balances(self, token: str, owner: str, token_ids: Sequence[int]) -> list[int]:
+        (result,) = await self._calls(
+            [(to_checksum_address(token), abi.balance_of_batch(owner, token_ids))]
+        )
+        try:
+            values = abi.decode_uint_array(self._data(result, "balanceOfBatch"))
+        except DecodingError as exc:
+            raise ChainUnavailable(
+                self.network, f"balanceOfBatch: undecodable result: {exc}"
+            ) from exc
+        if len(values) != len(token_ids):
+            raise ChainUnavailable(self.network, "balanceOfBatch: wrong number of balances")
+        return values
+
+    async def is_valid_signature(self, wallet: str, message_hash: bytes, signature: bytes) -> bool:
+        """EIP-1271: True if the contract at `wallet` answers the magic value. A revert, another
+        value or no code at the address is False; an RPC error raises ChainUnavailable."""
+        wallet = to_checksum_address(wallet)
+        responses = await self._batch(
+            [
+                ("eth_getCode", [wallet, "latest"]),
+                (
+                    "eth_call",
+                    [
+                        {
+                            "to": wallet,
+                            "data": _hex(abi.is_valid_signature(message_hash, signature)),
+                        },
+                        "latest",
+                    ],
+                ),
+            ]
+        )
+        code = self._result(responses[0], "eth_getCode")
+        if isinstance(code, _Reverted) or _unhex(code) == b"":
+            return False
+        answer = self._result(responses[1], "isValidSignature")
+        if isinstance(answer, _Reverted):
+            return False
+        return _unhex(answer)[:4] == abi.EIP1271_MAGIC
+
+    async def has_code(self, address: str) -> bool:
+        (response,) = await self._batch([("eth_getCode", [to_checksum_address(address), "latest"])])
+        code = self._result(response, "eth_getCode")
+        return not isinstance(code, _Reverted) and _unhex(code) != b""
+
+    # -- plumbing --
+
+    async def _calls(self, calls: Sequence[tuple[str, bytes]]) -> list[str | _Reverted]:
+        requests: list[tuple[str, list[Any]]] = [
+            ("eth_call", [{"to": to, "data": _hex(data)}, "latest"]) for to, data in calls
+        ]
+        if self._max_head_age > 0:
+            # A node that stopped following the chain answers old (often zero) balances: read
+            # its head in the same round trip and refuse answers from a stale one.
+            requests.append(("eth_getBlockByNumber", ["latest", False]))
+        responses = await self._batch(requests)
+        if self._max_head_age > 0:
+            self._check_head(responses.pop())
+        return [self._result(r, "eth_call") for r in responses]
+
+    def _check_head(self, response: RPCResponse) -> None:
+        block = response.get("result")
+        try:
+            timestamp = int(cast(Mapping[str, Any], block)["timestamp"], 16)
+        except (TypeError, KeyError, ValueError):
+            raise ChainUnavailable(self.network, "no latest block in the answer") from None
+        age = time.time() - timestamp
+        if age > self._max_head_age:
+            raise ChainUnavailable(
+                self.network,
+                f"the node is lagging: its latest block is {age:.0f} s old "
+                f"(more than {self._max_head_age:.0f} s)",
+            )
+
+    async def _batch(self, requests: Sequence[tuple[str, list[Any]]]) -> list[RPCResponse]:
+        """One JSON-RPC round trip for all `requests` (a plain request when there is one)."""
+        if not self._checked:
+            await self.connect()
+        self.requests += 1
+        method = requests[0][0] if len(requests) == 1 else "batch"
+        try:
+            async with asyncio.timeout(self._timeout):
+                if len(requests) == 1:
+                    name, params = requests[0]
+                    return [await self._provider.make_request(RPCEndpoint(name), params)]
+                answer = await self._provider.make_batch_request(
+                    [(RPCEndpoint(name), params) for name, params in requests]
+                )
+        except ChainUnavailable:
+            raise
+        except Exception as exc:
+            raise self._unavailable(method, exc) from exc
+        if not isinstance(answer, list):
+            # The node refused the whole batch with one error object.
+            error = cast(Mapping[str, Any], answer).get("error")
+            raise ChainUnavailable(self.network, f"batch request refused: {error!r}")
+        if len(answer) != len(requests):
+            raise ChainUnavailable(self.network, "batch answer has the wrong number of results")
+        return answer
+
+    def _result(self, response: RPCResponse, what: str) -> str | _Reverted:
+        error = response.get("error")
+        if error is not None:
+            code = error.get("code") if isinstance(error, Mapping) else None
+            message = str(error.get("message", "")) if isinstance(error, Mapping) else str(error)
+            if code == _REVERT_CODE or "revert" in message.lower():
+                return _REVERTED
+            raise ChainUnavailable(self.network, f"{what}: RPC error {code}: {message}")
+        result = response.get("result")
+        if not isinstance(result, str):
+            raise ChainUnavailable(self.network, f"{what}: no result in the answer")
+        return result
+
+    def _data(self, result: str | _Reverted, what: str) -> bytes:
+        if isinstance(result, _Reverted):
+            raise ChainUnavailable(self.network, f"{what} reverted")
+        data = _unhex(result)
+        if not data:
+            # A contract-less address or a node that is not synced: unknown, never "zero".
+            raise ChainUnavailable(self.network, f"{what}: empty result (0x)")
+        return data
+
+    def _uint(self, result: str | _Reverted, what: str) -> int:
+        try:
+            return abi.decode_uint(self._data(result, what))
+        except DecodingError as exc:
+            raise ChainUnavailable(self.network, f"{what}: undecodable result: {exc}") from exc
+
+    def _unavailable(self, what: str, exc: BaseException) -> ChainUnavailable:
+        kind = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        return ChainUnavailable(self.network, f"{what} to {self._safe_url()}: {kind}")
+
+    def _safe_url(self) -> str:
+        # Hosted URLs carry the API key in the path: show the host only.
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+class ChainReaders:
+    """The configured networks' readers, by network name."""
+
+    def __init__(self, readers: Iterable[ChainReader]) -> None:
+        self._by_network = {r.network: r for r in readers}
+
+    @classmethod
+    def from_settings(cls, settings: ChainSettings) -> ChainReaders:
+        readers = []
+        for network, url in settings.rpc_urls.items():
+            chain_id = settings.chain_id(network)
+            if chain_id is None:  # pragma: no cover - from_env only reads known networks
+                continue
+            readers.append(
+                ChainReader(
+                    network,
+                    chain_id,
+                    url,
+                    timeout_seconds=settings.request_timeout_seconds,
+                    # A dev chain mines only on demand: its head is old by design.
+                    max_head_age_seconds=0 if network == "local" else settings.max_head_age_seconds,
+                )
+            )
+        return cls(readers)
+
+    def get(self, network: str) -> ChainReader:
+        reader = self._by_network.get(network)
+        if reader is None:
+            raise NetworkNotConfigured(network, "no JSON-RPC node is configured for this network")
+        return reader
+
+    def by_chain_id(self, chain_id: int) -> ChainReader | None:
+        for reader in self._by_network.values():
+            if reader.chain_id == chain_id:
+                return reader
+        return None
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        return tuple(self._by_network)
+
+    @property
+    def requests(self) -> int:
+        """Read round trips over every network."""
+        return sum(r.requests for r in self._by_network.values())
+
+    async def connect(self) -> None:
+        """Check every node's chain id. A node serving the wrong chain raises ChainMismatch;
+        one that cannot be reached is logged and checked again before its first read."""
+        for reader in self._by_network.values():
+            try:
+                await reader.connect()
+            except ChainUnavailable as exc:
+                log.warning("chain node not reachable at start (checked again on use): %s", exc)
+
+    async def close(self) -> None:
+        for reader in self._by_network.values():
+            await reader.close()
+
+
+def _hex(data: bytes) -> str:
+    return "0x" + data.hex()
+
+
+def _unhex(value: str) -> bytes:
+    text = value[2:] if value.startswith(("0x", "0X")) else value
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return b""

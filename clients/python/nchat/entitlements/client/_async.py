@@ -1,0 +1,389 @@
+"""`AsyncEntitlementsClient`: the asyncio client, on grpc.aio.
+
+With `local_evaluation=True` a task keeps one WatchEntitlements stream open and feature and limit
+checks of watched accounts are answered from memory (see `_local.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from nchat.entitlements.client import _convert, _requests
+from nchat.entitlements.client._exceptions import EntitlementsError, Unavailable, error_from_rpc
+from nchat.entitlements.client._local import DISABLED, LocalStore
+from nchat.entitlements.client._models import (
+    Entitlements,
+    FeatureCheck,
+    LimitCheck,
+    LocalState,
+    MetricUsage,
+    MinimumPlanCheck,
+    PlanCatalog,
+    UpgradePath,
+    Usage,
+    UsageEventResult,
+)
+from nchat.entitlements.client._options import ClientOptions, channel_options
+from nchat.entitlements.client._requests import UsageEvent, valid_account_id
+from nchat.entitlements.client._retry import RetryPolicy
+from nchat.entitlements.v1 import entitlements_service_pb2 as ent_pb
+from nchat.entitlements.v1 import entitlements_service_pb2_grpc as ent_grpc
+from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
+from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
+
+__all__ = ["AsyncEntitlementsClient"]
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+class AsyncEntitlementsClient:
+    """The asyncio client of EntitlementsService and UsageService; same API as
+    `EntitlementsClient`, with coroutines. Create it inside the event loop that uses it.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float = 0.5,
+        write_timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        local_evaluation: bool = False,
+        local: ClientOptions | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self._timeout = timeout
+        self._write_timeout = write_timeout
+        self._retry = retry or RetryPolicy()
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        opts = channel_options(options)
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=opts, interceptors=interceptors)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
+        )
+        self._ent = ent_grpc.EntitlementsServiceStub(self._channel)
+        self._usage = usage_grpc.UsageServiceStub(self._channel)
+        self._closed = False
+        self._store: LocalStore | None = None
+        self._watcher: _Watcher | None = None
+        if local_evaluation:
+            settings = local or ClientOptions()
+            self._store = LocalStore(
+                max_accounts=settings.max_accounts,
+                resync_interval=settings.resync_interval,
+                max_stale=settings.max_stale,
+            )
+            self._watcher = _Watcher(self, self._store, settings)
+            self._store.request_reopen = self._watcher.request_reopen
+            self._watcher.start()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop the watch task and close the channel. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._watcher is not None:
+            await self._watcher.stop()
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncEntitlementsClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def local_state(self) -> LocalState:
+        """How fresh local evaluation is (`enabled=False` without it)."""
+        return self._store.state() if self._store is not None else DISABLED
+
+    # --- calls ---------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        timeout: float,
+    ) -> _Resp:
+        attempt = 1
+        while True:
+            try:
+                return await method(request, timeout=timeout, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc)
+                if (
+                    error.code is grpc.StatusCode.UNAVAILABLE
+                    and attempt < self._retry.max_attempts
+                    and not self._closed
+                ):
+                    await asyncio.sleep(self._retry.backoff(attempt))
+                    attempt += 1
+                    continue
+                raise error from None
+
+    async def can_use_feature(
+        self, account_id: str, feature: str, *, timeout: float | None = None
+    ) -> FeatureCheck:
+        """May `account_id` use `feature`? A denial is an answer, not an error."""
+        store = self._store
+        if store is None:
+            return await self._can_use_feature(account_id, feature, timeout)
+        answer = store.feature(account_id, feature)
+        if answer is not None:
+            return answer
+        if valid_account_id(account_id):
+            store.want(account_id)
+        try:
+            return await self._can_use_feature(account_id, feature, timeout)
+        except Unavailable:
+            stale = store.feature(account_id, feature, stale=True)
+            if stale is None:
+                raise
+            return stale
+
+    async def _can_use_feature(
+        self, account_id: str, feature: str, timeout: float | None
+    ) -> FeatureCheck:
+        request = ent_pb.CanUseFeatureRequest(account_id=account_id, feature=feature)
+        response = await self._call(self._ent.CanUseFeature, request, timeout or self._timeout)
+        return _convert.feature_check(response)
+
+    async def check_features(
+        self, checks: Iterable[tuple[str, str]], *, timeout: float | None = None
+    ) -> list[FeatureCheck | EntitlementsError]:
+        """Many (account_id, feature) checks in one call; a bad item gets its own error."""
+        request = _requests.check_features(checks)
+        response = await self._call(self._ent.CheckFeatures, request, timeout or self._timeout)
+        return _requests.check_features_results(response)
+
+    async def check_minimum_plan(
+        self, account_id: str, minimum_plan_id: str, *, timeout: float | None = None
+    ) -> MinimumPlanCheck:
+        request = ent_pb.CheckMinimumPlanRequest(
+            account_id=account_id, minimum_plan_id=minimum_plan_id
+        )
+        response = await self._call(self._ent.CheckMinimumPlan, request, timeout or self._timeout)
+        return _convert.minimum_plan_check(response)
+
+    async def get_entitlements(
+        self, account_id: str, *, timeout: float | None = None
+    ) -> Entitlements:
+        request = ent_pb.GetEntitlementsRequest(account_id=account_id)
+        response = await self._call(self._ent.GetEntitlements, request, timeout or self._timeout)
+        return _convert.entitlements(response.entitlements)
+
+    async def get_upgrade_path(
+        self, plan_id: str, feature: str, *, timeout: float | None = None
+    ) -> UpgradePath:
+        request = ent_pb.GetUpgradePathRequest(plan_id=plan_id, feature=feature)
+        response = await self._call(self._ent.GetUpgradePath, request, timeout or self._timeout)
+        return _convert.upgrade_path(response)
+
+    async def list_plans(self, *, timeout: float | None = None) -> PlanCatalog:
+        response = await self._call(
+            self._ent.ListPlans, ent_pb.ListPlansRequest(), timeout or self._write_timeout
+        )
+        return _convert.catalog(response)
+
+    async def check_limit(
+        self,
+        account_id: str,
+        limit: str,
+        current: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> LimitCheck:
+        """Room for one more under `limit`? Judges `current` when given, else tracked usage.
+
+        With local evaluation and `current` given, it is answered from memory.
+        """
+        store = self._store
+        if store is None or current is None:
+            return await self._check_limit(account_id, limit, current, timeout)
+        answer = store.limit(account_id, limit, current)
+        if answer is not None:
+            return answer
+        if valid_account_id(account_id):
+            store.want(account_id)
+        try:
+            return await self._check_limit(account_id, limit, current, timeout)
+        except Unavailable:
+            stale = store.limit(account_id, limit, current, stale=True)
+            if stale is None:
+                raise
+            return stale
+
+    async def _check_limit(
+        self, account_id: str, limit: str, current: int | None, timeout: float | None
+    ) -> LimitCheck:
+        request = _requests.check_limit(account_id, limit, current)
+        response = await self._call(self._usage.CheckLimit, request, timeout or self._timeout)
+        return _convert.limit_check(response)
+
+    async def report_usage(
+        self, events: Sequence[UsageEvent], *, timeout: float | None = None
+    ) -> list[UsageEventResult]:
+        """Add usage increments; a repeated idempotency key is counted once (DUPLICATE)."""
+        request = _requests.report_usage(events)
+        response = await self._call(
+            self._usage.ReportUsage, request, timeout or self._write_timeout
+        )
+        return [_convert.event_result(r) for r in response.results]
+
+    async def set_usage(
+        self, account_id: str, metric: str, value: int, *, timeout: float | None = None
+    ) -> MetricUsage:
+        """Set a gauge metric (users, channels, storageGB, ...) to `value`."""
+        request = usage_pb.SetUsageRequest(account_id=account_id, metric=metric, value=value)
+        response = await self._call(self._usage.SetUsage, request, timeout or self._write_timeout)
+        return _convert.metric_usage(response.usage)
+
+    async def get_usage(
+        self, account_id: str, period: str = "", *, timeout: float | None = None
+    ) -> Usage:
+        """Every metric of the account for `period` ("YYYY-MM"; "" for this month)."""
+        request = usage_pb.GetUsageRequest(account_id=account_id, period=period)
+        response = await self._call(self._usage.GetUsage, request, timeout or self._write_timeout)
+        return _convert.usage(response)
+
+
+class _Watcher:
+    """The task that keeps one WatchEntitlements stream open for the watched accounts."""
+
+    def __init__(
+        self, client: AsyncEntitlementsClient, store: LocalStore, opts: ClientOptions
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._opts = opts
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._call: Any = None  # the live grpc.aio UnaryStreamCall
+        self._planned = False
+        self._reopen_pending = False
+        self._idle = False
+        self._opened_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="entitlements-watch")
+
+    async def stop(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def request_reopen(self) -> None:
+        """Reopen the stream (debounced) so it covers every wanted account with fresh state."""
+        if self._reopen_pending or self._closed:
+            return
+        self._reopen_pending = True
+        if self._call is not None:
+            delay = max(0.0, self._opened_at + self._opts.min_reopen_interval - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._reopen_now)
+        elif self._idle:
+            self._wake.set()
+
+    def _reopen_now(self) -> None:
+        if self._call is None or self._closed:
+            return
+        self._planned = True
+        self._call.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _run(self) -> None:
+        client, store, opts = self._client, self._store, self._opts
+        stub, metadata = client._ent, client._metadata
+        failures = 0
+        while not self._closed:
+            call = None
+            try:
+                if store.catalog is None:
+                    plans = await stub.ListPlans(
+                        ent_pb.ListPlansRequest(),
+                        timeout=opts.stream_open_timeout,
+                        metadata=metadata,
+                    )
+                    store.set_catalog(_convert.catalog(plans))
+                accounts = store.accounts_to_watch()
+                if not accounts:
+                    self._idle = True
+                    await self._sleep(1.0)
+                    self._idle = False
+                    continue
+                self._reopen_pending = False
+                self._planned = False
+                call = stub.WatchEntitlements(_requests.watch(accounts), metadata=metadata)
+                self._call = call
+                self._opened_at = time.monotonic()
+                store.stream_opened(accounts)
+                async for message in call:
+                    store.on_message(message)
+                    failures = 0
+                raise _StreamEnded
+            except asyncio.CancelledError:
+                # grpc.aio raises CancelledError when *we* cancel the call: a planned reopen.
+                self._call = None
+                if self._closed or not self._planned:
+                    if call is not None:
+                        call.cancel()
+                    raise
+                self._planned = False
+                wait = self._opened_at + opts.min_reopen_interval - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            except (grpc.RpcError, _StreamEnded) as exc:
+                self._call = None
+                if self._closed:
+                    return
+                if self._planned and isinstance(exc, grpc.RpcError) and _cancelled(exc):
+                    self._planned = False
+                    continue
+                failures += 1
+                store.stream_down(_describe(exc))
+                await self._sleep(opts.reconnect.backoff(failures))
+
+
+class _StreamEnded(Exception):
+    """The server ended the stream without an error status (it should not)."""
+
+
+def _cancelled(exc: grpc.RpcError) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.CANCELLED
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError):
+        error = error_from_rpc(exc)
+        return f"{error.code.name}: {error.message}"
+    return "the server ended the watch stream"

@@ -1,0 +1,54 @@
+"""ChainSettings.from_env: explicit URLs win, then Infura, then Alchemy; bad values name the
+variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.chains.config import ChainConfigError, ChainSettings, rpc_url_variable
+
+
+def test_explicit_url_wins_over_provider_keys() -> None:
+    settings = ChainSettings.from_env(
+        {"ENTITLEMENTS_RPC_URL_POLYGON_AMOY": "http://node:8545", "INFURA_API_KEY": "k"}
+    )
+    assert settings.rpc_urls["polygon-amoy"] == "http://node:8545"
+    assert settings.rpc_urls["ethereum"] == "https://mainnet.infura.io/v3/k"
+
+
+def test_alchemy_key_builds_urls_where_infura_is_not_given() -> None:
+    settings = ChainSettings.from_env({"ALCHEMY_API_KEY": "a"})
+    assert settings.rpc_urls["arbitrum"] == "https://arb-mainnet.g.alchemy.com/v2/a"
+    assert "local" not in settings.rpc_urls  # no hosted provider serves a dev chain
+
+
+def test_nothing_configured_means_no_network_is_configured() -> None:
+    settings = ChainSettings.from_env({})
+    assert settings.rpc_urls == {}
+    assert not settings.configured("ethereum")
+    assert settings.chain_id("ethereum") == 1
+    assert settings.siwe_domain == "localhost"
+
+
+def test_local_chain_id_is_configurable() -> None:
+    settings = ChainSettings.from_env({"ENTITLEMENTS_LOCAL_CHAIN_ID": "1337"})
+    assert settings.chain_id("local") == 1337
+    assert settings.network_for_chain_id(1337) == "local"
+
+
+def test_variable_names_use_underscores_for_dashes() -> None:
+    assert rpc_url_variable("arbitrum-sepolia") == "ENTITLEMENTS_RPC_URL_ARBITRUM_SEPOLIA"
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"ENTITLEMENTS_RPC_URL_LOCAL": "ws://x"}, "ENTITLEMENTS_RPC_URL_LOCAL"),
+        ({"ENTITLEMENTS_LOCAL_CHAIN_ID": "1.5"}, "ENTITLEMENTS_LOCAL_CHAIN_ID"),
+        ({"ENTITLEMENTS_TOKENGATE_CACHE_TTL_SECONDS": "-1"}, "CACHE_TTL"),
+        ({"ENTITLEMENTS_SIWE_DOMAIN": "evil.com/path"}, "ENTITLEMENTS_SIWE_DOMAIN"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ChainConfigError, match=variable):
+        ChainSettings.from_env(env)

@@ -1,0 +1,210 @@
+"""Local evaluation: answers from memory, kept fresh by the watch stream, RPC when it is down."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from nchat.entitlements.client import (
+    AsyncEntitlementsClient,
+    ClientOptions,
+    EntitlementsClient,
+    FeatureDecisionReason,
+    InvalidArgument,
+    RetryPolicy,
+    UsageLevel,
+)
+
+from entitlements.config import Settings
+from entitlements.server.app import Running
+from entitlements.store.repository import Store
+from tests.clients.conftest import (
+    TOKEN,
+    AsyncCountingInterceptor,
+    CountingInterceptor,
+    eventually,
+    start_server,
+)
+from tests.processes import ServerProcess, migrate
+from tests.server.conftest import subscription
+
+#: Reconnect quickly, so the tests do not wait out production backoffs.
+FAST = ClientOptions(reconnect=RetryPolicy(max_attempts=1, initial_backoff=0.05, max_backoff=0.2))
+
+
+async def test_checks_are_answered_from_memory_without_rpc(server: Running) -> None:
+    counter = AsyncCountingInterceptor()
+    async with AsyncEntitlementsClient(
+        f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True, interceptors=[counter]
+    ) as client:
+        first = await client.can_use_feature("ws-local", "apiAccess")
+        assert first.source == "rpc"
+        await eventually(lambda: client.local_state().connected)
+        calls_before = len(counter.calls)
+        for _ in range(200):
+            check = await client.can_use_feature("ws-local", "apiAccess")
+            assert check.source == "local"
+            assert (check.allowed, check.plan_id, check.upgrade_plan_id) == (
+                False,
+                "free",
+                "starter",
+            )
+            assert check.reason is FeatureDecisionReason.FEATURE_NOT_IN_PLAN
+            assert check.message == first.message and check.revision == first.revision
+        limit = await client.check_limit("ws-local", "maxUsers", 8)
+        assert (limit.source, limit.allowed, limit.percentage) == ("local", True, 80.0)
+        assert limit.level is UsageLevel.WARNING
+        assert counter.calls[calls_before:] == []  # not one RPC for 201 answers
+        state = client.local_state()
+        assert state.connected and state.staleness_bound_seconds == 0.0
+        assert state.local_answers >= 201
+        # Bad input is still refused, locally, with the same field the server would name.
+        try:
+            await client.can_use_feature("ws-local", "teleportation")
+        except InvalidArgument as exc:
+            assert exc.field == "feature"
+        else:
+            raise AssertionError("unknown feature accepted")
+
+
+async def test_local_answer_changes_within_a_second_of_a_plan_change(server: Running) -> None:
+    async with AsyncEntitlementsClient(
+        f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True
+    ) as client:
+        await client.can_use_feature("ws-upgrade", "customBranding")
+        await eventually(lambda: client.local_state().connected)
+        before = await client.can_use_feature("ws-upgrade", "customBranding")
+        assert (before.source, before.allowed) == ("local", False)
+
+        await server.deps.service.save_subscription(subscription("ws-upgrade", "starter"))
+        latest: list[bool] = []
+
+        def upgraded() -> bool:
+            check = client._store.feature("ws-upgrade", "customBranding")  # type: ignore[union-attr]
+            latest.append(bool(check and check.allowed))
+            return latest[-1]
+
+        took = await eventually(upgraded, timeout=1.0)
+        after = await client.can_use_feature("ws-upgrade", "customBranding")
+        assert (after.source, after.allowed, after.plan_id) == ("local", True, "starter")
+        assert after.revision > before.revision
+        assert after.reason is FeatureDecisionReason.INCLUDED_IN_PLAN
+        assert took < 1.0
+
+
+async def test_sync_client_follows_a_plan_change_from_its_watch_thread(server: Running) -> None:
+    counter = CountingInterceptor()
+    client = EntitlementsClient(
+        f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True, interceptors=[counter]
+    )
+    try:
+        assert not (await asyncio.to_thread(client.can_use_feature, "ws-sync", "webhooks")).allowed
+        await eventually(lambda: client.local_state().connected)
+        calls = len(counter.calls)
+        await server.deps.service.save_subscription(subscription("ws-sync", "pro"))
+        for _ in range(100):  # within a second
+            if (await asyncio.to_thread(client.can_use_feature, "ws-sync", "webhooks")).allowed:
+                break
+            await asyncio.sleep(0.01)
+        check = await asyncio.to_thread(client.can_use_feature, "ws-sync", "ssoIntegration")
+        assert (check.source, check.allowed, check.plan_id) == ("local", True, "pro")
+        assert counter.calls[calls:] == []
+    finally:
+        await asyncio.to_thread(client.close)
+
+
+async def test_stream_loss_serves_stale_answers_then_recovers_on_restart(
+    settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    first = await start_server(settings, store)
+    port = first.port
+    client = AsyncEntitlementsClient(
+        f"127.0.0.1:{port}", token=TOKEN, local_evaluation=True, local=FAST
+    )
+    second: Running | None = None
+    try:
+        await client.can_use_feature("ws-restart", "apiAccess")
+        await eventually(lambda: client.local_state().connected)
+
+        await first.stop(0)  # the stream ends with UNAVAILABLE; the port is closed
+        await eventually(lambda: not client.local_state().connected)
+        stale = await client.can_use_feature("ws-restart", "apiAccess")
+        assert (stale.source, stale.allowed, stale.plan_id) == ("stale", False, "free")
+        await asyncio.sleep(0.05)
+        state = client.local_state()
+        assert 0 < state.staleness_bound_seconds < math.inf
+        assert state.last_error.startswith("UNAVAILABLE")
+
+        # A new server on the same port and database, where the account was upgraded meanwhile.
+        second = await start_server(settings, store, port=port)
+        await second.deps.service.save_subscription(subscription("ws-restart", "starter"))
+        await eventually(lambda: client.local_state().connected, timeout=10)
+        recovered = await client.can_use_feature("ws-restart", "apiAccess")
+        assert (recovered.source, recovered.allowed, recovered.plan_id) == (
+            "local",
+            True,
+            "starter",
+        )
+        assert client.local_state().staleness_bound_seconds == 0.0
+        assert client.local_state().reconnects >= 1
+    finally:
+        await client.close()
+        if second is not None:
+            await second.stop(0)
+
+
+async def test_new_accounts_join_the_one_stream(server: Running) -> None:
+    async with AsyncEntitlementsClient(
+        f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True
+    ) as client:
+        accounts = [f"ws-many-{i}" for i in range(30)]
+        for account in accounts:
+            await client.can_use_feature(account, "webhooks")
+        await eventually(
+            lambda: client.local_state().connected and client.local_state().accounts == 30
+        )
+        for account in accounts:
+            assert (await client.can_use_feature(account, "webhooks")).source == "local"
+        assert server.deps.hub.subscriber_count == 1
+
+
+@pytest.mark.slow
+def test_sync_client_falls_back_to_rpc_while_the_server_restarts(tmp_path: Path) -> None:
+    """A real `entitlements serve` process, stopped and started again on its port and database."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'restart.db'}"
+    process = ServerProcess(url, tmp_path)
+    migrate(process.env, tmp_path)
+    process.start()
+    counter = CountingInterceptor()
+    try:
+        with EntitlementsClient(
+            process.target, local_evaluation=True, local=FAST, interceptors=[counter]
+        ) as client:
+            assert client.can_use_feature("ws-proc", "apiAccess").source == "rpc"
+            wait_until(lambda: client.local_state().connected)
+            assert client.can_use_feature("ws-proc", "apiAccess").source == "local"
+
+            process.stop()
+            wait_until(lambda: not client.local_state().connected)
+            calls = len(counter.calls)
+            stale = client.can_use_feature("ws-proc", "apiAccess")
+            assert stale.source == "stale" and not stale.allowed
+            assert len(counter.calls) > calls  # it asked the server first
+            assert client.local_state().staleness_bound_seconds > 0
+
+            process.start()
+            wait_until(lambda: client.local_state().connected, timeout=15)
+            assert client.can_use_feature("ws-proc", "apiAccess").source == "local"
+    finally:
+        process.stop()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        time.sleep(0.01)
