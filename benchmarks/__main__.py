@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -21,7 +22,7 @@ from nchat.entitlements.v1 import entitlements_service_pb2_grpc as ent_grpc
 from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 
-from benchmarks.harness import Result, Server, drive, pin_client
+from benchmarks.harness import Latency, Result, Server, drive, latency_at_rate, pin_client
 
 POSTGRES_URL = os.environ.get(
     "ENTITLEMENTS_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -78,6 +79,37 @@ async def usage_throughput(server: Server, name: str, seconds: float) -> Result:
         return await drive(
             name, server, lambda i: stub.ReportUsage(batch(i)), seconds=seconds, items_per_call=100
         )
+
+
+def hot_calls(channel: grpc.aio.Channel) -> dict[str, Callable[[int], Awaitable[object]]]:
+    """The hot RPCs of other services, as benchmark calls."""
+    ent = ent_grpc.EntitlementsServiceStub(channel)
+    usage = usage_grpc.UsageServiceStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    check = health_pb2.HealthCheckRequest()
+    can_use = ent_pb.CanUseFeatureRequest(account_id="ws-1", feature="customBranding")
+    check_limit = usage_pb.CheckLimitRequest(account_id="ws-1", limit="maxMessages")
+    many = ent_pb.CheckFeaturesRequest(
+        checks=[
+            ent_pb.CanUseFeatureRequest(account_id=f"ws-{i % 20}", feature="apiAccess")
+            for i in range(100)
+        ]
+    )
+    return {
+        "grpc.health.v1.Health/Check (baseline)": lambda i: health.Check(check),
+        "EntitlementsService/CanUseFeature": lambda i: ent.CanUseFeature(can_use),
+        "UsageService/CheckLimit (tracked usage)": lambda i: usage.CheckLimit(check_limit),
+        "EntitlementsService/CheckFeatures x100": lambda i: ent.CheckFeatures(many),
+    }
+
+
+async def latencies(server: Server, rates: dict[str, float], seconds: float) -> list[Latency]:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        calls = hot_calls(channel)
+        return [
+            await latency_at_rate(name, calls[name], rate=rate, seconds=seconds)
+            for name, rate in rates.items()
+        ]
 
 
 async def hot_checks(server: Server, seconds: float) -> list[Result]:
@@ -154,6 +186,25 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
             baseline,
             "events",
         )
+        maxima = {str(r["name"]): float(r["calls_per_second"]) for r in results}  # type: ignore[arg-type]
+        half = {name: maxima[name] / 2 for name in hot_calls_names()}
+        print(f"latency at half of each RPC's maximum rate, open loop, {seconds:.0f} s:")
+        latency_rows: list[dict[str, object]] = []
+        report["latency"] = latency_rows
+        for lat in await latencies(server, half, seconds):
+            print(
+                f"{lat.name:<44} {lat.rate:>8,.0f} calls/s offered  p50 {lat.p50_ms:6.2f} ms"
+                f"  p99 {lat.p99_ms:6.2f} ms  max {lat.max_ms:6.1f} ms  errors {lat.errors}",
+                flush=True,
+            )
+            latency_rows.append(dict(lat.__dict__))
+    memory = cache_memory(100_000)
+    print(
+        f"entitlement cache, {memory['accounts']:,.0f} accounts: {memory['mb']:.1f} MB"
+        f" ({memory['bytes_per_account']:.0f} bytes/account; target < 100 MB)",
+        flush=True,
+    )
+    report["cache_memory"] = memory
     if skip_postgres:
         print("PostgreSQL: skipped (--no-postgres)")
     else:
@@ -175,6 +226,67 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
             finally:
                 await _drop_postgres_database(database)
     return report
+
+
+def hot_calls_names() -> list[str]:
+    return [
+        "grpc.health.v1.Health/Check (baseline)",
+        "EntitlementsService/CanUseFeature",
+        "UsageService/CheckLimit (tracked usage)",
+        "EntitlementsService/CheckFeatures x100",
+    ]
+
+
+def cache_memory(accounts: int) -> dict[str, float]:
+    """Python memory held by the entitlement cache filled with `accounts` accounts: a third on
+    the free plan (never stored), the rest with a subscription, one in ten with overrides."""
+    import gc
+    import tracemalloc
+    from datetime import timedelta
+
+    from entitlements.cache import EntitlementCache
+    from entitlements.policies import default_catalog
+    from entitlements.state import derive
+    from entitlements.store.records import AccountSnapshot, OverrideRecord, SubscriptionRecord
+
+    catalog = default_catalog()
+    now = datetime.now(UTC)
+    plans = ["starter", "pro", "business", "enterprise"]
+
+    async def never(account_id: str) -> object:
+        raise AssertionError
+
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    cache = EntitlementCache(never, maxsize=accounts, ttl_seconds=60)  # type: ignore[arg-type]
+    for i in range(accounts):
+        account_id = f"workspace-{i:08d}"
+        snapshot = None
+        if i % 3:
+            overrides = ()
+            if i % 10 == 0:
+                overrides = (OverrideRecord(kind="limit", key="maxUsers", value=5000),)
+            snapshot = AccountSnapshot(
+                account_id=account_id,
+                revision=i % 7 + 1,
+                subscription=SubscriptionRecord(
+                    id=f"sub_{i:08d}", account_id=account_id, plan_id=plans[i % 4],
+                    status="active", interval="month", payment_method="card",
+                    stripe_customer_id=f"cus_{i:010d}", stripe_subscription_id=f"sub_{i:014d}",
+                    stripe_price_id="price_pro_monthly",
+                    current_period_start=now - timedelta(days=3),
+                    current_period_end=now + timedelta(days=27),
+                    created_at=now, updated_at=now,
+                ),
+                overrides=overrides,
+            )
+        cache.put(derive(catalog, account_id, snapshot, now=now, past_due_grace=timedelta(7)))
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(cache) == accounts
+    return {"accounts": accounts, "mb": used / 1e6, "bytes_per_account": used / accounts}
 
 
 async def _fresh_postgres_database() -> str | None:

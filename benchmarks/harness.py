@@ -159,3 +159,51 @@ async def drive(
 def pin_client() -> None:
     if PIN:
         os.sched_setaffinity(0, {1})
+
+
+@dataclass(frozen=True)
+class Latency:
+    name: str
+    rate: float
+    calls: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+async def latency_at_rate(
+    name: str, call: Callable[[int], Awaitable[object]], *, rate: float, seconds: float = 5.0
+) -> Latency:
+    """Open loop: start a call every 1/rate seconds whatever the answers do, and time each one
+    from its scheduled start (so queueing in the client counts against the server, as it would
+    for a caller)."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    errors = 0
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal errors
+        try:
+            await call(i)
+        except grpc.RpcError:
+            errors += 1
+            return
+        latencies.append(loop.time() - scheduled)
+
+    start = loop.time() + 0.05
+    total = int(rate * seconds)
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(loop.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+    return Latency(name, rate, total, errors, pct(0.50), pct(0.99), latencies[-1] * 1000)

@@ -11,9 +11,11 @@ The status rules (documented in the README):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from entitlements.policies import Catalog, EffectiveEntitlements, Overrides, resolve
 from entitlements.store.records import AccountSnapshot, OverrideRecord, SubscriptionRecord
@@ -33,6 +35,31 @@ KNOWN_STATUSES = frozenset(
 )
 
 
+class SubscriptionView(NamedTuple):
+    """What the cache keeps of an account's subscription: only what answers need, with the
+    repeated short strings interned, so 100,000 cached accounts fit well under 100 MB."""
+
+    id: str
+    plan_id: str
+    status: str
+    interval: str
+    payment_method: str
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+
+    @classmethod
+    def of(cls, record: SubscriptionRecord) -> SubscriptionView:
+        return cls(
+            record.id,
+            sys.intern(record.plan_id),
+            sys.intern(record.status),
+            sys.intern(record.interval),
+            sys.intern(record.payment_method),
+            record.current_period_end,
+            record.cancel_at_period_end,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class AccountEntitlements:
     """What one account may do, and until when that answer holds without a reload."""
@@ -40,7 +67,7 @@ class AccountEntitlements:
     account_id: str
     revision: int
     effective: EffectiveEntitlements
-    subscription: SubscriptionRecord | None
+    subscription: SubscriptionView | None
     #: The subscription's status, or "none" when the account has no subscription.
     status: str
     grace_period_end: datetime | None
@@ -80,11 +107,19 @@ def derive(
         account_id=account_id,
         revision=snapshot.revision,
         effective=resolve(catalog, plan_id, overrides),
-        subscription=subscription,
-        status=subscription.status if subscription is not None else "none",
+        subscription=SubscriptionView.of(subscription) if subscription is not None else None,
+        status=sys.intern(subscription.status) if subscription is not None else "none",
         grace_period_end=grace_end,
         valid_until=min(changes) if changes else None,
     )
+
+
+def grants_plan(
+    catalog: Catalog, sub: SubscriptionRecord, *, now: datetime, past_due_grace: timedelta
+) -> bool:
+    """True if `sub` grants its plan at `now` by the rules above (revenue analytics use it)."""
+    free = catalog.default_plan_id
+    return sub.plan_id != free and _granted_plan(catalog, sub, now, past_due_grace)[0] != free
 
 
 def _granted_plan(

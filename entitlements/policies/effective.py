@@ -81,19 +81,31 @@ def resolve(
     if overrides is None or overrides.is_empty:
         return plain
 
+    return _resolve_overridden(catalog, plain, overrides)
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve_overridden(
+    catalog: Catalog, plain: EffectiveEntitlements, overrides: Overrides
+) -> EffectiveEntitlements:
+    # Cached: accounts with the same plan and overrides share one value, and an account with
+    # custom limits only shares the plan's decisions (the cache holds many such accounts).
     validate_overrides(catalog, overrides)
     plan = plain.plan
-    decisions = dict(plain.decisions)
-    for key in overrides.granted_features - plan.features:
-        decisions[key] = FeatureDecision(True, plan.id, "", GRANTED_BY_OVERRIDE)
-    for key in overrides.revoked_features:
-        decisions[key] = FeatureDecision(False, plan.id, "", REVOKED_BY_OVERRIDE)
+    decisions: Mapping[str, FeatureDecision] = plain.decisions
+    if overrides.granted_features or overrides.revoked_features:
+        changed = dict(plain.decisions)
+        for key in overrides.granted_features - plan.features:
+            changed[key] = FeatureDecision(True, plan.id, "", GRANTED_BY_OVERRIDE)
+        for key in overrides.revoked_features:
+            changed[key] = FeatureDecision(False, plan.id, "", REVOKED_BY_OVERRIDE)
+        decisions = MappingProxyType(changed)
     return EffectiveEntitlements(
         plan=plan,
         features=(plan.features | overrides.granted_features) - overrides.revoked_features,
         limits=MappingProxyType({**plan.limits, **overrides.limits}),
         overrides=overrides,
-        decisions=MappingProxyType(decisions),
+        decisions=decisions,
     )
 
 

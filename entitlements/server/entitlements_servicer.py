@@ -16,7 +16,7 @@ from entitlements.errors import EntitlementsError, InvalidArgument
 from entitlements.policies import Catalog, FeatureDecision, get_upgrade_path, meets_minimum_plan
 from entitlements.server import convert
 from entitlements.server.status import InFlight, abort, abort_with, error_status, unary
-from entitlements.server.validation import require_count, require_id
+from entitlements.server.validation import MAX_ID_LENGTH, require_count, require_id
 from entitlements.service import EntitlementService
 from entitlements.state import AccountEntitlements
 from entitlements.watch import SubscriberOverflow, WatchClosed
@@ -36,17 +36,30 @@ _MESSAGES = {
 }
 
 
+_message_cache: dict[tuple[str, str, str, str], str] = {}
+
+
+def _message(feature: str, decision: FeatureDecision) -> str:
+    """The human explanation of a decision; there are few distinct ones, so they are kept."""
+    key = (feature, decision.reason, decision.plan_id, decision.upgrade_plan_id)
+    message = _message_cache.get(key)
+    if message is None:
+        message = _MESSAGES[decision.reason].format(plan=decision.plan_id, feature=feature)
+        if decision.upgrade_plan_id:
+            message += f"; upgrade to {decision.upgrade_plan_id}"
+        if len(_message_cache) < 100_000:
+            _message_cache[key] = message
+    return message
+
+
 def _answer(feature: str, decision: FeatureDecision, revision: int) -> pb.CanUseFeatureResponse:
-    message = _MESSAGES[decision.reason].format(plan=decision.plan_id, feature=feature)
-    if decision.upgrade_plan_id:
-        message += f"; upgrade to {decision.upgrade_plan_id}"
     return pb.CanUseFeatureResponse(
         allowed=decision.allowed,
         plan_id=decision.plan_id,
         upgrade_plan_id=decision.upgrade_plan_id,
         reason=convert.REASONS[decision.reason],
         revision=revision,
-        message=message,
+        message=_message(feature, decision),
     )
 
 
@@ -94,38 +107,44 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
     ) -> pb.CheckFeaturesResponse:
         checks = request.checks
         require_count(checks, "checks", maximum=MAX_CHECKS)
-        # Load every account that is not cached concurrently, then answer in order.
-        missing = {
-            c.account_id
-            for c in checks
-            if c.account_id and self._service.cache.peek(c.account_id) is None
-        }
-        loaded: dict[str, AccountEntitlements | EntitlementsError] = {}
+        peek = self._service.cache.peek
+        # Each distinct account once: from the cache, or loaded concurrently with the others.
+        accounts: dict[str, AccountEntitlements | EntitlementsError | None] = {}
+        missing = []
+        for check in checks:
+            account_id = check.account_id
+            if account_id not in accounts:
+                ent = peek(account_id) if _valid_id(account_id) else None
+                accounts[account_id] = ent
+                if ent is None and _valid_id(account_id):
+                    missing.append(account_id)
         if missing:
-            ids = [a for a in missing if _valid_id(a)]
             results = await asyncio.gather(
-                *(self._service.get(a) for a in ids), return_exceptions=True
+                *(self._service.get(a) for a in missing), return_exceptions=True
             )
-            for account_id, result in zip(ids, results, strict=True):
-                if isinstance(result, EntitlementsError | AccountEntitlements):
-                    loaded[account_id] = result
-                elif isinstance(result, BaseException):
+            for account_id, result in zip(missing, results, strict=True):
+                if not isinstance(result, EntitlementsError | AccountEntitlements):
                     raise result
+                accounts[account_id] = result
+        features = self._catalog.features
         response = pb.CheckFeaturesResponse()
-        out = response.results
+        add = response.results.add
         for i, check in enumerate(checks):
-            try:
-                account_id = require_id(check.account_id, f"checks[{i}].account_id")
-                self._catalog.feature(check.feature, field=f"checks[{i}].feature")
-                ent = loaded.get(account_id) or self._service.cache.peek(account_id)
-                if ent is None:
-                    ent = await self._service.get(account_id)
-                if isinstance(ent, EntitlementsError):
-                    raise ent
-                decision = ent.effective.can_use(check.feature)
-                out.add(item=_answer(check.feature, decision, ent.revision))
+            feature = check.feature
+            found = accounts[check.account_id]
+            if isinstance(found, AccountEntitlements) and feature in features:
+                decision = found.effective.decisions.get(feature)
+                if decision is not None:
+                    add(item=_answer(feature, decision, found.revision))
+                    continue
+            try:  # the slow path names what is wrong with this check
+                require_id(check.account_id, f"checks[{i}].account_id")
+                self._catalog.feature(feature, field=f"checks[{i}].feature")
+                if isinstance(found, EntitlementsError):
+                    raise found
+                raise AssertionError(f"check {i} has no decision")  # pragma: no cover
             except EntitlementsError as exc:
-                out.add(error=error_status(exc))
+                add(error=error_status(exc))
         return response
 
     @unary
@@ -243,8 +262,9 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
 
 
 def _valid_id(value: str) -> bool:
-    try:
-        require_id(value, "account_id")
-    except InvalidArgument:
-        return False
-    return True
+    return (
+        bool(value)
+        and len(value) <= MAX_ID_LENGTH
+        and value.isprintable()
+        and (value.strip() == value)
+    )

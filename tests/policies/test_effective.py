@@ -99,11 +99,12 @@ def test_resolve_without_overrides_shares_one_object_per_plan() -> None:
     assert first.can_use("tokenGating") is resolve(CATALOG, "pro").can_use("tokenGating")
 
 
-def test_entitlements_with_equal_overrides_are_equal_and_hash_alike() -> None:
+def test_entitlements_with_equal_overrides_are_shared_equal_and_hash_alike() -> None:
     a = resolve(CATALOG, "pro", Overrides(limits={"maxUsers": 1}))
     b = resolve(CATALOG, "pro", Overrides(limits={"maxUsers": 1}))
-    assert a is not b
+    assert a is b  # accounts with the same overrides share one value in the cache
     assert a == b
+    assert a.decisions is resolve(CATALOG, "pro").decisions  # limits only: plan's decisions
     assert len({a, b, resolve(CATALOG, "pro")}) == 2
 
 
