@@ -22,7 +22,24 @@ class ThresholdCrossed:
     limit: int
 
 
-WatchEvent = AccountEntitlements | ThresholdCrossed
+@dataclass(frozen=True, slots=True)
+class TokenAccessChanged:
+    """A token-gated channel access changed (granted -> revoked by re-verification, or back).
+
+    Delivered to WatchEntitlements subscribers of the channel (and `all_accounts` ones) as
+    `token_access_changed`, and to in-process listeners through `TokenAccessFeed`.
+    """
+
+    channel_id: str
+    #: "" when the access was checked for wallets only.
+    user_id: str
+    wallet_addresses: tuple[str, ...]
+    granted: bool
+    #: Ids of the enabled requirements that were not met (empty when granted).
+    unmet_requirement_ids: tuple[str, ...] = ()
+
+
+WatchEvent = AccountEntitlements | ThresholdCrossed | TokenAccessChanged
 
 _WAKE: WatchEvent = ThresholdCrossed("", "", "", "", 0, 0, 0)
 
@@ -37,9 +54,10 @@ class WatchClosed(Exception):
 
 @dataclass(eq=False)
 class Subscription:
-    """One watch stream's queue. ``accounts`` None means every account."""
+    """One watch stream's queue. ``accounts`` None means every account (and every channel)."""
 
     accounts: frozenset[str] | None
+    channels: frozenset[str] = frozenset()
     queue: asyncio.Queue[WatchEvent] = field(default_factory=lambda: asyncio.Queue(1024))
     overflowed: bool = False
     closed: bool = False
@@ -75,10 +93,14 @@ class WatchHub:
         self._queue_size = queue_size
         self._by_account: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
+        self._by_channel: dict[str, set[Subscription]] = {}
 
-    def subscribe(self, accounts: Iterable[str] | None) -> Subscription:
+    def subscribe(
+        self, accounts: Iterable[str] | None, channels: Iterable[str] = ()
+    ) -> Subscription:
         sub = Subscription(
             accounts=None if accounts is None else frozenset(accounts),
+            channels=frozenset(channels),
             queue=asyncio.Queue(self._queue_size),
         )
         if sub.accounts is None:
@@ -86,9 +108,17 @@ class WatchHub:
         else:
             for account in sub.accounts:
                 self._by_account.setdefault(account, set()).add(sub)
+        for channel in sub.channels:
+            self._by_channel.setdefault(channel, set()).add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        for channel in sub.channels:
+            channel_subs = self._by_channel.get(channel)
+            if channel_subs is not None:
+                channel_subs.discard(sub)
+                if not channel_subs:
+                    del self._by_channel[channel]
         if sub.accounts is None:
             self._all.discard(sub)
             return
@@ -104,10 +134,16 @@ class WatchHub:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._all) + len({s for subs in self._by_account.values() for s in subs})
+        listed = {s for subs in self._by_account.values() for s in subs}
+        listed.update(s for subs in self._by_channel.values() for s in subs)
+        return len(self._all) + len(listed)
 
     def publish(self, event: WatchEvent) -> None:
-        for sub in (*self._all, *self._by_account.get(event.account_id, ())):
+        if isinstance(event, TokenAccessChanged):
+            targets = {*self._all, *self._by_channel.get(event.channel_id, ())}
+        else:
+            targets = {*self._all, *self._by_account.get(event.account_id, ())}
+        for sub in targets:
             if sub.overflowed:
                 continue
             try:
@@ -118,29 +154,14 @@ class WatchHub:
 
     def close(self) -> None:
         """End every subscription (on shutdown), so streams finish before the grace period."""
-        for sub in (*self._all, *(s for subs in self._by_account.values() for s in subs)):
+        everyone = {*self._all, *(s for subs in self._by_account.values() for s in subs)}
+        everyone.update(s for subs in self._by_channel.values() for s in subs)
+        for sub in everyone:
             sub.closed = True
             sub._wake()
 
 
 # --- token gating ---
-
-
-@dataclass(frozen=True, slots=True)
-class TokenAccessChanged:
-    """A token-gated channel access changed (granted -> revoked by re-verification, or back).
-
-    Not a `WatchEvent` yet: WatchEntitlementsResponse has no field for it, so it is delivered to
-    in-process listeners through `TokenAccessFeed` until the proto grows one.
-    """
-
-    channel_id: str
-    #: "" when the access was checked for wallets only.
-    user_id: str
-    wallet_addresses: tuple[str, ...]
-    granted: bool
-    #: Ids of the enabled requirements that were not met (empty when granted).
-    unmet_requirement_ids: tuple[str, ...] = ()
 
 
 class TokenAccessFeed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -19,7 +20,12 @@ from entitlements.server.status import InFlight, abort, abort_with, error_status
 from entitlements.server.validation import MAX_ID_LENGTH, require_count, require_id
 from entitlements.service import EntitlementService
 from entitlements.state import AccountEntitlements
-from entitlements.watch import SubscriberOverflow, WatchClosed
+from entitlements.watch import (
+    SubscriberOverflow,
+    TokenAccessChanged,
+    WatchClosed,
+    WatchEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +194,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
     ) -> AsyncIterator[pb.WatchEntitlementsResponse]:
         try:
             accounts = self._watched_accounts(request)
+            channels = self._watched_channels(request)
         except EntitlementsError as exc:
             await abort(context, error_status(exc))
         hub = self._service.hub
@@ -199,7 +206,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
                 reason="ERROR_REASON_OVERLOADED",
             )
         # Subscribe before reading the initial state, so no change can fall between the two.
-        subscription = hub.subscribe(accounts)
+        subscription = hub.subscribe(accounts, channels)
         try:
             if request.send_initial and accounts is not None:
                 for account_id in accounts:
@@ -228,24 +235,16 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
                         "the server is shutting down; watch again on another replica",
                         reason="ERROR_REASON_DEPENDENCY_UNAVAILABLE",
                     )
-                if isinstance(event, AccountEntitlements):
-                    yield pb.WatchEntitlementsResponse(
-                        entitlements=convert.entitlements(self._catalog, event)
-                    )
-                else:
-                    yield pb.WatchEntitlementsResponse(
-                        threshold_crossed=pb.UsageThresholdCrossed(
-                            account_id=event.account_id,
-                            metric=event.metric,
-                            limit_key=event.limit_key,
-                            period=event.period,
-                            level=event.level,  # type: ignore[arg-type]
-                            current=event.current,
-                            limit=event.limit,
-                        )
-                    )
+                yield _watch_message(self._catalog, event)
         finally:
             hub.unsubscribe(subscription)
+
+    def _watched_channels(self, request: pb.WatchEntitlementsRequest) -> list[str]:
+        ids = list(request.channel_ids)
+        require_count(ids, "channel_ids", maximum=MAX_WATCHED_ACCOUNTS)
+        for i, channel_id in enumerate(ids):
+            require_id(channel_id, f"channel_ids[{i}]")
+        return list(dict.fromkeys(ids))
 
     def _watched_accounts(self, request: pb.WatchEntitlementsRequest) -> list[str] | None:
         ids = list(request.account_ids)
@@ -253,12 +252,43 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
             if ids:
                 raise InvalidArgument("account_ids", "must be empty when all_accounts is set")
             return None
-        if not ids:
-            raise InvalidArgument("account_ids", "name at least one account, or set all_accounts")
+        if not ids and not request.channel_ids:
+            raise InvalidArgument(
+                "account_ids", "name at least one account or channel, or set all_accounts"
+            )
         require_count(ids, "account_ids", maximum=MAX_WATCHED_ACCOUNTS)
         for i, account_id in enumerate(ids):
             require_id(account_id, f"account_ids[{i}]")
         return list(dict.fromkeys(ids))
+
+
+def _watch_message(catalog: Catalog, event: WatchEvent) -> pb.WatchEntitlementsResponse:
+    if isinstance(event, AccountEntitlements):
+        return pb.WatchEntitlementsResponse(entitlements=convert.entitlements(catalog, event))
+    now = convert.timestamp(datetime.now(UTC))
+    if isinstance(event, TokenAccessChanged):
+        return pb.WatchEntitlementsResponse(
+            token_access_changed=pb.TokenAccessChanged(
+                channel_id=event.channel_id,
+                user_id=event.user_id,
+                wallet_addresses=event.wallet_addresses,
+                granted=event.granted,
+                unmet_requirement_ids=event.unmet_requirement_ids,
+                occurred_at=now,
+            )
+        )
+    return pb.WatchEntitlementsResponse(
+        threshold_crossed=pb.UsageThresholdCrossed(
+            account_id=event.account_id,
+            metric=event.metric,
+            limit_key=event.limit_key,
+            period=event.period,
+            level=plan_pb2.UsageLevel.ValueType(event.level),
+            current=event.current,
+            limit=event.limit,
+            occurred_at=now,
+        )
+    )
 
 
 def _valid_id(value: str) -> bool:

@@ -10,6 +10,7 @@ from adapters.chains import ChainReaders, ChainSettings
 from entitlements.server.token_gate_servicer import TokenGateServicer
 from entitlements.store.tokengate_repository import TokenGateStore
 from entitlements.tokengate import Reverifier, TokenGate
+from entitlements.watch import TokenAccessChanged, TokenAccessFeed, WatchHub
 
 if TYPE_CHECKING:
     from entitlements.config import Settings
@@ -33,6 +34,18 @@ class TokenGateRuntime:
         await self.gate.close()
 
 
+class _HubFeed(TokenAccessFeed):
+    """Token access changes go to in-process listeners and to WatchEntitlements subscribers."""
+
+    def __init__(self, hub: WatchHub) -> None:
+        super().__init__()
+        self._hub = hub
+
+    def publish(self, event: TokenAccessChanged) -> None:
+        super().publish(event)
+        self._hub.publish(event)
+
+
 def install_token_gate(
     settings: Settings, deps: Deps, *, readers: ChainReaders | None = None
 ) -> TokenGateRuntime:
@@ -42,6 +55,7 @@ def install_token_gate(
         TokenGateStore(deps.store.engine),
         readers or ChainReaders.from_settings(chains),
         chains,
+        feed=_HubFeed(deps.hub),
     )
     runtime = TokenGateRuntime(gate, Reverifier(gate, chains.reverify_interval_seconds))
     deps.servicers["TokenGateService"] = TokenGateServicer(gate)

@@ -3,6 +3,7 @@ bad input names the field and stores nothing, CRUD with field masks and pages, c
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -12,6 +13,8 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils.address import to_checksum_address
 from google.protobuf.field_mask_pb2 import FieldMask
+from nchat.entitlements.v1 import entitlements_service_pb2 as ent_pb
+from nchat.entitlements.v1 import entitlements_service_pb2_grpc as ent_grpc
 from nchat.entitlements.v1 import token_gate_service_pb2 as pb
 from nchat.entitlements.v1 import token_gate_service_pb2_grpc as pb_grpc
 
@@ -449,3 +452,50 @@ async def test_token_gate_rpcs_need_their_scope(stub: Stub) -> None:
             pb.ListTokenRequirementsRequest(channel_id="vip"), metadata=CHAT
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_revoked_access_reaches_watchers_of_the_channel(
+    settings: Settings, store: Store, anvil: AnvilNode, chain: ChainKit, tokens: TestTokens
+) -> None:
+    chains = local_settings(anvil, reverify_interval_seconds=0.2, verify_cache_ttl_seconds=0.1)
+    running = await start(replace(settings, chains=chains), store)
+    assert running.deps.token_gate is not None
+    await running.deps.token_gate.start()  # as serve() does: checks the chain, starts the sweep
+    holder, buyer = new_wallet().address, new_wallet().address
+    token_id = new_token_id()
+    await chain.transact(tokens.nft.functions.mint(holder, token_id))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            gate = pb_grpc.TokenGateServiceStub(channel)
+            await gate.CreateTokenRequirement(
+                pb.CreateTokenRequirementRequest(
+                    requirement=nft_requirement(
+                        tokens.nft.address, channel="lounge", token_ids=[str(token_id)]
+                    )
+                ),
+                metadata=OPS,
+            )
+            access = await gate.CheckChannelAccess(
+                pb.CheckChannelAccessRequest(channel_id="lounge", wallet_addresses=[holder]),
+                metadata=OPS,
+            )
+            assert access.granted
+            watch = ent_grpc.EntitlementsServiceStub(channel).WatchEntitlements(
+                ent_pb.WatchEntitlementsRequest(channel_ids=["lounge"]), metadata=CHAT
+            )
+            await asyncio.sleep(0.1)
+            await chain.fund(holder)
+            await chain.impersonate(holder)
+            await chain.transact(
+                tokens.nft.functions.transferFrom(holder, buyer, token_id), sender=holder
+            )
+            event = await asyncio.wait_for(watch.read(), 10)
+            watch.cancel()
+        change = event.token_access_changed
+        assert (change.channel_id, list(change.wallet_addresses), change.granted) == (
+            "lounge",
+            [holder],
+            False,
+        )
+    finally:
+        await running.stop(0)

@@ -117,3 +117,8 @@ def test_migrations_ship_inside_the_package() -> None:
     versions = {p.name.split("_", 1)[0] for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py")}
     # Every shipped migration is reached by `upgrade`: the heads name the newest of each line.
     assert set(head_revision().split("+")) <= versions
+
+
+def test_migrations_form_one_line() -> None:
+    # Branches (two heads) would let replicas of different builds disagree on the schema.
+    assert "+" not in head_revision()

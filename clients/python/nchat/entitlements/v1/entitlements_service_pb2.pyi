@@ -497,13 +497,22 @@ class WatchEntitlementsRequest(_message.Message):
     ACCOUNT_IDS_FIELD_NUMBER: _builtins.int
     ALL_ACCOUNTS_FIELD_NUMBER: _builtins.int
     SEND_INITIAL_FIELD_NUMBER: _builtins.int
+    CHANNEL_IDS_FIELD_NUMBER: _builtins.int
     all_accounts: _builtins.bool
     """Watch every account instead of a list (for a client that caches whatever it is asked about)."""
     send_initial: _builtins.bool
     """Send the current entitlements of every listed account before any change."""
     @_builtins.property
     def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The accounts to watch, at most 10,000. Empty only together with `all_accounts`."""
+        """The accounts to watch, at most 10,000. Empty with `all_accounts`, or when only
+        `channel_ids` are watched.
+        """
+
+    @_builtins.property
+    def channel_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Also watch token-gated access changes of these channels (re-verification revoking or
+        restoring access). `all_accounts` watchers get every channel's changes.
+        """
 
     def __init__(
         self,
@@ -511,14 +520,65 @@ class WatchEntitlementsRequest(_message.Message):
         account_ids: _abc.Iterable[_builtins.str] | None = ...,
         all_accounts: _builtins.bool = ...,
         send_initial: _builtins.bool = ...,
+        channel_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "all_accounts", b"all_accounts", "send_initial", b"send_initial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "all_accounts", b"all_accounts", "channel_ids", b"channel_ids", "send_initial", b"send_initial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchEntitlementsRequest: _TypeAlias = WatchEntitlementsRequest  # noqa: Y015
+
+@_typing.final
+class TokenAccessChanged(_message.Message):
+    """TokenAccessChanged tells that a token-gated channel access changed: periodic re-verification
+    found that the token left the wallet (revoked), or came back (granted).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    WALLET_ADDRESSES_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    UNMET_REQUIREMENT_IDS_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    """The gated channel."""
+    user_id: _builtins.str
+    """The user whose access changed; empty when access was checked for wallets only."""
+    granted: _builtins.bool
+    """True when access is now granted, false when it was revoked."""
+    @_builtins.property
+    def wallet_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The wallets that were checked."""
+
+    @_builtins.property
+    def unmet_requirement_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The enabled requirements that are not met (empty when granted)."""
+
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the change was found."""
+
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        wallet_addresses: _abc.Iterable[_builtins.str] | None = ...,
+        granted: _builtins.bool = ...,
+        unmet_requirement_ids: _abc.Iterable[_builtins.str] | None = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "granted", b"granted", "occurred_at", b"occurred_at", "unmet_requirement_ids", b"unmet_requirement_ids", "user_id", b"user_id", "wallet_addresses", b"wallet_addresses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenAccessChanged: _TypeAlias = TokenAccessChanged  # noqa: Y015
 
 @_typing.final
 class UsageThresholdCrossed(_message.Message):
@@ -582,6 +642,7 @@ class WatchEntitlementsResponse(_message.Message):
 
     ENTITLEMENTS_FIELD_NUMBER: _builtins.int
     THRESHOLD_CROSSED_FIELD_NUMBER: _builtins.int
+    TOKEN_ACCESS_CHANGED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def entitlements(self) -> Global___Entitlements:
         """An account's entitlements, sent initially and whenever they change."""
@@ -590,17 +651,22 @@ class WatchEntitlementsResponse(_message.Message):
     def threshold_crossed(self) -> Global___UsageThresholdCrossed:
         """An account's usage reached a threshold level."""
 
+    @_builtins.property
+    def token_access_changed(self) -> Global___TokenAccessChanged:
+        """A token-gated channel access changed."""
+
     def __init__(
         self,
         *,
         entitlements: Global___Entitlements | None = ...,
         threshold_crossed: Global___UsageThresholdCrossed | None = ...,
+        token_access_changed: Global___TokenAccessChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "event", b"event", "threshold_crossed", b"threshold_crossed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "event", b"event", "threshold_crossed", b"threshold_crossed", "token_access_changed", b"token_access_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "event", b"event", "threshold_crossed", b"threshold_crossed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements", "event", b"event", "threshold_crossed", b"threshold_crossed", "token_access_changed", b"token_access_changed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["entitlements", "threshold_crossed"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["entitlements", "threshold_crossed", "token_access_changed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
