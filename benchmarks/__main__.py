@@ -198,6 +198,24 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
                 flush=True,
             )
             latency_rows.append(dict(lat.__dict__))
+        from benchmarks.clients import bench_local_vs_rpc
+
+        clients = await bench_local_vs_rpc(server.target, seconds)
+        print(
+            f"{'client can_use_feature, local evaluation':<44}"
+            f" {clients['local_checks_per_second']:>10,} checks/s"
+            f"  | {clients['local_vs_rpc']}x the RPC client"
+            f" ({clients['rpc_checks_per_second']:,} checks/s,"
+            f" {clients['rpc_concurrency']} in flight); sync client local:"
+            f" {clients['sync_local_checks_per_second']:,} checks/s",
+            flush=True,
+        )
+        report["clients"] = clients
+    from benchmarks.tokengate import bench_verify_token
+
+    gate = await bench_verify_token(seconds=seconds)
+    report["tokengate"] = gate
+    print(f"token gating: {json.dumps(gate)}", flush=True)
     memory = cache_memory(100_000)
     print(
         f"entitlement cache, {memory['accounts']:,.0f} accounts: {memory['mb']:.1f} MB"
