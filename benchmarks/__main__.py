@@ -11,8 +11,8 @@ import json
 import os
 import platform
 import sys
-from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -289,13 +289,19 @@ def cache_memory(accounts: int) -> dict[str, float]:
                 account_id=account_id,
                 revision=i % 7 + 1,
                 subscription=SubscriptionRecord(
-                    id=f"sub_{i:08d}", account_id=account_id, plan_id=plans[i % 4],
-                    status="active", interval="month", payment_method="card",
-                    stripe_customer_id=f"cus_{i:010d}", stripe_subscription_id=f"sub_{i:014d}",
+                    id=f"sub_{i:08d}",
+                    account_id=account_id,
+                    plan_id=plans[i % 4],
+                    status="active",
+                    interval="month",
+                    payment_method="card",
+                    stripe_customer_id=f"cus_{i:010d}",
+                    stripe_subscription_id=f"sub_{i:014d}",
                     stripe_price_id="price_pro_monthly",
                     current_period_start=now - timedelta(days=3),
                     current_period_end=now + timedelta(days=27),
-                    created_at=now, updated_at=now,
+                    created_at=now,
+                    updated_at=now,
                 ),
                 overrides=overrides,
             )

@@ -59,7 +59,10 @@ def test_postgres_urls_are_normalised_to_asyncpg() -> None:
         ('[[callers]]\nname = "a"\ntokens = ["t" ]\nscopes = []', "tokens[0]"),
         ('[[callers]]\nname = "a"\ntokens = ["long-enough-token-01"]\nscopes = ["root"]', "root"),
         ('[[callers]]\nname = ""\ntokens = ["long-enough-token-01"]\nscopes = []', ".name"),
-        ('[[callers]]\nname = "a"\ntokens = ["long-enough-token-01"]\nscopes = []\nrole = 1', "role"),
+        (
+            '[[callers]]\nname = "a"\ntokens = ["long-enough-token-01"]\nscopes = []\nrole = 1',
+            "role",
+        ),
         (
             '[[callers]]\nname = "a"\ntokens = ["long-enough-token-01"]\nscopes = []\n'
             '[[callers]]\nname = "b"\ntokens = ["long-enough-token-01"]\nscopes = []',
