@@ -14,7 +14,7 @@ from nchat.entitlements.v1 import usage_service_pb2_grpc as pb_grpc
 from entitlements.errors import InvalidArgument
 from entitlements.policies import Catalog, MetricInfo, check_limit, level_for
 from entitlements.server.status import unary
-from entitlements.server.validation import require_count, require_id
+from entitlements.server.validation import require_count, require_id, require_timestamp
 from entitlements.service import EntitlementService
 from entitlements.state import AccountEntitlements
 from entitlements.usage.ledger import APPLIED, DUPLICATE, GaugeSet, Increment, UsageLedger
@@ -94,7 +94,8 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
                 )
             occurred_ms = now_ms
             if ev.HasField("occurred_at"):
-                occurred_ms = ev.occurred_at.ToMilliseconds()
+                stamp = require_timestamp(ev.occurred_at, f"events[{i}].occurred_at")
+                occurred_ms = stamp.ToMilliseconds()
                 if occurred_ms > now_ms + FUTURE_TOLERANCE_MS:
                     raise InvalidArgument(
                         f"events[{i}].occurred_at", "is more than 5 minutes in the future"
