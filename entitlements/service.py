@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+from cachetools import LRUCache
+
 from entitlements.cache import EntitlementCache
 from entitlements.errors import InvalidArgument
 from entitlements.policies import Catalog, FeatureDecision, Overrides, validate_overrides
@@ -41,6 +43,7 @@ class EntitlementService:
         self.hub = hub
         self._past_due_grace = past_due_grace
         self._clock = clock
+        self._published: LRUCache[str, int] = LRUCache(100_000)
         self.cache = EntitlementCache(
             self._load, maxsize=cache_size, ttl_seconds=cache_ttl_seconds, wallclock=clock
         )
@@ -129,10 +132,14 @@ class EntitlementService:
         return await self.changed(account_id)
 
     async def changed(self, account_id: str) -> AccountEntitlements:
-        """An account changed in the store: reload it and tell its watchers."""
+        """An account changed in the store: reload it and tell its watchers, once per revision
+        (this process's write and the change feed may both report the same change)."""
         self.cache.invalidate(account_id)
         ent = await self.cache.get(account_id)
-        self.hub.publish(ent)
+        last = self._published.get(account_id)
+        if last is None or ent.revision > last:
+            self._published[account_id] = ent.revision
+            self.hub.publish(ent)
         return ent
 
     async def warm(self, account_ids: Sequence[str]) -> int:

@@ -1,4 +1,4 @@
-"""A restart warms the cache in bulk before serving, newest changes first."""
+"""A restart warms the cache in bulk before serving; watchers hear each revision once."""
 
 from __future__ import annotations
 
@@ -22,3 +22,14 @@ async def test_warm_up_loads_the_most_recently_changed_accounts(store: Store) ->
         assert cached is not None
         assert cached.plan_id == ("pro" if i % 2 else "starter")
     assert service.cache.peek("ws-0") is None
+
+
+async def test_a_change_reported_twice_is_pushed_to_watchers_once(store: Store) -> None:
+    hub = WatchHub()
+    service = EntitlementService(store, default_catalog(), hub)
+    watcher = hub.subscribe(["ws"])
+    await service.save_subscription(subscription("ws", "pro"))
+    await service.changed("ws")  # the change feed reporting the same revision again
+    first = await watcher.next()
+    assert watcher.queue.empty()
+    assert first.revision == 1  # type: ignore[union-attr]
