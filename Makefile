@@ -40,8 +40,15 @@ migrate: $(VENV)/.installed
 	$(BIN)/entitlements migrate
 
 ## test: everything CI runs: generated code is fresh, protos lint, lint, then the whole suite.
-test: install proto-check proto-lint lint
+test: install proto-check proto-lint lint test-node
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-node: the TypeScript client (clients/typescript, its own lockfile): install, check the
+## generated stubs are fresh, type-check, and call a real server (started from the venv).
+.PHONY: test-node
+test-node: $(VENV)/.installed
+	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && \
+	  npm run generate:check && npm test
 
 ## test-fast: the suite without the slow and PostgreSQL tests.
 test-fast: $(VENV)/.installed

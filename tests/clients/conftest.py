@@ -60,18 +60,18 @@ async def server(settings: Settings, store: Store) -> AsyncIterator[Running]:
 
 
 async def eventually(
-    predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01
+    predicate: Callable[[], bool], within: float = 5.0, interval: float = 0.01
 ) -> float:
-    """Wait until `predicate()` holds; the seconds it took. Fails the test after `timeout`."""
+    """Wait until `predicate()` holds; the seconds it took. Fails the test after `within` s."""
     start = time.monotonic()
     while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
+        if time.monotonic() - start > within:
+            raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(interval)
     return time.monotonic() - start
 
 
-class CountingInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class CountingInterceptor(grpc.UnaryUnaryClientInterceptor):
     """Counts the unary calls a sync client makes, by method."""
 
     def __init__(self) -> None:
@@ -136,7 +136,7 @@ class FlakyProxy:
                 asyncio.create_task(_pipe(reader, up_writer)),
                 asyncio.create_task(_pipe(up_reader, writer)),
             ]
-            done, pending = await asyncio.wait(pipes, timeout=life)
+            _, pending = await asyncio.wait(pipes, timeout=life)
             if pending:
                 self.cuts += 1
             for pipe in pipes:

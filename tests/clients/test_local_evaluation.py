@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from nchat.entitlements.client import (
 )
 
 from entitlements.config import Settings
+from entitlements.policies import Overrides
 from entitlements.server.app import Running
 from entitlements.store.repository import Store
 from tests.clients.conftest import (
@@ -81,14 +84,10 @@ async def test_local_answer_changes_within_a_second_of_a_plan_change(server: Run
         assert (before.source, before.allowed) == ("local", False)
 
         await server.deps.service.save_subscription(subscription("ws-upgrade", "starter"))
-        latest: list[bool] = []
 
-        def upgraded() -> bool:
-            check = client._store.feature("ws-upgrade", "customBranding")  # type: ignore[union-attr]
-            latest.append(bool(check and check.allowed))
-            return latest[-1]
-
-        took = await eventually(upgraded, timeout=1.0)
+        took = await eventually(
+            lambda: answered_locally(client, "ws-upgrade", "customBranding"), within=1.0
+        )
         after = await client.can_use_feature("ws-upgrade", "customBranding")
         assert (after.source, after.allowed, after.plan_id) == ("local", True, "starter")
         assert after.revision > before.revision
@@ -142,7 +141,9 @@ async def test_stream_loss_serves_stale_answers_then_recovers_on_restart(
         # A new server on the same port and database, where the account was upgraded meanwhile.
         second = await start_server(settings, store, port=port)
         await second.deps.service.save_subscription(subscription("ws-restart", "starter"))
-        await eventually(lambda: client.local_state().connected, timeout=10)
+        await eventually(lambda: client.local_state().connected, within=10)
+        # The change reaches the client in the new stream's initial state or right after it.
+        await eventually(lambda: answered_locally(client, "ws-restart", "apiAccess"), within=1.0)
         recovered = await client.can_use_feature("ws-restart", "apiAccess")
         assert (recovered.source, recovered.allowed, recovered.plan_id) == (
             "local",
@@ -203,8 +204,88 @@ def test_sync_client_falls_back_to_rpc_while_the_server_restarts(tmp_path: Path)
         process.stop()
 
 
+def answered_locally(client: AsyncEntitlementsClient, account_id: str, feature: str) -> bool:
+    """Whether local evaluation allows `feature` now (no RPC: it only looks at memory)."""
+    store = client._store
+    assert store is not None
+    check = store.feature(account_id, feature)
+    return check is not None and check.allowed
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"condition not met within {timeout} s"
         time.sleep(0.01)
+
+
+async def test_local_answers_equal_the_servers_for_every_feature_and_override(
+    server: Running,
+) -> None:
+    """Same allowed, plan, upgrade plan, reason and message as CanUseFeature, for each feature of
+    the catalog, on an account with a plan, a granted feature, a revoked one and a limit override.
+    """
+    service = server.deps.service
+    await service.save_subscription(subscription("ws-parity", "starter"))
+    await service.set_overrides(
+        "ws-parity",
+        Overrides(
+            limits={"maxUsers": 75, "maxBots": None},
+            granted_features=frozenset({"ssoIntegration"}),
+            revoked_features=frozenset({"webhooks"}),
+        ),
+        expires_at=None,
+        actor="test",
+        reason="parity",
+    )
+    target = f"127.0.0.1:{server.port}"
+    async with (
+        AsyncEntitlementsClient(target, token=TOKEN) as rpc,
+        AsyncEntitlementsClient(target, token=TOKEN, local_evaluation=True) as local,
+    ):
+        await local.can_use_feature("ws-parity", "apiAccess")
+        await eventually(lambda: local.local_state().connected)
+        features = [f.key for f in (await rpc.list_plans()).features]
+        assert len(features) > 10
+        for feature in features:
+            remote = await rpc.can_use_feature("ws-parity", feature)
+            mine = await local.can_use_feature("ws-parity", feature)
+            assert mine.source == "local"
+            assert dataclasses.replace(mine, source="rpc") == remote, feature
+        for limit, current in (("maxUsers", 70), ("maxUsers", 75), ("maxBots", 10**6)):
+            remote_limit = await rpc.check_limit("ws-parity", limit, current)
+            mine_limit = await local.check_limit("ws-parity", limit, current)
+            assert mine_limit.source == "local"
+            assert dataclasses.replace(mine_limit, source="rpc") == remote_limit, (limit, current)
+
+
+async def test_an_answer_that_changes_by_time_alone_is_not_served_past_its_end(
+    server: Running,
+) -> None:
+    """A subscription cancelled at its period end: the server pushes nothing when the period
+    ends, so the local answer must stop at the end instead of granting the plan forever."""
+    ends = datetime.now(UTC) + timedelta(seconds=1.5)
+    await server.deps.service.save_subscription(
+        subscription("ws-ending", "pro", period_end=ends, cancel_at_period_end=True)
+    )
+    async with AsyncEntitlementsClient(
+        f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True
+    ) as client:
+        await client.can_use_feature("ws-ending", "ssoIntegration")
+        await eventually(lambda: client.local_state().connected)
+        before = await client.can_use_feature("ws-ending", "ssoIntegration")
+        assert (before.source, before.allowed, before.plan_id) == ("local", True, "pro")
+        await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.1)
+        after = await client.can_use_feature("ws-ending", "ssoIntegration")
+        assert (after.allowed, after.plan_id) == (False, "free")
+        # ... and the stream, reopened for the new state, serves it locally again.
+        await eventually(lambda: answered_locally_as(client, "ws-ending", "ssoIntegration", False))
+
+
+def answered_locally_as(
+    client: AsyncEntitlementsClient, account_id: str, feature: str, allowed: bool
+) -> bool:
+    store = client._store
+    assert store is not None
+    check = store.feature(account_id, feature)
+    return check is not None and check.allowed is allowed

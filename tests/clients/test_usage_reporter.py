@@ -168,7 +168,7 @@ async def test_async_reporter_counts_exactly_once_across_a_server_restart(
         await check.stop(0)
 
 
-class DuplicateCounter(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class DuplicateCounter(grpc.UnaryUnaryClientInterceptor):
     """Counts events the server answered DUPLICATE: retries of batches it had already applied."""
 
     def __init__(self) -> None:
@@ -186,11 +186,11 @@ class DuplicateCounter(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 def test_full_buffer_blocks_add_then_raises_and_close_returns_the_unsent_events() -> None:
     with EntitlementsClient(f"127.0.0.1:{free_port()}", retry=QUICK) as client:
         reporter = UsageReporter(
-            client, max_buffered=2, max_delay=0.0, add_timeout=0.2, backoff=QUICK
+            client, max_buffered=2, max_delay=60, add_timeout=0.2, backoff=QUICK
         )
         reporter.add("ws-full", "messages")
         reporter.add("ws-full", "aiQueries")
-        reporter.add("ws-full", "messages", 4)  # merges into an open or in-flight slot: no wait
+        reporter.add("ws-full", "messages", 4)  # merges into the open event: no wait
         with pytest.raises(BufferFull):
             reporter.add("ws-full", "callMinutes")
         with pytest.raises(UndeliveredUsage) as undelivered:
@@ -227,5 +227,16 @@ async def test_reporter_delivers_on_close_without_a_flush(server: Running) -> No
         reporter.add("ws-close", "messages", 7)
         await reporter.close()
         assert reporter.pending() == 0
-    await eventually(lambda: True)
     assert await server_totals(server.port, ("ws-close",)) == {("ws-close", "messages"): 7}
+
+
+async def test_async_reporter_sends_on_its_own_after_max_delay(server: Running) -> None:
+    async with (
+        AsyncEntitlementsClient(f"127.0.0.1:{server.port}", token=TOKEN) as client,
+        AsyncUsageReporter(client, max_delay=0.05) as reporter,
+    ):
+        reporter.add("ws-delay", "messages", 2)
+        took = await eventually(lambda: reporter.delivered_events == 1, within=2.0)
+        assert took >= 0.04
+        assert reporter.pending() == 0
+    assert await server_totals(server.port, ("ws-delay",)) == {("ws-delay", "messages"): 2}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -39,6 +40,8 @@ from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 
 __all__ = ["AsyncEntitlementsClient"]
+
+log = logging.getLogger("nchat.entitlements.client")
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -371,6 +374,14 @@ class _Watcher:
                     continue
                 failures += 1
                 store.stream_down(_describe(exc))
+                await self._sleep(opts.reconnect.backoff(failures))
+            except Exception as exc:  # a bug must not kill local evaluation for good
+                log.exception("entitlements watch stream failed")
+                self._call = None
+                if call is not None:
+                    call.cancel()
+                failures += 1
+                store.stream_down(repr(exc))
                 await self._sleep(opts.reconnect.backoff(failures))
 
 

@@ -6,6 +6,7 @@ and limit checks of watched accounts are answered from memory (see `_local.py`).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,8 @@ from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 
 __all__ = ["EntitlementsClient"]
+
+log = logging.getLogger("nchat.entitlements.client")
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -340,12 +343,12 @@ class _Watcher:
                         metadata=metadata,
                     )
                     store.set_catalog(_convert.catalog(plans))
+                self._idle = True  # before reading: a want() from now on wakes the sleep below
                 accounts = store.accounts_to_watch()
                 if not accounts:
-                    self._idle = True
                     self._sleep(1.0)
-                    self._idle = False
                     continue
+                self._idle = False
                 with self._lock:
                     if self._closed:
                         return
@@ -372,6 +375,15 @@ class _Watcher:
                     continue
                 failures += 1
                 store.stream_down(_describe(exc))
+                self._sleep(opts.reconnect.backoff(failures))
+            except Exception as exc:  # a bug must not kill local evaluation for good
+                log.exception("entitlements watch stream failed")
+                with self._lock:
+                    call, self._call = self._call, None
+                if call is not None:
+                    call.cancel()
+                failures += 1
+                store.stream_down(repr(exc))
                 self._sleep(opts.reconnect.backoff(failures))
 
 

@@ -300,9 +300,9 @@ class UsageReporter:
                 self._pause(self._backoff.backoff(attempt))
             except (InvalidArgument, AlreadyExists) as exc:
                 batch = self._drop_bad(batch, exc)
-            except EntitlementsError as exc:  # e.g. the token lost its scope: keep, retry slowly
+            except Exception as exc:  # e.g. the token lost its scope: keep, retry slowly
                 attempt += 1
-                log.error("usage report refused (%s: %s); keeping the events", exc.code.name, exc)
+                log.error("usage report failed (%r); keeping the events", exc)
                 if self._give_up():
                     self._hold(batch)
                     return 0
@@ -360,6 +360,7 @@ class AsyncUsageReporter:
         self._on_failure = on_failure
         self._buffer = _Buffer(max_buffered)
         self._wake = asyncio.Event()
+        self._flush_requested = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -381,11 +382,12 @@ class AsyncUsageReporter:
         with self._buffer.lock:
             if not self._buffer.room(key):
                 raise BufferFull(f"{self._buffer.max_buffered} usage events buffered and unsent")
+            first = not self._buffer.open
             self._buffer.put(key, delta, now)
             full = len(self._buffer.open) >= self._max_batch_size
         self._idle.clear()
-        if full:
-            self._wake.set()
+        if first or full:
+            self._wake.set()  # the task sleeps without a deadline while nothing is open
 
     def pending(self) -> int:
         with self._buffer.lock:
@@ -393,15 +395,17 @@ class AsyncUsageReporter:
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Send everything added so far and wait for it; False if `timeout` passed first."""
-        self._wake.set()
+        self._flush_requested += 1
         try:
             async with asyncio.timeout(timeout):
                 while self.pending():
-                    self._wake.set()
                     self._idle.clear()
+                    self._wake.set()
                     await self._idle.wait()
         except TimeoutError:
             return False
+        finally:
+            self._flush_requested -= 1
         return True
 
     async def close(self, timeout: float | None = None) -> None:
@@ -444,7 +448,9 @@ class AsyncUsageReporter:
                 self._idle.set()
                 if self._closing:
                     return
-            if not (due or self._closing or (self._wake.is_set() and has_open)):
+            if not (has_open and (due or self._closing or self._flush_requested)):
+                # No await between reading the buffer and clearing: add() runs on this loop
+                # too, so no wake-up can fall in between.
                 self._wake.clear()
                 try:
                     async with asyncio.timeout(wait):
@@ -494,9 +500,9 @@ class AsyncUsageReporter:
                     if self._on_failure is not None:
                         self._on_failure(failure)
                 batch = [e for i, e in enumerate(batch) if i != index] if index is not None else []
-            except EntitlementsError as exc:
+            except Exception as exc:  # e.g. the token lost its scope: keep, retry slowly
                 attempt += 1
-                log.error("usage report refused (%s: %s); keeping the events", exc.code.name, exc)
+                log.error("usage report failed (%r); keeping the events", exc)
                 if self._give_up():
                     self._undelivered.extend(batch)
                     return 0
