@@ -13,9 +13,21 @@ PYTEST_ARGS ?=
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
+# (browser is phony too)
 .PHONY: install run migrate test test-fast lint proto proto-check proto-lint proto-breaking bench clean
 
-install: $(VENV)/.installed node_modules/.installed
+install: $(VENV)/.installed node_modules/.installed browser
+
+## browser: headless Chromium for the /admin page test (Debian's package; installed when this
+## runs as root with apt, otherwise that one test is skipped and says why).
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null; }; \
+	  else echo "no chromium and not root: the /admin browser test will be skipped"; fi; }
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
