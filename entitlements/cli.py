@@ -1,17 +1,18 @@
-"""The `entitlements` command: serve, migrate, plans."""
+"""The `entitlements` command: serve, migrate, plans, report."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from entitlements.config import ConfigError, Settings
 from entitlements.errors import EntitlementsError
+from entitlements.observability.logs import configure_logging
 from entitlements.policies import Catalog, default_catalog
 
 
@@ -40,6 +41,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reconcile", help="repair the local mirror of a billing provider (safe to run any time)"
     )
     reconcile.add_argument("provider", choices=["stripe"], help="the provider to reconcile")
+    report = sub.add_parser(
+        "report", help="print the revenue dashboard (the figures of AdminService.GetRevenueMetrics)"
+    )
+    report.add_argument(
+        "--as-of", type=_timestamp, default=None, help="ISO 8601 time, UTC if no offset; now"
+    )
+    report.add_argument(
+        "--churn-window-days", type=int, default=0, help="the churn window (default 30)"
+    )
+    report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
 
     if args.command == "plans":
@@ -54,9 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"entitlements: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "migrate":
             from entitlements.store.migrate import current_revision, upgrade
@@ -67,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in ("webhooks", "reconcile"):
             return _billing_command(args.command, settings)
+        if args.command == "report":
+            return _report(settings, args)
         if args.workers < 1:
             print("entitlements: --workers must be 1 or more", file=sys.stderr)
             return 2
@@ -165,6 +176,34 @@ def _plans_json(catalog: Catalog) -> str:
         ],
         indent=2,
     )
+
+
+def _timestamp(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _report(settings: Settings, args: argparse.Namespace) -> int:
+    """`entitlements report`: the revenue dashboard as a table (or JSON)."""
+    from entitlements.admin.report import report
+    from entitlements.server.app import SchemaNotCurrent, check_schema
+
+    try:
+        asyncio.run(check_schema(settings.database_url))
+    except SchemaNotCurrent as exc:
+        print(f"entitlements: {exc}", file=sys.stderr)
+        return 2
+    print(
+        asyncio.run(
+            report(
+                settings,
+                as_of=args.as_of,
+                churn_window_days=args.churn_window_days,
+                as_json=args.json,
+            )
+        )
+    )
+    return 0
 
 
 def _billing_command(command: str, settings: Settings) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from adapters.chains.config import ChainConfigError, ChainSettings
 from adapters.stripe.config import StripeConfigError, StripeSettings
+from entitlements.crypto.config import CryptoConfigError, CryptoSettings
 from entitlements.store.engine import DEFAULT_DATABASE_URL, normalize_url
 
 #: Every scope a caller can hold; an RPC needs exactly one of them (health and reflection none).
@@ -73,6 +74,8 @@ class Settings:
     chains: ChainSettings = field(default_factory=ChainSettings)
     #: Stripe (BillingService and the webhook shim); not configured by default.
     stripe: StripeSettings = field(default_factory=StripeSettings)
+    #: Crypto payments (NEXT_PUBLIC_PAYMENT_WALLET_ADDRESS, tokens, confirmation depths).
+    crypto: CryptoSettings = field(default_factory=CryptoSettings)
     #: How long a usage counter read from the database is answered from memory (CheckLimit);
     #: this replica's own writes refresh it at once, other replicas' within this time.
     usage_counter_ttl_seconds: float = 1.0
@@ -90,6 +93,10 @@ class Settings:
     reuse_port: bool = False
     #: Accounts loaded into the cache before the server reports SERVING.
     warm_accounts: int = 10_000
+    #: "text" (a terminal) or "json" (one object per line, for a log collector).
+    log_format: str = "text"
+    #: An RPC taking at least this long is logged (WARNING) with its caller and duration.
+    slow_call_ms: float = 250.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -131,6 +138,7 @@ class Settings:
             log_level=(env.get("ENTITLEMENTS_LOG_LEVEL") or "INFO").upper(),
             chains=_chains(env),
             stripe=_stripe_settings(env),
+            crypto=_crypto(env),
             usage_counter_ttl_seconds=_number(
                 env, "ENTITLEMENTS_USAGE_COUNTER_TTL_SECONDS", 1.0, minimum=0
             ),
@@ -140,6 +148,8 @@ class Settings:
                 env, "ENTITLEMENTS_CHANGE_FEED_INTERVAL_SECONDS", 0.25, minimum=0.01
             ),
             warm_accounts=int(_number(env, "ENTITLEMENTS_WARM_ACCOUNTS", 10_000, minimum=0)),
+            log_format=_choice(env, "ENTITLEMENTS_LOG_FORMAT", ("text", "json")),
+            slow_call_ms=_number(env, "ENTITLEMENTS_SLOW_CALL_MS", 250.0, minimum=0),
             event_loop=_choice(env, "ENTITLEMENTS_EVENT_LOOP", ("uvloop", "asyncio")),
             usage_key_retention_seconds=86400.0
             * _number(env, "ENTITLEMENTS_USAGE_KEY_RETENTION_DAYS", 7.0, minimum=1),
@@ -221,6 +231,13 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum:g}, got {raw!r}")
     return value
+
+
+def _crypto(env: Mapping[str, str]) -> CryptoSettings:
+    try:
+        return CryptoSettings.from_env(env)
+    except CryptoConfigError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _stripe_settings(env: Mapping[str, str]) -> StripeSettings:

@@ -27,13 +27,18 @@ from nchat.entitlements.v1 import (
     usage_service_pb2_grpc,
 )
 
+from entitlements.admin import AdminService
 from entitlements.billing import Billing
 from entitlements.coherence import ChangeFeed
 from entitlements.config import Settings
+from entitlements.observability.http import OpsRoutes
 from entitlements.policies import Catalog, default_catalog
+from entitlements.server.admin_servicer import install_admin
 from entitlements.server.auth import AuthInterceptor
 from entitlements.server.billing_setup import install_billing, webhook_server
+from entitlements.server.crypto_setup import CryptoRuntime, install_crypto
 from entitlements.server.entitlements_servicer import EntitlementsServicer
+from entitlements.server.ops_setup import install_observability
 from entitlements.server.status import InFlight
 from entitlements.server.token_gate_setup import TokenGateRuntime, install_token_gate
 from entitlements.server.unimplemented import MISSING, unimplemented_servicer
@@ -76,6 +81,12 @@ class Deps:
     billing: Billing | None = None
     #: Token gating (TokenGateService, chain readers, the re-verification task).
     token_gate: TokenGateRuntime | None = None
+    #: Crypto payments (CryptoPaymentService, one chain watcher per configured network).
+    crypto: CryptoRuntime | None = None
+    #: Admin analytics (AdminService, the /admin dashboard).
+    admin: AdminService | None = None
+    #: The HTTP shim's operations routes (/metrics, /readyz, /admin).
+    ops: OpsRoutes | None = None
 
     async def close(self) -> None:
         for close in reversed(self.closers):
@@ -111,6 +122,9 @@ class Deps:
         deps.closers.append(ledger.close)
         deps.billing = install_billing(settings, deps)
         deps.token_gate = install_token_gate(settings, deps)
+        deps.crypto = install_crypto(settings, deps)
+        deps.admin = install_admin(settings, deps)
+        deps.ops = install_observability(settings, deps, admin=deps.admin)
         return deps
 
 
@@ -228,9 +242,11 @@ async def serve(settings: Settings) -> None:
         deps = Deps.build(settings, store)
         if deps.token_gate is not None:
             await deps.token_gate.start()  # refuses a chain node of the wrong chain id
+        if deps.crypto is not None:
+            await deps.crypto.start()  # the chain watchers; stopped by deps.close()
         running = await create_server(settings, deps)
         await running.server.start()
-        http = webhook_server(settings, deps.billing)
+        http = webhook_server(settings, deps.billing, ops=deps.ops)
         await http.start()
         await store.ping()
         warmed = await deps.service.warm(
@@ -245,7 +261,10 @@ async def serve(settings: Settings) -> None:
             _redacted(settings.database_url),
             warmed,
         )
-        log.info("serving HTTP (/webhooks/stripe, /healthz) on %s", settings.http_addr)
+        log.info(
+            "serving HTTP (/webhooks/stripe, /healthz, /readyz, /metrics, /admin) on %s",
+            settings.http_addr,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,6 +11,7 @@ from adapters.stripe import StripeGateway
 from adapters.webhooks import StripeWebhookConfig, WebhookServer, create_app
 from entitlements.billing import Billing, StripeEvents
 from entitlements.config import ConfigError, Settings
+from entitlements.observability.http import OpsRoutes, install_routes, observed_sink
 from entitlements.server.billing_servicer import BillingServicer
 from entitlements.service import EntitlementService
 from entitlements.store.billing_repository import BillingStore
@@ -44,17 +45,23 @@ def install_billing(settings: Settings, deps: Deps) -> Billing | None:
 
 
 def webhook_server(
-    settings: Settings, billing: Billing | None, *, addr: str | None = None
+    settings: Settings,
+    billing: Billing | None,
+    *,
+    addr: str | None = None,
+    ops: OpsRoutes | None = None,
 ) -> WebhookServer:
-    """The HTTP shim (not started) on `addr`, default ENTITLEMENTS_HTTP_ADDR."""
+    """The HTTP shim (not started) on `addr`, default ENTITLEMENTS_HTTP_ADDR; with `ops`, also
+    /metrics, /readyz and /admin (entitlements/observability/http.py)."""
     config = StripeWebhookConfig(
         secrets=settings.stripe.webhook_secrets,
-        sink=StripeEvents(billing).handle if billing is not None else None,
+        sink=observed_sink(StripeEvents(billing).handle) if billing is not None else None,
         tolerance_seconds=settings.stripe.webhook_tolerance_seconds,
     )
-    return WebhookServer(
-        create_app(config), addr or settings.http_addr, reuse_port=settings.reuse_port
-    )
+    app = create_app(config)
+    if ops is not None:
+        install_routes(app, ops)
+    return WebhookServer(app, addr or settings.http_addr, reuse_port=settings.reuse_port)
 
 
 async def run_webhooks(settings: Settings) -> None:

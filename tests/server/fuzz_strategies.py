@@ -197,8 +197,10 @@ def _single(
     return message_strategy(field.message_type, depth + 1)
 
 
-def _repeated(item: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
+def _repeated(item: st.SearchStrategy[Any], depth: int) -> st.SearchStrategy[list[Any]]:
     small = st.lists(item, max_size=5)
+    if depth > 0:
+        return small  # a huge list inside a huge list is a memory test, not a fuzz
     # Cheap to generate: one item repeated up to and past every per-request maximum.
     large = st.builds(lambda x, n: [x] * n, item, st.sampled_from([LARGE_LIST - 1, LARGE_LIST]))
     return either(large, small, first_in_ten=1)
@@ -270,7 +272,7 @@ def message_strategy(descriptor: Descriptor, depth: int = 0) -> st.SearchStrateg
     for field in descriptor.fields:
         single = _single(field, depth, sibling)
         if field.is_repeated:
-            values[field.name] = _repeated(single)
+            values[field.name] = _repeated(single, depth)
         elif field.has_presence:
             # Messages, oneof members and `optional` scalars: sometimes absent.
             values[field.name] = either(single, st.none(), first_in_ten=8)

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from nchat.entitlements.v1 import (
-    admin_service_pb2,
-    crypto_payment_service_pb2,
-)
 
 from tests.server.conftest import OPS
 from tests.server.helpers import details
 
 UNBUILT = [
     (module, service)
-    for module, name in (
-        (crypto_payment_service_pb2, "CryptoPaymentService"),
-        (admin_service_pb2, "AdminService"),
-    )
+    for module, name in ()  # every service of the API is built
     for service in [module.DESCRIPTOR.services_by_name[name]]
 ]
 METHODS = [

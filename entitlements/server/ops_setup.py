@@ -1,0 +1,52 @@
+"""Wiring of operations: RPC log settings, the counters behind /metrics, the readiness probes
+and the admin dashboard's routes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from entitlements.observability.http import OpsRoutes, Probe, chain_probes
+from entitlements.observability.logs import set_caller_resolver, set_slow_call_seconds
+from entitlements.observability.metrics import RuntimeSource, register_runtime
+from entitlements.server.auth import AuthInterceptor
+
+if TYPE_CHECKING:
+    from entitlements.admin import AdminService
+    from entitlements.config import Settings
+    from entitlements.server.app import Deps
+
+__all__ = ["install_observability"]
+
+
+def install_observability(
+    settings: Settings, deps: Deps, *, admin: AdminService | None = None
+) -> OpsRoutes:
+    """Expose `deps`' counters to /metrics (until `deps.close()`) and build the ops routes."""
+    set_slow_call_seconds(settings.slow_call_ms / 1000)
+    if settings.dev_mode:
+        set_caller_resolver(lambda metadata: "dev")
+    else:
+        auth = AuthInterceptor(settings.callers)
+
+        def resolve(metadata: Any) -> str:
+            caller = auth.caller_for(metadata)
+            return caller.name if caller is not None else "anonymous"
+
+        set_caller_resolver(resolve)
+    readers = deps.token_gate.gate.readers if deps.token_gate is not None else None
+    unregister = register_runtime(
+        RuntimeSource(
+            cache=deps.service.cache, in_flight=deps.in_flight, ledger=deps.ledger, readers=readers
+        )
+    )
+
+    async def close() -> None:
+        unregister()
+
+    deps.closers.append(close)
+    probes: list[Probe] = [("database", deps.store.ping)]
+    if readers is not None and readers.networks:
+        probes += chain_probes(readers, settings.chains.request_timeout_seconds)
+    return OpsRoutes(
+        probes=probes, admin=admin, callers=settings.callers, dev_mode=settings.dev_mode
+    )
