@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -77,6 +77,9 @@ class ChainReader:
         self._decimals: dict[str, int] = {}
         #: JSON-RPC round trips made for reads (a batch counts once); not the chain id check.
         self.requests = 0
+        #: Told of every round trip: (network, method or "batch", seconds, error class or None).
+        #: The server sets it to its metrics; the adapter knows nothing of them.
+        self.observer: Callable[[str, str, float, str | None], None] | None = None
 
     def __repr__(self) -> str:
         return f"ChainReader({self.network!r}, chain_id={self.chain_id})"
@@ -221,18 +224,24 @@ class ChainReader:
             await self.connect()
         self.requests += 1
         method = requests[0][0] if len(requests) == 1 else "batch"
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
                 if len(requests) == 1:
                     name, params = requests[0]
-                    return [await self._provider.make_request(RPCEndpoint(name), params)]
+                    single = [await self._provider.make_request(RPCEndpoint(name), params)]
+                    self._observe(method, started, None)
+                    return single
                 answer = await self._provider.make_batch_request(
                     [(RPCEndpoint(name), params) for name, params in requests]
                 )
-        except ChainUnavailable:
+        except ChainUnavailable as exc:
+            self._observe(method, started, type(exc).__name__)
             raise
         except Exception as exc:
+            self._observe(method, started, type(exc).__name__)
             raise self._unavailable(method, exc) from exc
+        self._observe(method, started, None)
         if not isinstance(answer, list):
             # The node refused the whole batch with one error object.
             error = cast(Mapping[str, Any], answer).get("error")
@@ -240,6 +249,10 @@ class ChainReader:
         if len(answer) != len(requests):
             raise ChainUnavailable(self.network, "batch answer has the wrong number of results")
         return answer
+
+    def _observe(self, method: str, started: float, error: str | None) -> None:
+        if self.observer is not None:
+            self.observer(self.network, method, time.perf_counter() - started, error)
 
     def _result(self, response: RPCResponse, what: str) -> str | _Reverted:
         error = response.get("error")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from adapters.chains import ChainReaders, ChainSettings
+from entitlements.observability.metrics import observe_chain_read
 from entitlements.server.token_gate_servicer import TokenGateServicer
 from entitlements.store.tokengate_repository import TokenGateStore
 from entitlements.tokengate import Reverifier, TokenGate
@@ -51,9 +52,12 @@ def install_token_gate(
 ) -> TokenGateRuntime:
     """Build token gating on `deps.store`'s engine and register its servicer and closer."""
     chains: ChainSettings = settings.chains
+    readers = readers or ChainReaders.from_settings(chains)
+    for network in readers.networks:
+        readers.get(network).observer = observe_chain_read
     gate = TokenGate(
         TokenGateStore(deps.store.engine),
-        readers or ChainReaders.from_settings(chains),
+        readers,
         chains,
         feed=_HubFeed(deps.hub),
     )

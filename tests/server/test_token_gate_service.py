@@ -499,3 +499,36 @@ async def test_a_revoked_access_reaches_watchers_of_the_channel(
         )
     finally:
         await running.stop(0)
+
+
+async def test_chain_reads_are_measured_for_metrics(
+    stub: Stub, chain: ChainKit, tokens: TestTokens
+) -> None:
+    from entitlements.observability.metrics import REGISTRY
+
+    def reads() -> float:
+        total = 0.0
+        for family in REGISTRY.collect():
+            if family.name == "entitlements_chain_read_duration_seconds":
+                total += sum(
+                    s.value
+                    for s in family.samples
+                    if s.name.endswith("_count") and s.labels["network"] == "local"
+                )
+        return total
+
+    before = reads()
+    holder = new_wallet().address
+    await stub.VerifyToken(
+        pb.VerifyTokenRequest(
+            requirement=pb.TokenRequirement(
+                token_type=pb.TOKEN_TYPE_ERC20,
+                contract_address=tokens.usdc6.address,
+                network="local",
+                min_balance="1",
+            ),
+            wallet_address=holder,
+        ),
+        metadata=OPS,
+    )
+    assert reads() > before
