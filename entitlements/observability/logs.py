@@ -129,3 +129,6 @@ def configure_logging(level: str = "INFO", fmt: str = "text", *, force: bool = F
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level)
+    # alembic announces each of its plugins at INFO on every start; the migrations it runs
+    # (alembic.runtime.migration) stay visible.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
