@@ -7,6 +7,7 @@ EntitlementsError
 │   ├── UnknownLimit
 │   ├── UnknownMetric
 │   ├── UnknownNetwork       a network that is unknown or has no node configured
+│   ├── UnsupportedCurrency  a currency the network cannot be paid in (no token configured)
 │   └── InvalidAddress       not a 0x-prefixed 20-byte address, or a bad EIP-55 checksum
 ├── NotFound                 a named object that must exist does not (NOT_FOUND)
 ├── AlreadyExists            same key, different payload (ALREADY_EXISTS)
@@ -131,3 +132,9 @@ class InvalidAddress(InvalidArgument):
     """Not a 0x-prefixed 20-byte hex address, or mixed case that fails the EIP-55 checksum."""
 
     reason = "ERROR_REASON_INVALID_ADDRESS"
+
+
+class UnsupportedCurrency(InvalidArgument):
+    """A currency that is not ETH, USDC or USDT, or that cannot be paid on the network."""
+
+    reason = "ERROR_REASON_UNSUPPORTED_CURRENCY"

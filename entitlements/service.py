@@ -11,7 +11,7 @@ from entitlements.cache import EntitlementCache
 from entitlements.errors import InvalidArgument
 from entitlements.policies import Catalog, FeatureDecision, Overrides, validate_overrides
 from entitlements.state import KNOWN_STATUSES, AccountEntitlements, derive
-from entitlements.store.records import OverrideRecord, SubscriptionRecord
+from entitlements.store.records import OverrideKind, OverrideRecord, SubscriptionRecord
 from entitlements.store.repository import Store
 from entitlements.watch import WatchHub
 
@@ -91,42 +91,15 @@ class EntitlementService:
     ) -> AccountEntitlements:
         """Replace an account's overrides (audited) and publish its new state."""
         validate_overrides(self.catalog, overrides)
-        now = self._clock()
-        records: list[OverrideRecord] = [
-            OverrideRecord(
-                kind="limit",
-                key=k,
-                value=v,
-                expires_at=expires_at,
-                created_by=actor,
-                created_at=now,
-                reason=reason,
-            )
-            for k, v in overrides.limits.items()
+        # The store stamps who and when (and keeps them for an override set again unchanged).
+        wanted: list[tuple[OverrideKind, str, int | None]] = [
+            ("limit", key, value) for key, value in overrides.limits.items()
         ]
-        records += [
-            OverrideRecord(
-                kind="feature_grant",
-                key=f,
-                value=None,
-                expires_at=expires_at,
-                created_by=actor,
-                created_at=now,
-                reason=reason,
-            )
-            for f in sorted(overrides.granted_features)
-        ]
-        records += [
-            OverrideRecord(
-                kind="feature_revoke",
-                key=f,
-                value=None,
-                expires_at=expires_at,
-                created_by=actor,
-                created_at=now,
-                reason=reason,
-            )
-            for f in sorted(overrides.revoked_features)
+        wanted += [("feature_grant", key, None) for key in sorted(overrides.granted_features)]
+        wanted += [("feature_revoke", key, None) for key in sorted(overrides.revoked_features)]
+        records = [
+            OverrideRecord(kind=kind, key=key, value=value, expires_at=expires_at)
+            for kind, key, value in wanted
         ]
         await self.store.set_overrides(account_id, records, actor=actor, reason=reason)
         return await self.changed(account_id)

@@ -41,7 +41,7 @@ from entitlements.server.entitlements_servicer import EntitlementsServicer
 from entitlements.server.ops_setup import install_observability
 from entitlements.server.status import InFlight
 from entitlements.server.token_gate_setup import TokenGateRuntime, install_token_gate
-from entitlements.server.unimplemented import MISSING, unimplemented_servicer
+from entitlements.server.unimplemented import NOT_BUILT, unimplemented_servicer
 from entitlements.server.usage_servicer import UsageServicer
 from entitlements.service import EntitlementService
 from entitlements.store.migrate import current_revision, head_revision
@@ -72,6 +72,8 @@ class Deps:
     #: Servicers of the other services, by service name ("UsageService", ...); a service of the
     #: published API without one here answers UNIMPLEMENTED.
     servicers: dict[str, object] = field(default_factory=dict)
+    #: Why a service is not served, by service name (its configuration leaves it off).
+    disabled: dict[str, str] = field(default_factory=dict)
     #: Called in reverse order at shutdown, after the server has stopped (adapters' clients).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     ledger: UsageLedger | None = None
@@ -197,7 +199,8 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
         if servicer is None:
             descriptor = pb2.DESCRIPTOR.services_by_name[name]
             base = getattr(pb2_grpc, f"{name}Servicer")
-            servicer = unimplemented_servicer(descriptor, base, MISSING[name])
+            why = deps.disabled.get(name, NOT_BUILT)
+            servicer = unimplemented_servicer(descriptor, base, why)
         else:
             servicer.in_flight = deps.in_flight  # type: ignore[attr-defined]
         add(servicer, server)

@@ -34,6 +34,10 @@ def install_billing(settings: Settings, deps: Deps) -> Billing | None:
     """Register BillingService in `deps` when Stripe is configured; None when it is not."""
     if not settings.stripe.configured:
         log.info("Stripe is not configured (STRIPE_SECRET_KEY): BillingService is off")
+        deps.disabled["BillingService"] = (
+            "card billing is off on this server: Stripe is not configured "
+            "(set STRIPE_SECRET_KEY and the STRIPE_*_PRICE_ID variables, see docs/stripe.md)"
+        )
         return None
     billing = build_billing(settings, deps.service)
     deps.closers.append(billing.gateway.close)

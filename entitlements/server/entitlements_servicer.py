@@ -91,12 +91,6 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
             ],
         )
 
-    async def _entitlements(self, account_id: str) -> AccountEntitlements:
-        cached = self._service.cache.peek(account_id)
-        if cached is not None:
-            return cached
-        return await self._service.get(account_id)
-
     @unary
     async def CanUseFeature(
         self, request: pb.CanUseFeatureRequest, context: Ctx
@@ -104,7 +98,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         account_id = require_id(request.account_id, "account_id")
         feature = request.feature
         self._catalog.feature(feature, field="feature")
-        ent = await self._entitlements(account_id)
+        ent = await self._service.get(account_id)
         return _answer(feature, ent.effective.can_use(feature), ent.revision)
 
     @unary
@@ -159,7 +153,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
     ) -> pb.CheckMinimumPlanResponse:
         account_id = require_id(request.account_id, "account_id")
         minimum = self._catalog.plan(request.minimum_plan_id, field="minimum_plan_id")
-        ent = await self._entitlements(account_id)
+        ent = await self._service.get(account_id)
         return pb.CheckMinimumPlanResponse(
             allowed=meets_minimum_plan(self._catalog, ent.plan_id, minimum.id),
             plan_id=ent.plan_id,
@@ -171,7 +165,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         self, request: pb.GetEntitlementsRequest, context: Ctx
     ) -> pb.GetEntitlementsResponse:
         account_id = require_id(request.account_id, "account_id")
-        ent = await self._entitlements(account_id)
+        ent = await self._service.get(account_id)
         return pb.GetEntitlementsResponse(entitlements=convert.entitlements(self._catalog, ent))
 
     @unary
@@ -211,7 +205,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
             if request.send_initial and accounts is not None:
                 for account_id in accounts:
                     try:
-                        ent = await self._entitlements(account_id)
+                        ent = await self._service.get(account_id)
                     except EntitlementsError as exc:
                         await abort(context, error_status(exc))
                     yield pb.WatchEntitlementsResponse(

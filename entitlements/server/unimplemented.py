@@ -1,5 +1,6 @@
-"""Services of the published API whose implementation has not landed: every RPC answers
-UNIMPLEMENTED, naming what is missing. Never a fake answer."""
+"""Services of the published API that this server does not serve (not built, or not enabled
+by its configuration, e.g. BillingService without Stripe): every RPC answers UNIMPLEMENTED
+saying why. Never a fake answer."""
 
 from __future__ import annotations
 
@@ -11,25 +12,15 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from entitlements.server.status import abort_with
 
-#: What each not-yet-built service is waiting for.
-MISSING: dict[str, str] = {
-    "BillingService": "Stripe billing (checkout, portal, webhooks, reconciliation) "
-    "is not built yet",
-    "CryptoPaymentService": "crypto payments (quotes, chain watcher, confirmations) "
-    "are not built yet",
-    "AdminService": "admin analytics (revenue metrics, subscription listing, overrides) "
-    "is not built yet",
-    "TokenGateService": "token gating on chains (balance reads, SIWE wallet links) "
-    "is not built yet",
-    "UsageService": "usage metering (ReportUsage, SetUsage, CheckLimit, GetUsage) is not built yet",
-}
+#: Why a service of the published API is not served, when nothing more specific was said.
+NOT_BUILT = "it is not built in this version"
 
 
 def unimplemented_servicer(descriptor: ServiceDescriptor, base: type[Any], missing: str) -> Any:
     """An instance of the generated ``base`` servicer whose every method refuses."""
     attrs: dict[str, Callable[..., Any]] = {}
     for method in descriptor.methods:
-        text = f"{descriptor.name}.{method.name} is not implemented in this version: {missing}"
+        text = f"{descriptor.name}.{method.name} is not served: {missing}"
         meta = {"missing": descriptor.full_name, "method": method.name}
         if method.server_streaming:
             attrs[method.name] = _streaming(text, meta)

@@ -58,12 +58,6 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
         self._service = service
         self._catalog = catalog
 
-    async def _entitlements(self, account_id: str) -> AccountEntitlements:
-        cached = self._service.cache.peek(account_id)
-        if cached is not None:
-            return cached
-        return await self._service.get(account_id)
-
     @unary
     async def ReportUsage(
         self, request: pb.ReportUsageRequest, context: Ctx
@@ -110,7 +104,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
         entitlements: dict[str, AccountEntitlements] = {}
         for account_id, *_ in checked:
             if account_id not in entitlements:
-                entitlements[account_id] = await self._entitlements(account_id)
+                entitlements[account_id] = await self._service.get(account_id)
         increments = []
         this_month = period_of(now_ms)
         for account_id, info, delta, key, occurred_ms, enforce in checked:
@@ -166,7 +160,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             )
         if not 0 <= request.value <= MAX_AMOUNT:
             raise InvalidArgument("value", f"must be from 0 to {MAX_AMOUNT:,}, got {request.value}")
-        ent = await self._entitlements(account_id)
+        ent = await self._service.get(account_id)
         limit = ent.effective.limits[info.limit_key]
         outcome = await self._ledger.set_gauge(
             GaugeSet(account_id, info.name, request.value, info.limit_key, limit)
@@ -179,7 +173,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
     ) -> pb.CheckLimitResponse:
         account_id = require_id(request.account_id, "account_id")
         info = self._catalog.limit(request.limit, field="limit")
-        ent = await self._entitlements(account_id)
+        ent = await self._service.get(account_id)
         if request.HasField("current"):
             current = request.current
             if current < 0:
@@ -211,7 +205,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             period = parse_period(request.period, "period")
         else:
             period = current_period(self._service.now())
-        ent = await self._entitlements(account_id)
+        ent = await self._service.get(account_id)
         values = await self._ledger.counters(account_id, period)
         response = pb.GetUsageResponse(account_id=account_id, period=period, plan_id=ent.plan_id)
         for info in self._catalog.metrics.values():

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from entitlements.store.crypto_repository import crypto_revenue
 from entitlements.store.failures import translate_errors
 from entitlements.store.models import FailedPayment, PaidInvoice, Subscription
 from entitlements.store.records import SubscriptionRecord
@@ -67,7 +68,7 @@ def paid_invoices(until: datetime) -> Select[str, str | None, int, str, str, dat
 
 #: Every table that holds money received. Crypto payments add their source here (a SELECT of
 #: confirmed payments with their USD value, payment_method "crypto"); nothing else changes.
-REVENUE_SOURCES: list[RevenueSource] = [paid_invoices]
+REVENUE_SOURCES: list[RevenueSource] = [paid_invoices, crypto_revenue]
 
 
 @dataclass(frozen=True, slots=True)

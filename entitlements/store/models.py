@@ -411,3 +411,147 @@ class EntitlementChange(Base):
     account_id: Mapped[str]
     revision: Mapped[int] = mapped_column(BigInteger)
     changed_at_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+# --- crypto payments ---
+
+CRYPTO_PAYMENT_STATUSES = (
+    "pending",
+    "processing",
+    "confirmed",
+    "expired",
+    "underpaid",
+    "overpaid",
+    "paid_late",
+)
+CRYPTO_TRANSFER_STATUSES = ("seen", "confirmed", "reorged")
+
+
+class CryptoPaymentRow(Base):
+    """A quoted crypto payment. Amounts in base units are decimal strings (uint256 does not fit
+    a BIGINT). `open_slot` is the payment's unique amount fingerprint while it can still be
+    paid, NULL after: unique per (network, currency, pay_to_address) among open payments."""
+
+    __tablename__ = "crypto_payments"
+    __table_args__ = (
+        UniqueConstraint("network", "currency", "pay_to_address", "open_slot"),
+        CheckConstraint(_one_of("status", CRYPTO_PAYMENT_STATUSES), name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(index=True)
+    plan_id: Mapped[str]
+    interval: Mapped[str]
+    network: Mapped[str]
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str]
+    #: "" for native ETH.
+    token_contract: Mapped[str]
+    pay_to_address: Mapped[str]
+    amount_base_units: Mapped[str]
+    decimals: Mapped[int] = mapped_column(Integer)
+    slot: Mapped[int] = mapped_column(Integer)
+    open_slot: Mapped[int | None] = mapped_column(Integer)
+    price_cents: Mapped[int] = mapped_column(BigInteger)
+    #: The USD price of one ETH locked in the quote (ETH only).
+    eth_usd_rate: Mapped[str | None]
+    status: Mapped[str] = mapped_column(index=True)
+    received_base_units: Mapped[str] = mapped_column(default="0")
+    tx_hash: Mapped[str | None]
+    confirmations: Mapped[int] = mapped_column(BigInteger, default=0)
+    required_confirmations: Mapped[int] = mapped_column(Integer)
+    #: The chain head when the quote was made: the watcher never needs to look further back.
+    created_block: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    confirmed_at: Mapped[datetime | None]
+    #: The subscription this payment activated, and its period end before (None: it was new).
+    subscription_id: Mapped[str | None]
+    previous_period_end: Mapped[datetime | None]
+    #: "none", "pending" (to apply), "applied", "revoked".
+    activation: Mapped[str] = mapped_column(default="none")
+    #: What happened that an admin should know (reorgs, excess amounts).
+    admin_note: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CryptoTransferRow(Base):
+    """A transfer matched to a payment; recorded once per (chain_id, tx_hash, log_index)
+    (log_index -1 for a native transfer)."""
+
+    __tablename__ = "crypto_transfers"
+    __table_args__ = (
+        UniqueConstraint("chain_id", "tx_hash", "log_index"),
+        CheckConstraint(_one_of("status", CRYPTO_TRANSFER_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    payment_id: Mapped[str] = mapped_column(ForeignKey("crypto_payments.id"), index=True)
+    network: Mapped[str]
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str]
+    log_index: Mapped[int] = mapped_column(Integer)
+    block_number: Mapped[int] = mapped_column(BigInteger)
+    block_hash: Mapped[str]
+    block_time: Mapped[datetime]
+    token_contract: Mapped[str]
+    from_address: Mapped[str]
+    value_base_units: Mapped[str]
+    status: Mapped[str] = mapped_column(index=True)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[datetime | None]
+
+
+class CryptoUnmatchedTransfer(Base):
+    """A transfer to the receiving address that paid no payment, kept for an admin."""
+
+    __tablename__ = "crypto_unmatched_transfers"
+    __table_args__ = (UniqueConstraint("chain_id", "tx_hash", "log_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    network: Mapped[str]
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str]
+    log_index: Mapped[int] = mapped_column(Integer)
+    block_number: Mapped[int] = mapped_column(BigInteger)
+    block_hash: Mapped[str]
+    currency: Mapped[str]
+    token_contract: Mapped[str]
+    from_address: Mapped[str]
+    to_address: Mapped[str]
+    value_base_units: Mapped[str]
+    reason: Mapped[str] = mapped_column(Text)
+    reorged: Mapped[bool] = mapped_column(Boolean, default=False)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CryptoWatchCursor(Base):
+    """The last block a network's watcher processed, with its hash (to notice a reorg)."""
+
+    __tablename__ = "crypto_watch_cursors"
+
+    network: Mapped[str] = mapped_column(primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    block_number: Mapped[int] = mapped_column(BigInteger)
+    block_hash: Mapped[str]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CryptoRevenue(Base):
+    """Revenue facts: one row per confirmed crypto payment, valued in USD cents as quoted
+    (removed again if a reorg undoes the payment)."""
+
+    __tablename__ = "crypto_revenue"
+
+    payment_id: Mapped[str] = mapped_column(ForeignKey("crypto_payments.id"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(index=True)
+    subscription_id: Mapped[str | None]
+    plan_id: Mapped[str]
+    interval: Mapped[str]
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    #: The crypto currency paid ("ETH", "USDC", "USDT"); amount_cents is always USD.
+    currency: Mapped[str]
+    network: Mapped[str]
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str]
+    confirmed_at: Mapped[datetime] = mapped_column(index=True)

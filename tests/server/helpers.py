@@ -16,17 +16,7 @@ def details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo | 
         return None, []
     status = status_pb2.Status.FromString(raw)
     assert status.code == error.code().value[0]
-    info: error_details_pb2.ErrorInfo | None = None
-    fields: list[str] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return info, fields
+    return status_details(status)
 
 
 def status_details(

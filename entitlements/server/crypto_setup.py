@@ -1,0 +1,81 @@
+"""Wiring crypto payments into the server: the domain on the shared engine, chain readers from
+settings, the servicer, one watcher per configured network, and their shutdown."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from adapters.chains import ChainMismatch, ChainReaders
+from adapters.chains.payments import PaymentReads
+from entitlements.crypto import CryptoPayments, PaymentWatcher
+from entitlements.errors import FailedPrecondition
+from entitlements.observability.metrics import observe_chain_read
+from entitlements.server.crypto_servicer import CryptoPaymentServicer
+from entitlements.store.crypto_repository import CryptoStore
+
+if TYPE_CHECKING:
+    from entitlements.config import Settings
+    from entitlements.server.app import Deps
+
+__all__ = ["CryptoRuntime", "install_crypto"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CryptoRuntime:
+    payments: CryptoPayments
+    readers: ChainReaders
+    watchers: list[PaymentWatcher] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Refuse a node of the wrong chain (ChainMismatch), then start every network's
+        watcher (background tasks); an unreachable node is checked again on use."""
+        if self.watchers:
+            try:
+                await self.readers.connect()
+            except ChainMismatch as exc:
+                raise FailedPrecondition(f"refusing to start: {exc}") from exc
+        for watcher in self.watchers:
+            watcher.start()
+        if self.watchers:
+            log.info("crypto payments: watching %s", ", ".join(w.network for w in self.watchers))
+
+    async def close(self) -> None:
+        for watcher in self.watchers:
+            await watcher.stop()
+        await self.readers.close()
+
+
+def install_crypto(
+    settings: Settings, deps: Deps, *, readers: ChainReaders | None = None
+) -> CryptoRuntime:
+    """Build crypto payments on `deps.store`'s engine and register the servicer and closer.
+    Watchers exist for the configured networks when a receiving address is set."""
+    readers = readers or ChainReaders.from_settings(settings.chains)
+    for network in readers.networks:
+        readers.get(network).observer = observe_chain_read  # chain reads in /metrics
+    reads = {network: PaymentReads(readers.get(network)) for network in readers.networks}
+    payments = CryptoPayments(
+        CryptoStore(deps.store.engine),
+        deps.service,
+        deps.catalog,
+        settings.chains,
+        settings.crypto,
+        reads,
+    )
+    watchers = []
+    if settings.crypto.pay_to_address is not None:
+        stall = settings.chains.max_head_age_seconds
+        watchers = [
+            PaymentWatcher(
+                payments, network, stall_alert_seconds=0 if network == "local" else stall
+            )
+            for network in readers.networks
+        ]
+    runtime = CryptoRuntime(payments, readers, watchers)
+    deps.servicers["CryptoPaymentService"] = CryptoPaymentServicer(payments)
+    deps.closers.append(runtime.close)
+    return runtime

@@ -1,0 +1,448 @@
+"""Crypto payments' storage: quotes with their unique amount slots, matched and unmatched
+transfers, each network watcher's cursor, and the revenue facts of confirmed payments."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, delete, literal, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from entitlements.errors import FailedPrecondition
+from entitlements.store.engine import IMMEDIATE, is_postgres
+from entitlements.store.failures import translate_errors
+from entitlements.store.models import (
+    CryptoPaymentRow,
+    CryptoRevenue,
+    CryptoTransferRow,
+    CryptoUnmatchedTransfer,
+    CryptoWatchCursor,
+)
+from entitlements.store.records import utcnow
+
+__all__ = [
+    "CryptoStore",
+    "Cursor",
+    "PaymentRecord",
+    "RevenueRecord",
+    "TransferRecord",
+    "UnmatchedRecord",
+    "crypto_revenue",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PaymentRecord:
+    """One row of `crypto_payments` (see the model for the meaning of each column)."""
+
+    id: str
+    account_id: str
+    plan_id: str
+    interval: str
+    network: str
+    chain_id: int
+    currency: str
+    token_contract: str
+    pay_to_address: str
+    amount_base_units: str
+    decimals: int
+    slot: int
+    open_slot: int | None
+    price_cents: int
+    eth_usd_rate: str | None
+    status: str
+    received_base_units: str
+    tx_hash: str | None
+    confirmations: int
+    required_confirmations: int
+    created_block: int
+    created_at: datetime
+    expires_at: datetime
+    confirmed_at: datetime | None = None
+    subscription_id: str | None = None
+    previous_period_end: datetime | None = None
+    activation: str = "none"
+    admin_note: str = ""
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferRecord:
+    """A transfer matched to a payment (log_index -1: a native transfer)."""
+
+    payment_id: str
+    network: str
+    chain_id: int
+    tx_hash: str
+    log_index: int
+    block_number: int
+    block_hash: str
+    block_time: datetime
+    token_contract: str
+    from_address: str
+    value_base_units: str
+    status: str = "seen"
+    seen_at: datetime
+    confirmed_at: datetime | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnmatchedRecord:
+    network: str
+    chain_id: int
+    tx_hash: str
+    log_index: int
+    block_number: int
+    block_hash: str
+    currency: str
+    token_contract: str
+    from_address: str
+    to_address: str
+    value_base_units: str
+    reason: str
+    reorged: bool = False
+    seen_at: datetime
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    block_number: int
+    block_hash: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevenueRecord:
+    payment_id: str
+    account_id: str
+    subscription_id: str | None
+    plan_id: str
+    interval: str
+    amount_cents: int
+    currency: str
+    network: str
+    chain_id: int
+    tx_hash: str
+    confirmed_at: datetime
+
+
+def crypto_revenue(until: datetime) -> Select[str, str | None, int, str, str, datetime]:
+    """Crypto revenue as admin revenue facts: (account_id, subscription_id, amount_cents,
+    "usd", "crypto", confirmed_at) of the payments confirmed at or before `until`."""
+    return select(
+        CryptoRevenue.account_id,
+        CryptoRevenue.subscription_id,
+        CryptoRevenue.amount_cents,
+        literal("usd"),
+        literal("crypto"),
+        CryptoRevenue.confirmed_at,
+    ).where(CryptoRevenue.confirmed_at <= until)
+
+
+_PAYMENT_FIELDS = tuple(f.name for f in fields(PaymentRecord))
+_TRANSFER_FIELDS = tuple(f.name for f in fields(TransferRecord))
+_UNMATCHED_FIELDS = tuple(f.name for f in fields(UnmatchedRecord))
+_REVENUE_FIELDS = tuple(f.name for f in fields(RevenueRecord))
+
+
+class CryptoStore:
+    """Crypto payment rows in SQLite or PostgreSQL, on the same engine as `Store`; every method
+    is one transaction and raises `Unavailable` when the database cannot be reached."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._reads = async_sessionmaker(engine, expire_on_commit=False)
+        self._writes = async_sessionmaker(
+            engine.execution_options(**{IMMEDIATE: True}), expire_on_commit=False
+        )
+
+    @asynccontextmanager
+    async def _transaction(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
+        sessions = self._writes if write else self._reads
+        with translate_errors(self._engine.url):
+            async with sessions() as session, session.begin():
+                yield session
+
+    # -- payments --
+
+    async def create_payment(
+        self, draft: PaymentRecord, amount_for: Callable[[int], int], max_slot: int
+    ) -> PaymentRecord:
+        """Store `draft` with the lowest slot (1..max_slot) no open payment of the same network,
+        currency and receiving address holds, and the amount `amount_for(slot)`. Concurrent
+        quotes that pick the same slot collide on the unique constraint and try again."""
+        for _ in range(8):
+            try:
+                async with self._transaction(write=True) as session:
+                    if is_postgres(self._engine):
+                        # Quotes for one address take turns (SQLite's BEGIN IMMEDIATE does it
+                        # there); the unique constraint stays the guarantee.
+                        await session.execute(
+                            text("SELECT pg_advisory_xact_lock(:key)"),
+                            {"key": _lock_key(draft.network, draft.currency, draft.pay_to_address)},
+                        )
+                    held = set(
+                        (
+                            await session.scalars(
+                                select(CryptoPaymentRow.open_slot).where(
+                                    CryptoPaymentRow.network == draft.network,
+                                    CryptoPaymentRow.currency == draft.currency,
+                                    CryptoPaymentRow.pay_to_address == draft.pay_to_address,
+                                    CryptoPaymentRow.open_slot.is_not(None),
+                                )
+                            )
+                        ).all()
+                    )
+                    slot = next((k for k in range(1, max_slot + 1) if k not in held), None)
+                    if slot is None:
+                        raise FailedPrecondition(
+                            f"{max_slot} payments in {draft.currency} on {draft.network} are "
+                            "open at once; try again when some have been paid or expired"
+                        )
+                    record = replace(
+                        draft, slot=slot, open_slot=slot, amount_base_units=str(amount_for(slot))
+                    )
+                    session.add(CryptoPaymentRow(**_values(record, _PAYMENT_FIELDS)))
+            except IntegrityError:
+                continue  # another quote took the slot at the same time
+            return record
+        raise FailedPrecondition("could not reserve a unique amount; try again")
+
+    async def get_payment(self, payment_id: str) -> PaymentRecord | None:
+        async with self._transaction() as session:
+            row = await session.get(CryptoPaymentRow, payment_id)
+            return None if row is None else _payment(row)
+
+    async def payments(self, network: str, *, open_only: bool = True) -> list[PaymentRecord]:
+        """A network's payments that hold a slot (open), oldest first."""
+        query = select(CryptoPaymentRow).where(CryptoPaymentRow.network == network)
+        if open_only:
+            query = query.where(CryptoPaymentRow.open_slot.is_not(None))
+        async with self._transaction() as session:
+            rows = await session.scalars(query.order_by(CryptoPaymentRow.created_at))
+            return [_payment(r) for r in rows]
+
+    async def payments_by_id(self, ids: Iterable[str]) -> list[PaymentRecord]:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        async with self._transaction() as session:
+            rows = await session.scalars(
+                select(CryptoPaymentRow).where(CryptoPaymentRow.id.in_(wanted))
+            )
+            return [_payment(r) for r in rows]
+
+    async def payments_to_apply(self, network: str) -> list[PaymentRecord]:
+        """Payments whose activation was decided but not yet written (a crash in between)."""
+        async with self._transaction() as session:
+            rows = await session.scalars(
+                select(CryptoPaymentRow).where(
+                    CryptoPaymentRow.network == network, CryptoPaymentRow.activation == "pending"
+                )
+            )
+            return [_payment(r) for r in rows]
+
+    async def update_payment(
+        self,
+        record: PaymentRecord,
+        *,
+        revenue: RevenueRecord | None = None,
+        drop_revenue: bool = False,
+    ) -> PaymentRecord:
+        """Store `record`'s mutable state, and add or drop its revenue fact, in one transaction.
+        Re-taking a released slot that another open payment holds leaves it released."""
+        record = replace(record, updated_at=utcnow())
+        values = _values(record, _PAYMENT_FIELDS)
+        values.pop("id")
+        async with self._transaction(write=True) as session:
+            try:
+                async with session.begin_nested():
+                    await session.execute(
+                        update(CryptoPaymentRow)
+                        .where(CryptoPaymentRow.id == record.id)
+                        .values(values)
+                    )
+            except IntegrityError:
+                record = replace(record, open_slot=None)
+                values["open_slot"] = None
+                await session.execute(
+                    update(CryptoPaymentRow).where(CryptoPaymentRow.id == record.id).values(values)
+                )
+            if drop_revenue:
+                await session.execute(
+                    delete(CryptoRevenue).where(CryptoRevenue.payment_id == record.id)
+                )
+            if revenue is not None and await session.get(CryptoRevenue, record.id) is None:
+                session.add(CryptoRevenue(**_values(revenue, _REVENUE_FIELDS)))
+        return record
+
+    async def revenue(self) -> list[RevenueRecord]:
+        async with self._transaction() as session:
+            rows = await session.scalars(select(CryptoRevenue).order_by(CryptoRevenue.confirmed_at))
+            return [RevenueRecord(**{n: getattr(r, n) for n in _REVENUE_FIELDS}) for r in rows]
+
+    # -- transfers --
+
+    async def known_transfer(self, chain_id: int, tx_hash: str, log_index: int) -> bool:
+        """True if the transfer is recorded, matched or not."""
+        async with self._transaction() as session:
+            for model in (CryptoTransferRow, CryptoUnmatchedTransfer):
+                found = await session.scalar(
+                    select(model.id).where(
+                        model.chain_id == chain_id,
+                        model.tx_hash == tx_hash,
+                        model.log_index == log_index,
+                    )
+                )
+                if found is not None:
+                    return True
+        return False
+
+    async def transfer(self, chain_id: int, tx_hash: str, log_index: int) -> TransferRecord | None:
+        async with self._transaction() as session:
+            row = await session.scalar(
+                select(CryptoTransferRow).where(
+                    CryptoTransferRow.chain_id == chain_id,
+                    CryptoTransferRow.tx_hash == tx_hash,
+                    CryptoTransferRow.log_index == log_index,
+                )
+            )
+            return None if row is None else _transfer(row)
+
+    async def payment_of_transaction(self, chain_id: int, tx_hash: str) -> str | None:
+        """The payment a (not reorged) transaction paid, if any."""
+        async with self._transaction() as session:
+            return await session.scalar(
+                select(CryptoTransferRow.payment_id)
+                .where(
+                    CryptoTransferRow.chain_id == chain_id,
+                    CryptoTransferRow.tx_hash == tx_hash,
+                    CryptoTransferRow.status != "reorged",
+                )
+                .limit(1)
+            )
+
+    async def add_transfer(self, record: TransferRecord) -> bool:
+        """Record a matched transfer; False if (chain_id, tx_hash, log_index) already is."""
+        try:
+            async with self._transaction(write=True) as session:
+                session.add(CryptoTransferRow(**_values(record, _TRANSFER_FIELDS, skip=("id",))))
+        except IntegrityError:
+            return False
+        return True
+
+    async def add_unmatched(self, record: UnmatchedRecord) -> bool:
+        try:
+            async with self._transaction(write=True) as session:
+                session.add(
+                    CryptoUnmatchedTransfer(**_values(record, _UNMATCHED_FIELDS, skip=("id",)))
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def update_transfer(self, record: TransferRecord) -> None:
+        values = _values(record, _TRANSFER_FIELDS, skip=("id",))
+        async with self._transaction(write=True) as session:
+            await session.execute(
+                update(CryptoTransferRow).where(CryptoTransferRow.id == record.id).values(values)
+            )
+
+    async def transfers_of(self, payment_id: str) -> list[TransferRecord]:
+        async with self._transaction() as session:
+            rows = await session.scalars(
+                select(CryptoTransferRow)
+                .where(CryptoTransferRow.payment_id == payment_id)
+                .order_by(CryptoTransferRow.block_number, CryptoTransferRow.log_index)
+            )
+            return [_transfer(r) for r in rows]
+
+    async def recent_transfers(self, network: str, min_block: int) -> list[TransferRecord]:
+        """Not-reorged transfers at or above `min_block`: the ones a reorg could still undo."""
+        async with self._transaction() as session:
+            rows = await session.scalars(
+                select(CryptoTransferRow).where(
+                    CryptoTransferRow.network == network,
+                    CryptoTransferRow.status != "reorged",
+                    CryptoTransferRow.block_number >= min_block,
+                )
+            )
+            return [_transfer(r) for r in rows]
+
+    async def unmatched(self, network: str | None = None) -> list[UnmatchedRecord]:
+        query = select(CryptoUnmatchedTransfer).order_by(CryptoUnmatchedTransfer.id)
+        if network is not None:
+            query = query.where(CryptoUnmatchedTransfer.network == network)
+        async with self._transaction() as session:
+            rows = await session.scalars(query)
+            return [UnmatchedRecord(**{n: getattr(r, n) for n in _UNMATCHED_FIELDS}) for r in rows]
+
+    async def recent_unmatched(self, network: str, min_block: int) -> list[UnmatchedRecord]:
+        """Unmatched transfers at or above `min_block` not yet known to be reorged."""
+        async with self._transaction() as session:
+            rows = await session.scalars(
+                select(CryptoUnmatchedTransfer).where(
+                    CryptoUnmatchedTransfer.network == network,
+                    CryptoUnmatchedTransfer.reorged.is_(False),
+                    CryptoUnmatchedTransfer.block_number >= min_block,
+                )
+            )
+            return [UnmatchedRecord(**{n: getattr(r, n) for n in _UNMATCHED_FIELDS}) for r in rows]
+
+    async def set_unmatched_reorged(self, unmatched_id: int) -> None:
+        async with self._transaction(write=True) as session:
+            await session.execute(
+                update(CryptoUnmatchedTransfer)
+                .where(CryptoUnmatchedTransfer.id == unmatched_id)
+                .values(reorged=True)
+            )
+
+    # -- cursors --
+
+    async def cursor(self, network: str) -> Cursor | None:
+        async with self._transaction() as session:
+            row = await session.get(CryptoWatchCursor, network)
+            return None if row is None else Cursor(row.block_number, row.block_hash)
+
+    async def set_cursor(self, network: str, chain_id: int, cursor: Cursor) -> None:
+        async with self._transaction(write=True) as session:
+            row = await session.get(CryptoWatchCursor, network)
+            if row is None:
+                session.add(
+                    CryptoWatchCursor(
+                        network=network,
+                        chain_id=chain_id,
+                        block_number=cursor.block_number,
+                        block_hash=cursor.block_hash,
+                        updated_at=utcnow(),
+                    )
+                )
+            else:
+                row.block_number = cursor.block_number
+                row.block_hash = cursor.block_hash
+                row.chain_id = chain_id
+                row.updated_at = utcnow()
+
+
+def _lock_key(*parts: str) -> int:
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _values(record: Any, names: tuple[str, ...], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {n: getattr(record, n) for n in names if n not in skip}
+
+
+def _payment(row: CryptoPaymentRow) -> PaymentRecord:
+    return PaymentRecord(**{n: getattr(row, n) for n in _PAYMENT_FIELDS})
+
+
+def _transfer(row: CryptoTransferRow) -> TransferRecord:
+    return TransferRecord(**{n: getattr(row, n) for n in _TRANSFER_FIELDS})
