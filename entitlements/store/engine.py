@@ -33,7 +33,7 @@ _POSTGRES_DRIVERS = {
     "postgresql": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
-_SQLITE_PRAGMAS = (
+SQLITE_PRAGMAS = (
     "PRAGMA busy_timeout=5000",
     # FULL syncs the WAL on every commit, so an acknowledged write survives kill -9 and power
     # loss (NORMAL would only survive the former).
@@ -97,7 +97,7 @@ def _on_sqlite_connect(dbapi_connection: Any, _connection_record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        for pragma in _SQLITE_PRAGMAS:
+        for pragma in SQLITE_PRAGMAS:
             cursor.execute(pragma)
         _use_wal(cursor)
     finally:

@@ -10,9 +10,13 @@ counter waits for this transaction, and sees its keys once it proceeds.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import itertools
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
@@ -22,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from entitlements.store.engine import IMMEDIATE, is_postgres
+from entitlements.store.engine import IMMEDIATE, SQLITE_PRAGMAS, is_postgres
 from entitlements.store.failures import translate_errors
 from entitlements.store.models import UsageMetric, UsageThreshold
 from entitlements.store.records import utcnow
@@ -83,6 +87,13 @@ class UsageRepository:
         self._writer = engine.execution_options(**{IMMEDIATE: True})
         self._postgres = is_postgres(engine)
         self._sql: _Sql = _PostgresSql() if self._postgres else _SqliteSql()
+        self._sqlite_writer = (
+            None if self._postgres else _SqliteGroupWriter(engine.url.database or "")
+        )
+
+    async def close(self) -> None:
+        if self._sqlite_writer is not None:
+            await self._sqlite_writer.close()
 
     async def apply_group(
         self,
@@ -94,7 +105,10 @@ class UsageRepository:
         write them, all in one transaction. Returns the writes and the threshold records that
         were new (a level already recorded by anyone is left out)."""
         counter_keys = sorted(set(counters))
-        key_list = sorted(set(keys))
+        key_list = list(set(keys))
+        if self._sqlite_writer is not None:
+            with translate_errors(self._engine.url):
+                return await self._sqlite_writer.apply(counter_keys, key_list, decide)
         for attempt in range(5):
             try:
                 with translate_errors(self._engine.url):
@@ -281,8 +295,7 @@ class _SqliteSql(_Sql):
     async def save_counters(
         self, conn: AsyncConnection, counters: dict[CounterKey, int], now: datetime
     ) -> None:
-        # The same text SQLAlchemy's DateTime stores on SQLite (naive UTC).
-        stamp = now.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        stamp = _sqlite_stamp(now)
         await conn.exec_driver_sql(
             "INSERT INTO usage_metrics (account_id, metric, period, value, updated_at)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id, metric, period)"
@@ -297,6 +310,102 @@ class _SqliteSql(_Sql):
             (older_than_ms, batch),
         )
         return int(result.rowcount)
+
+
+class _SqliteGroupWriter:
+    """SQLite: a whole group as one synchronous transaction on a dedicated connection in one
+    thread. Through aiosqlite and SQLAlchemy every statement cost a thread hop and a compile;
+    here a group costs one hop, and the event loop is free while SQLite works and fsyncs.
+    BEGIN IMMEDIATE takes the database's write lock, so the group is exact against every
+    other writer (other workers, other processes) as on the async path."""
+
+    def __init__(self, database: str) -> None:
+        self._database = database
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def apply(
+        self, counter_keys: list[CounterKey], keys: list[tuple[str, str]], decide: Decide
+    ) -> tuple[GroupWrite, list[ThresholdRecord]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._apply, counter_keys, keys, decide)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self._database, isolation_level=None, check_same_thread=False)
+            for pragma in SQLITE_PRAGMAS:
+                conn.execute(pragma)
+            conn.execute("PRAGMA journal_mode=WAL")  # already so (persistent); made sure
+            self._conn = conn
+        return self._conn
+
+    def _apply(
+        self, counter_keys: list[CounterKey], keys: list[tuple[str, str]], decide: Decide
+    ) -> tuple[GroupWrite, list[ThresholdRecord]]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            values: dict[CounterKey, int] = {}
+            for start in range(0, len(counter_keys), _CHUNK):
+                chunk = counter_keys[start : start + _CHUNK]
+                sql = _SqliteSql._select_counters(len(chunk))
+                for account_id, metric, period, value in conn.execute(
+                    sql, list(itertools.chain.from_iterable(chunk))
+                ):
+                    values[(account_id, metric, period)] = value
+            stored: dict[tuple[str, str], KeyRecord] = {}
+            for start in range(0, len(keys), _CHUNK):
+                chunk_keys = keys[start : start + _CHUNK]
+                sql = _SqliteSql._select_keys(len(chunk_keys))
+                for row in conn.execute(sql, list(itertools.chain.from_iterable(chunk_keys))):
+                    stored[(row[0], row[1])] = KeyRecord(*row)
+            write = decide(values, stored)
+            received = int(time.time() * 1000)
+            if write.new_keys:
+                conn.executemany(
+                    "INSERT INTO usage_events (account_id, idempotency_key, metric, delta, period,"
+                    " total, occurred_at_ms, received_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(*r, received) for r in write.new_keys],
+                )
+            stamp = _sqlite_stamp(utcnow())
+            if write.counters:
+                conn.executemany(
+                    "INSERT INTO usage_metrics (account_id, metric, period, value, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id, metric, period)"
+                    " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    [(a, m, p, v, stamp) for (a, m, p), v in sorted(write.counters.items())],
+                )
+            fresh = []
+            for t in write.thresholds:
+                row = conn.execute(
+                    "INSERT INTO usage_thresholds (account_id, metric, period, level, current,"
+                    " limit_value, crossed_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING RETURNING level",
+                    (t.account_id, t.metric, t.period, t.level, t.current, t.limit, stamp),
+                ).fetchone()
+                if row is not None:
+                    fresh.append(t)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return write, fresh
+
+
+def _sqlite_stamp(now: datetime) -> str:
+    """The text SQLAlchemy's DateTime stores on SQLite (naive UTC)."""
+    return now.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 class _PostgresSql(_Sql):

@@ -140,6 +140,7 @@ class UsageLedger:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._writer = self._pruner = None
+        await self._repo.close()
 
     async def report(self, events: Sequence[Increment]) -> list[Outcome]:
         """Count a batch of events; all or nothing (a reused key with another payload fails the
