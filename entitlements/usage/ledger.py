@@ -111,7 +111,11 @@ class UsageLedger:
         self._hub = hub
         self._max_group = max_group_events
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._counters: LRUCache[CounterKey, tuple[int, float]] = LRUCache(counter_cache_size)
+        # key -> (value, refresh after (monotonic), stored at (monotonic))
+        self._counters: LRUCache[CounterKey, tuple[int, float, float]] = LRUCache(
+            counter_cache_size
+        )
+        self._refreshing: dict[CounterKey, asyncio.Task[int]] = {}
         self._counter_ttl = counter_ttl_seconds
         self._retention = key_retention_seconds
         self._prune_interval = prune_interval_seconds
@@ -134,7 +138,7 @@ class UsageLedger:
     async def close(self) -> None:
         """Finish what is queued, then stop the writer."""
         await self._queue.join()
-        for task in (self._pruner, self._writer):
+        for task in (self._pruner, self._writer, *self._refreshing.values()):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -151,11 +155,36 @@ class UsageLedger:
         return (await self._submit(_Pending(op, self._future())))[0]
 
     async def current(self, key: CounterKey) -> int:
-        """A counter's value: from memory when fresh, else from the database."""
+        """A counter's value, from memory. The first read of a counter waits for the database
+        (concurrent first reads share one query); after that a value older than the TTL is
+        still answered at once while one background read refreshes it, so the hot path never
+        waits for the database (and keeps answering while it is down)."""
         cached = self._counters.get(key)
-        if cached is not None and time.monotonic() < cached[1]:
+        if cached is not None:
+            if time.monotonic() >= cached[1] and key not in self._refreshing:
+                self._refreshing[key] = asyncio.get_running_loop().create_task(
+                    self._refresh(key, time.monotonic())
+                )
             return cached[0]
-        value = await self._repo.counter(key)
+        loading = self._refreshing.get(key)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_task(self._refresh(key, time.monotonic()))
+            self._refreshing[key] = loading
+        return await asyncio.shield(loading)
+
+    async def _refresh(self, key: CounterKey, started: float) -> int:
+        try:
+            value = await self._repo.counter(key)
+        except EntitlementsError:
+            cached = self._counters.get(key)
+            if cached is None:
+                raise
+            return cached[0]  # keep the last value while the database is away
+        finally:
+            self._refreshing.pop(key, None)
+        cached = self._counters.get(key)
+        if cached is not None and cached[2] > started:
+            return cached[0]  # this replica wrote it since: that value is newer
         self._remember(key, value)
         return value
 
@@ -167,7 +196,8 @@ class UsageLedger:
         return values
 
     def _remember(self, key: CounterKey, value: int) -> None:
-        self._counters[key] = (value, time.monotonic() + self._counter_ttl)
+        now = time.monotonic()
+        self._counters[key] = (value, now + self._counter_ttl, now)
 
     def _future(self) -> asyncio.Future[list[Outcome]]:
         return asyncio.get_running_loop().create_future()
