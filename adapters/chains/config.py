@@ -136,37 +136,46 @@ class ChainSettings:
         return cls(
             rpc_urls=urls,
             local_chain_id=int(
-                _number(env, "ENTITLEMENTS_LOCAL_CHAIN_ID", DEFAULT_LOCAL_CHAIN_ID, 1, whole=True)
+                env_number(env, "ENTITLEMENTS_LOCAL_CHAIN_ID", DEFAULT_LOCAL_CHAIN_ID, 1, whole=True)
             ),
-            request_timeout_seconds=_number(env, "ENTITLEMENTS_RPC_TIMEOUT_SECONDS", 10.0, 0.1),
-            max_head_age_seconds=_number(env, "ENTITLEMENTS_RPC_MAX_HEAD_AGE_SECONDS", 300.0, 0),
-            verify_cache_ttl_seconds=_number(
+            request_timeout_seconds=env_number(env, "ENTITLEMENTS_RPC_TIMEOUT_SECONDS", 10.0, 0.1),
+            max_head_age_seconds=env_number(env, "ENTITLEMENTS_RPC_MAX_HEAD_AGE_SECONDS", 300.0, 0),
+            verify_cache_ttl_seconds=env_number(
                 env, "ENTITLEMENTS_TOKENGATE_CACHE_TTL_SECONDS", 60.0, 0
             ),
-            stale_grace_seconds=_number(
+            stale_grace_seconds=env_number(
                 env, "ENTITLEMENTS_TOKENGATE_STALE_GRACE_SECONDS", 600.0, 0
             ),
-            reverify_interval_seconds=_number(
+            reverify_interval_seconds=env_number(
                 env, "ENTITLEMENTS_TOKENGATE_REVERIFY_INTERVAL_SECONDS", 3600.0, 0
             ),
             siwe_domain=domain,
             siwe_uri=env.get("ENTITLEMENTS_SIWE_URI", "").strip() or f"https://{domain}",
-            challenge_ttl_seconds=_number(env, "ENTITLEMENTS_SIWE_CHALLENGE_TTL_SECONDS", 600.0, 1),
+            challenge_ttl_seconds=env_number(env, "ENTITLEMENTS_SIWE_CHALLENGE_TTL_SECONDS", 600.0, 1),
         )
 
 
-def _number(
-    env: Mapping[str, str], name: str, default: float, minimum: float, *, whole: bool = False
+def env_number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    minimum: float,
+    *,
+    whole: bool = False,
+    error: type[ValueError] = ChainConfigError,
 ) -> float:
+    """A number from the environment, `default` when unset; `error` names the variable."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ChainConfigError(f"{name}: expected a number, got {raw!r}") from None
+        raise error(f"{name}: expected a number, got {raw!r}") from None
     if not math.isfinite(value) or value < minimum:
-        raise ChainConfigError(f"{name}: must be a number of at least {minimum:g}, got {raw!r}")
+        raise error(f"{name}: must be a number of at least {minimum:g}, got {raw!r}")
     if whole and value != int(value):
-        raise ChainConfigError(f"{name}: expected a whole number, got {raw!r}")
+        raise error(f"{name}: expected a whole number, got {raw!r}")
     return value
+
+

@@ -3,14 +3,13 @@ source and timings, read once from the environment (see docs/crypto-payments.md)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from eth_utils.address import is_address, to_checksum_address
 
-from adapters.chains.config import NETWORKS
+from adapters.chains.config import NETWORKS, env_number
 
 __all__ = [
     "CURRENCIES",
@@ -178,15 +177,4 @@ def _address(value: str, name: str) -> str:
 def _number(
     env: Mapping[str, str], name: str, default: float, minimum: float, *, whole: bool = False
 ) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise CryptoConfigError(f"{name}: expected a number, got {raw!r}") from None
-    if not math.isfinite(value) or value < minimum:
-        raise CryptoConfigError(f"{name}: must be a number of at least {minimum:g}, got {raw!r}")
-    if whole and value != int(value):
-        raise CryptoConfigError(f"{name}: expected a whole number, got {raw!r}")
-    return value
+    return env_number(env, name, default, minimum, whole=whole, error=CryptoConfigError)
