@@ -6,7 +6,6 @@ Prints absolute figures and ratios; BENCHMARKS.md records a run with the machine
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform

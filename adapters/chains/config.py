@@ -136,7 +136,9 @@ class ChainSettings:
         return cls(
             rpc_urls=urls,
             local_chain_id=int(
-                env_number(env, "ENTITLEMENTS_LOCAL_CHAIN_ID", DEFAULT_LOCAL_CHAIN_ID, 1, whole=True)
+                env_number(
+                    env, "ENTITLEMENTS_LOCAL_CHAIN_ID", DEFAULT_LOCAL_CHAIN_ID, 1, whole=True
+                )
             ),
             request_timeout_seconds=env_number(env, "ENTITLEMENTS_RPC_TIMEOUT_SECONDS", 10.0, 0.1),
             max_head_age_seconds=env_number(env, "ENTITLEMENTS_RPC_MAX_HEAD_AGE_SECONDS", 300.0, 0),
@@ -151,7 +153,9 @@ class ChainSettings:
             ),
             siwe_domain=domain,
             siwe_uri=env.get("ENTITLEMENTS_SIWE_URI", "").strip() or f"https://{domain}",
-            challenge_ttl_seconds=env_number(env, "ENTITLEMENTS_SIWE_CHALLENGE_TTL_SECONDS", 600.0, 1),
+            challenge_ttl_seconds=env_number(
+                env, "ENTITLEMENTS_SIWE_CHALLENGE_TTL_SECONDS", 600.0, 1
+            ),
         )
 
 
@@ -177,5 +181,3 @@ def env_number(
     if whole and value != int(value):
         raise error(f"{name}: expected a whole number, got {raw!r}")
     return value
-
-
