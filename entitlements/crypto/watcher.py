@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from adapters.chains import ChainUnavailable
@@ -43,6 +44,7 @@ class PaymentWatcher:
         *,
         interval_seconds: float | None = None,
         stall_alert_seconds: float = 300.0,
+        on_poll: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.payments = payments
         self.network = network
@@ -59,6 +61,8 @@ class PaymentWatcher:
         self._stopping = asyncio.Event()
         #: Polls that failed because the node or the database was unavailable.
         self.failures = 0
+        #: Told (network, head block, last processed block) after each poll (the lag metric).
+        self._on_poll = on_poll
 
     def __repr__(self) -> str:
         return f"PaymentWatcher({self.network!r})"
@@ -152,6 +156,8 @@ class PaymentWatcher:
             cursor = Cursor(last.number, last.hash)
             await self.repo.set_cursor(self.network, self.reads.chain_id, cursor)
         await self._settle(head, affected)
+        if self._on_poll is not None:
+            self._on_poll(self.network, head, cursor.block_number)
         return PollResult(
             head=head,
             cursor=cursor.block_number,

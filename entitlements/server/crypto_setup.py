@@ -11,7 +11,7 @@ from adapters.chains import ChainMismatch, ChainReaders
 from adapters.chains.payments import PaymentReads
 from entitlements.crypto import CryptoPayments, PaymentWatcher
 from entitlements.errors import FailedPrecondition
-from entitlements.observability.metrics import observe_chain_read
+from entitlements.observability.metrics import observe_chain_read, set_watcher_lag
 from entitlements.server.crypto_servicer import CryptoPaymentServicer
 from entitlements.store.crypto_repository import CryptoStore
 
@@ -71,7 +71,10 @@ def install_crypto(
         stall = settings.chains.max_head_age_seconds
         watchers = [
             PaymentWatcher(
-                payments, network, stall_alert_seconds=0 if network == "local" else stall
+                payments,
+                network,
+                stall_alert_seconds=0 if network == "local" else stall,
+                on_poll=set_watcher_lag,
             )
             for network in readers.networks
         ]

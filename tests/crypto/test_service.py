@@ -216,3 +216,23 @@ async def test_the_runtime_starts_a_watcher_per_network_and_closing_stops_it(
     assert watcher.network == "local" and watcher.running
     await crypto.close()  # what Deps.close() calls at shutdown
     assert not watcher.running
+
+
+async def test_the_watchers_position_is_exported_for_metrics(
+    running: Running, chain: ChainKit
+) -> None:
+    from entitlements.observability.metrics import REGISTRY
+
+    def gauge(name: str) -> float | None:
+        for family in REGISTRY.collect():
+            for sample in family.samples:
+                if sample.name == name and sample.labels.get("network") == "local":
+                    return float(sample.value)
+        return None
+
+    assert running.deps.crypto is not None
+    (watcher,) = running.deps.crypto.watchers
+    await chain.w3.provider.make_request("anvil_mine", ["0x3"])  # type: ignore[arg-type]
+    result = await watcher.catch_up()
+    assert gauge("entitlements_chain_head_block") == result.head
+    assert gauge("entitlements_chain_watcher_lag_blocks") == 0
