@@ -160,16 +160,29 @@ class RpcMetrics:
         return list(self._by_code.items())
 
 
-_RPCS: list[RpcMetrics] = []
+_RPCS: dict[tuple[str, str], RpcMetrics] = {}
 
 
 def rpc_metrics(qualname: str) -> RpcMetrics:
     """The metrics of a servicer method named like "EntitlementsServicer.CanUseFeature"."""
     owner, _, method = qualname.rpartition(".")
     service = owner.removesuffix("r") if owner.endswith("Servicer") else owner
-    metrics = RpcMetrics(service or "unknown", method)
-    _RPCS.append(metrics)
+    return rpc_metrics_for(service or "unknown", method)
+
+
+def rpc_metrics_for(service: str, method: str) -> RpcMetrics:
+    """The one RpcMetrics of (service, method): the servicer's wrapper, the auth interceptor's
+    refusals and the streams all count into it."""
+    metrics = _RPCS.get((service, method))
+    if metrics is None:
+        metrics = _RPCS[(service, method)] = RpcMetrics(service, method)
     return metrics
+
+
+def rpc_metrics_for_path(path: str) -> RpcMetrics:
+    """The RpcMetrics of a full method path like "/nchat.entitlements.v1.UsageService/GetUsage"."""
+    qualified, _, method = path.rpartition("/")
+    return rpc_metrics_for(qualified.rsplit(".", 1)[-1] or "unknown", method)
 
 
 class RpcCollector(Collector):
@@ -189,7 +202,7 @@ class RpcCollector(Collector):
             labels=labels,
         )
         bounds = [*(repr(float(b)) for b in _LATENCY_BUCKETS), "+Inf"]
-        for rpc in list(_RPCS):
+        for rpc in list(_RPCS.values()):
             for code, series in rpc.series():
                 values = (rpc.service, rpc.method, code)
                 requests.add_metric(values, series.count)

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from entitlements.config import Caller, token_digest
+from entitlements.observability.metrics import rpc_metrics_for_path
 from entitlements.server.status import status_proto
 
 log = logging.getLogger(__name__)
@@ -81,18 +82,23 @@ def _refusal(
     message: str,
     reason: str,
     scope: str,
+    path: str,
 ) -> grpc.RpcMethodHandler[Any, Any] | None:
-    """A handler of the same shape as ``handler`` that only refuses."""
+    """A handler of the same shape as ``handler`` that only refuses (and counts the refusal in
+    the RPC's metrics)."""
     from grpc_status import rpc_status
 
     rich = rpc_status.to_status(
         status_proto(code, message, reason=reason, metadata={"scope": scope})
     )
+    metrics = rpc_metrics_for_path(path)
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        metrics.observe(code.name, 0.0)
         await context.abort(rich.code, rich.details, rich.trailing_metadata)
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        metrics.observe(code.name, 0.0)
         await context.abort(rich.code, rich.details, rich.trailing_metadata)
         yield  # pragma: no cover - makes this an async generator
 
@@ -137,6 +143,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 "send 'authorization: Bearer <token>' with a configured caller token",
                 "ERROR_REASON_UNAUTHENTICATED",
                 scope,
+                handler_call_details.method,
             )
         if scope not in caller.scopes:
             return _refusal(
@@ -145,5 +152,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"caller {caller.name!r} lacks the scope {scope!r} this method needs",
                 "ERROR_REASON_PERMISSION_DENIED",
                 scope,
+                handler_call_details.method,
             )
         return handler

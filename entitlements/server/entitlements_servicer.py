@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import Any
 
 import grpc
@@ -14,6 +15,7 @@ from nchat.entitlements.v1 import entitlements_service_pb2_grpc as pb_grpc
 from nchat.entitlements.v1 import plan_pb2
 
 from entitlements.errors import EntitlementsError, InvalidArgument
+from entitlements.observability.metrics import rpc_metrics_for
 from entitlements.policies import Catalog, FeatureDecision, get_upgrade_path, meets_minimum_plan
 from entitlements.server import convert
 from entitlements.server.status import InFlight, abort, abort_with, error_status, unary
@@ -30,6 +32,9 @@ from entitlements.watch import (
 log = logging.getLogger(__name__)
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+#: Watch streams are counted when they end, by how they ended, with how long they lasted.
+_WATCH_METRICS = rpc_metrics_for("EntitlementsService", "WatchEntitlements")
 
 MAX_CHECKS = 1000
 MAX_WATCHED_ACCOUNTS = 10_000
@@ -201,6 +206,8 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
             )
         # Subscribe before reading the initial state, so no change can fall between the two.
         subscription = hub.subscribe(accounts, channels)
+        opened = perf_counter()
+        code = "CANCELLED"  # a stream ends when the caller goes away, unless told otherwise
         try:
             if request.send_initial and accounts is not None:
                 for account_id in accounts:
@@ -215,6 +222,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
                 try:
                     event = await subscription.next()
                 except SubscriberOverflow:
+                    code = "ABORTED"
                     await abort_with(
                         context,
                         grpc.StatusCode.ABORTED,
@@ -223,6 +231,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
                         reason="ERROR_REASON_FAILED_PRECONDITION",
                     )
                 except WatchClosed:
+                    code = "UNAVAILABLE"
                     await abort_with(
                         context,
                         grpc.StatusCode.UNAVAILABLE,
@@ -232,6 +241,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
                 yield _watch_message(self._catalog, event)
         finally:
             hub.unsubscribe(subscription)
+            _WATCH_METRICS.observe(code, perf_counter() - opened)
 
     def _watched_channels(self, request: pb.WatchEntitlementsRequest) -> list[str]:
         ids = list(request.channel_ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -70,6 +71,17 @@ async def test_metrics_count_rpcs_cache_usage_duplicates_and_webhooks(
             )
             await usage.ReportUsage(batch, metadata=OPS)
             await usage.ReportUsage(batch, metadata=OPS)  # the duplicate
+            try:  # refused by the auth interceptor, before any servicer
+                await usage.GetUsage(usage_pb.GetUsageRequest(account_id="ws-m"))
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+            watch = checks.WatchEntitlements(
+                ent_pb.WatchEntitlementsRequest(account_ids=["ws-m"], send_initial=True),
+                metadata=OPS,
+            )
+            await watch.read()
+            watch.cancel()
+            await asyncio.sleep(0.2)  # the server sees the stream end
         sender = WebhookSender(f"{ops.base}/webhooks/stripe", WEBHOOK_SECRET)
         status, _ = await sender.post(event("customer.created", {"id": "cus_1"}))
         assert status == 200
@@ -90,6 +102,10 @@ async def test_metrics_count_rpcs_cache_usage_duplicates_and_webhooks(
     assert moved("entitlements_rpc_duration_seconds_sum", code="OK", **rpc) > 0
     usage_rpc = {"service": "UsageService", "method": "ReportUsage", "code": "OK"}
     assert moved("entitlements_rpc_requests_total", **usage_rpc) == 2
+    refused = {"service": "UsageService", "method": "GetUsage", "code": "UNAUTHENTICATED"}
+    assert moved("entitlements_rpc_requests_total", **refused) == 1
+    stream = {"service": "EntitlementsService", "method": "WatchEntitlements"}
+    assert moved("entitlements_rpc_requests_total", code="CANCELLED", **stream) == 1
     assert moved("entitlements_cache_hits_total") >= 4
     assert moved("entitlements_cache_misses_total") >= 1
     assert 0 < value(after, "entitlements_cache_hit_ratio") <= 1
