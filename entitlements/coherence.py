@@ -13,9 +13,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import UTC, datetime
 
 from entitlements.errors import EntitlementsError
 from entitlements.service import EntitlementService
+from entitlements.store.usage_repository import UsageRepository
+from entitlements.watch import ThresholdCrossed
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +28,13 @@ class ChangeFeed:
         self,
         service: EntitlementService,
         *,
+        usage: UsageRepository | None = None,
         interval_seconds: float = 0.25,
         overlap_ms: int = 5_000,
         retention_ms: int = 10 * 60_000,
     ) -> None:
         self._service = service
+        self._usage = usage
         self._interval = interval_seconds
         self._overlap = overlap_ms
         self._retention = retention_ms
@@ -67,7 +72,8 @@ class ChangeFeed:
 
     async def poll(self) -> int:
         """Apply the changes recorded since the last poll; returns how many were applied."""
-        rows = await self._service.store.changes_since(self._since_ms - self._overlap)
+        polled_from_ms = self._since_ms - self._overlap
+        rows = await self._service.store.changes_since(polled_from_ms)
         applied = 0
         cache, hub = self._service.cache, self._service.hub
         for account_id, revision, changed_at_ms in rows:
@@ -81,8 +87,30 @@ class ChangeFeed:
             ):
                 await self._service.changed(account_id)
                 applied += 1
+        if self._usage is not None:
+            await self._thresholds(polled_from_ms)
         horizon = self._since_ms - 2 * self._overlap
         if len(self._handled) > 10_000:
             self._handled = {k: t for k, t in self._handled.items() if t >= horizon}
         self.applied += applied
         return applied
+
+    async def _thresholds(self, since_ms: int) -> None:
+        """Threshold levels recorded by any replica reach this one's watchers too (the hub
+        drops the ones already reported)."""
+        assert self._usage is not None
+        metrics = self._service.catalog.metrics
+        since = datetime.fromtimestamp(since_ms / 1000, UTC)
+        for t in await self._usage.thresholds_since(since):
+            info = metrics.get(t.metric)
+            self._service.hub.publish(
+                ThresholdCrossed(
+                    account_id=t.account_id,
+                    metric=t.metric,
+                    limit_key=info.limit_key if info else "",
+                    period=t.period,
+                    level=t.level,
+                    current=t.current,
+                    limit=t.limit,
+                )
+            )

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from cachetools import LRUCache
+
 from entitlements.state import AccountEntitlements
 
 
@@ -94,6 +96,7 @@ class WatchHub:
         self._by_account: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
         self._by_channel: dict[str, set[Subscription]] = {}
+        self._thresholds_seen: LRUCache[tuple[str, str, str, int], None] = LRUCache(100_000)
 
     def subscribe(
         self, accounts: Iterable[str] | None, channels: Iterable[str] = ()
@@ -139,6 +142,13 @@ class WatchHub:
         return len(self._all) + len(listed)
 
     def publish(self, event: WatchEvent) -> None:
+        if isinstance(event, ThresholdCrossed):
+            # Each level is reported once, whether this process recorded it or the change feed
+            # brought it from another replica.
+            key = (event.account_id, event.metric, event.period, event.level)
+            if key in self._thresholds_seen:
+                return
+            self._thresholds_seen[key] = None
         if isinstance(event, TokenAccessChanged):
             targets = {*self._all, *self._by_channel.get(event.channel_id, ())}
         else:

@@ -110,14 +110,19 @@ class Deps:
             cache_ttl_seconds=settings.cache_ttl_seconds,
         )
         deps = cls(store=store, catalog=catalog, hub=hub, service=service)
+        usage_repository = UsageRepository(store.engine)
         ledger = UsageLedger(
-            UsageRepository(store.engine),
+            usage_repository,
             hub,
             counter_ttl_seconds=settings.usage_counter_ttl_seconds,
             key_retention_seconds=settings.usage_key_retention_seconds,
         )
         deps.ledger = ledger
-        deps.feed = ChangeFeed(service, interval_seconds=settings.change_feed_interval_seconds)
+        deps.feed = ChangeFeed(
+            service,
+            usage=usage_repository,
+            interval_seconds=settings.change_feed_interval_seconds,
+        )
         deps.closers.append(deps.feed.close)
         deps.in_flight = InFlight(settings.max_in_flight)
         deps.servicers["UsageService"] = UsageServicer(ledger, service, catalog)

@@ -191,7 +191,8 @@ class UsageRepository:
             if n < batch:
                 return removed
 
-    async def thresholds(self, account_id: str) -> list[ThresholdRecord]:
+    async def thresholds_since(self, since: datetime) -> list[ThresholdRecord]:
+        """The threshold levels recorded at or after `since`, by any replica, oldest first."""
         table = UsageThreshold.__table__
         with translate_errors(self._engine.url):
             async with self._engine.connect() as conn:
@@ -204,8 +205,8 @@ class UsageRepository:
                         table.c.current,
                         table.c.limit_value,
                     )
-                    .where(table.c.account_id == account_id)
-                    .order_by(table.c.period, table.c.metric, table.c.level)
+                    .where(table.c.crossed_at >= since)
+                    .order_by(table.c.crossed_at)
                 )
                 return [ThresholdRecord(*r) for r in rows]
 
