@@ -3,19 +3,17 @@ keyset-paginated subscription listing. Read-only; each method is one transaction
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Select, and_, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from entitlements.store.crypto_repository import crypto_revenue
-from entitlements.store.failures import translate_errors
 from entitlements.store.models import FailedPayment, PaidInvoice, Subscription
 from entitlements.store.records import SubscriptionRecord
 from entitlements.store.repository import Store, _subscription_record
+from entitlements.store.sessions import Sessions
 
 __all__ = [
     "REVENUE_SOURCES",
@@ -78,21 +76,14 @@ class SubscriptionPage:
     last: tuple[datetime, str] | None
 
 
-class AdminStore:
+class AdminStore(Sessions):
     """Admin reads over the same engine as `Store`; raises Unavailable when the database is."""
 
     def __init__(
         self, store: Store, *, revenue_sources: Sequence[RevenueSource] | None = None
     ) -> None:
-        self._engine = store.engine
-        self._reads = async_sessionmaker(store.engine, expire_on_commit=False)
+        super().__init__(store.engine)
         self._sources = tuple(revenue_sources if revenue_sources is not None else REVENUE_SOURCES)
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncSession]:
-        with translate_errors(self._engine.url):
-            async with self._reads() as session, session.begin():
-                yield session
 
     async def subscriptions(self) -> list[SubscriptionRecord]:
         """Every subscription row (current and historical), oldest first."""

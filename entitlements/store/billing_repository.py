@@ -6,20 +6,15 @@ it causes, so a duplicate (also one delivered to two replicas at once) is applie
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from entitlements.errors import AlreadyExists
-from entitlements.store.engine import IMMEDIATE, is_postgres
-from entitlements.store.failures import translate_errors
 from entitlements.store.models import (
     Account,
     FailedPayment,
@@ -30,6 +25,7 @@ from entitlements.store.models import (
 )
 from entitlements.store.records import SubscriptionRecord, utcnow
 from entitlements.store.repository import Store, _subscription_record
+from entitlements.store.sessions import Sessions
 
 __all__ = [
     "ApplyResult",
@@ -152,31 +148,16 @@ class ApplyResult:
     subscription: SubscriptionRecord | None = None
 
 
-class BillingStore:
+class BillingStore(Sessions):
     """Billing tables over the same engine as `Store`; raises Unavailable when the database is."""
 
     def __init__(self, store: Store) -> None:
+        super().__init__(store.engine)
         self._store = store
-        engine = store.engine
-        self._engine = engine
-        self._reads = async_sessionmaker(engine, expire_on_commit=False)
-        self._writes = async_sessionmaker(
-            engine.execution_options(**{IMMEDIATE: True}), expire_on_commit=False
-        )
 
     @property
     def store(self) -> Store:
         return self._store
-
-    @asynccontextmanager
-    async def _transaction(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
-        sessions = self._writes if write else self._reads
-        with translate_errors(self._engine.url):
-            async with sessions() as session, session.begin():
-                yield session
-
-    def _insert(self, entity: type[Any]) -> postgresql.Insert | sqlite.Insert:
-        return postgresql.insert(entity) if is_postgres(self._engine) else sqlite.insert(entity)
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -4,19 +4,16 @@ transfers, each network watcher's cursor, and the revenue facts of confirmed pay
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, delete, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from entitlements.errors import FailedPrecondition
-from entitlements.store.engine import IMMEDIATE, is_postgres
-from entitlements.store.failures import translate_errors
+from entitlements.store.engine import is_postgres
 from entitlements.store.models import (
     CryptoPaymentRow,
     CryptoRevenue,
@@ -25,6 +22,7 @@ from entitlements.store.models import (
     CryptoWatchCursor,
 )
 from entitlements.store.records import utcnow
+from entitlements.store.sessions import Sessions
 
 __all__ = [
     "CryptoStore",
@@ -152,23 +150,9 @@ _UNMATCHED_FIELDS = tuple(f.name for f in fields(UnmatchedRecord))
 _REVENUE_FIELDS = tuple(f.name for f in fields(RevenueRecord))
 
 
-class CryptoStore:
+class CryptoStore(Sessions):
     """Crypto payment rows in SQLite or PostgreSQL, on the same engine as `Store`; every method
     is one transaction and raises `Unavailable` when the database cannot be reached."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._reads = async_sessionmaker(engine, expire_on_commit=False)
-        self._writes = async_sessionmaker(
-            engine.execution_options(**{IMMEDIATE: True}), expire_on_commit=False
-        )
-
-    @asynccontextmanager
-    async def _transaction(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
-        sessions = self._writes if write else self._reads
-        with translate_errors(self._engine.url):
-            async with sessions() as session, session.begin():
-                yield session
 
     # -- payments --
 

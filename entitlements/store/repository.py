@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import fields, replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, cast
 
 from sqlalchemy import ColumnElement, delete, func, insert, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from entitlements.errors import AlreadyExists, InvalidArgument
-from entitlements.store.engine import DEFAULT_DATABASE_URL, IMMEDIATE, create_engine, is_postgres
+from entitlements.store.engine import DEFAULT_DATABASE_URL, IMMEDIATE, create_engine
 from entitlements.store.failures import translate_errors
 from entitlements.store.models import (
     Account,
@@ -36,6 +34,7 @@ from entitlements.store.records import (
     SubscriptionStatus,
     utcnow,
 )
+from entitlements.store.sessions import Sessions
 
 __all__ = ["Store"]
 
@@ -55,7 +54,7 @@ _SUBSCRIPTION_UPDATABLE = tuple(
 )
 
 
-class Store:
+class Store(Sessions):
     """Account entitlement state in SQLite or PostgreSQL.
 
     Every method runs in its own session and transaction, so a Store may be shared by concurrent
@@ -63,23 +62,10 @@ class Store:
     `entitlements.errors.Unavailable` when the database cannot be reached.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._reads = async_sessionmaker(engine, expire_on_commit=False)
-        # On SQLite a writing transaction takes the write lock at BEGIN (waiting up to
-        # busy_timeout) rather than failing with "database is locked" half way through.
-        self._writes = async_sessionmaker(
-            engine.execution_options(**{IMMEDIATE: True}), expire_on_commit=False
-        )
-
     @classmethod
     def open(cls, url: str = DEFAULT_DATABASE_URL) -> Store:
         """A Store on a new engine for `url` (see `normalize_url`); `close()` disposes it."""
         return cls(create_engine(url))
-
-    @property
-    def engine(self) -> AsyncEngine:
-        return self._engine
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -245,17 +231,6 @@ class Store:
         """Bump the account's revision (creating the account if needed) and return it."""
         async with self._transaction(write=True) as session:
             return await self._bump_revision(session, account_id)
-
-    @asynccontextmanager
-    async def _transaction(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
-        sessions = self._writes if write else self._reads
-        with translate_errors(self._engine.url):
-            async with sessions() as session, session.begin():
-                yield session
-
-    def _insert(self, entity: type[Any]) -> postgresql.Insert | sqlite.Insert:
-        # INSERT ... ON CONFLICT has the same shape on both backends, but each has its own class.
-        return postgresql.insert(entity) if is_postgres(self._engine) else sqlite.insert(entity)
 
     async def _bump_revision(self, session: AsyncSession, account_id: str) -> int:
         # One UPDATE ... SET revision = revision + 1 is atomic on both backends: PostgreSQL locks

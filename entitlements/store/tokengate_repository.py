@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import and_, delete, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from entitlements.errors import FailedPrecondition, NotFound
-from entitlements.store.engine import IMMEDIATE, is_postgres
-from entitlements.store.failures import translate_errors
 from entitlements.store.models import (
     TokenAccessGrant,
     TokenRequirement,
@@ -21,6 +16,7 @@ from entitlements.store.models import (
     WalletLink,
 )
 from entitlements.store.records import utcnow
+from entitlements.store.sessions import Sessions
 from entitlements.store.tokengate_records import (
     AccessGrantRecord,
     ChallengeRecord,
@@ -49,19 +45,12 @@ REQUIREMENT_UPDATABLE = (
 )
 
 
-class TokenGateStore:
+class TokenGateStore(Sessions):
     """Token-gating rows in SQLite or PostgreSQL, on the same engine as `Store`.
 
     Every method runs in its own session and transaction, returns frozen records and raises
     `entitlements.errors.Unavailable` when the database cannot be reached.
     """
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._reads = async_sessionmaker(engine, expire_on_commit=False)
-        self._writes = async_sessionmaker(
-            engine.execution_options(**{IMMEDIATE: True}), expire_on_commit=False
-        )
 
     # -- requirements --
 
@@ -314,16 +303,6 @@ class TokenGateStore:
             ]
 
     # -- plumbing --
-
-    @asynccontextmanager
-    async def _transaction(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
-        sessions = self._writes if write else self._reads
-        with translate_errors(self._engine.url):
-            async with sessions() as session, session.begin():
-                yield session
-
-    def _insert(self, entity: type[Any]) -> postgresql.Insert | sqlite.Insert:
-        return postgresql.insert(entity) if is_postgres(self._engine) else sqlite.insert(entity)
 
 
 def _requirement_row(record: RequirementRecord) -> TokenRequirement:
