@@ -83,10 +83,6 @@ class EntitlementCache:
         self._entries.pop(account_id, None)
         self._inflight.pop(account_id, None)
 
-    def clear(self) -> None:
-        self._entries.clear()
-        self._inflight.clear()
-
     def put(self, value: AccountEntitlements) -> None:
         """Store a freshly loaded value unless a newer revision is already cached."""
         current = self._entries.get(value.account_id)

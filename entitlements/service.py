@@ -9,7 +9,7 @@ from cachetools import LRUCache
 
 from entitlements.cache import EntitlementCache
 from entitlements.errors import InvalidArgument
-from entitlements.policies import Catalog, FeatureDecision, Overrides, validate_overrides
+from entitlements.policies import Catalog, Overrides, validate_overrides
 from entitlements.state import KNOWN_STATUSES, AccountEntitlements, derive
 from entitlements.store.records import OverrideKind, OverrideRecord, SubscriptionRecord
 from entitlements.store.repository import Store
@@ -66,11 +66,6 @@ class EntitlementService:
         if cached is not None:
             return cached
         return await self.cache.get(account_id)
-
-    async def can_use(self, account_id: str, feature: str) -> tuple[FeatureDecision, int]:
-        """The decision for one feature and the revision it was made at."""
-        ent = await self.get(account_id)
-        return ent.effective.can_use(feature), ent.revision
 
     async def save_subscription(self, record: SubscriptionRecord) -> AccountEntitlements:
         """Store a subscription (created or changed) and publish the account's new state."""

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -87,6 +87,7 @@ class UsageRepository:
         self._writer = engine.execution_options(**{IMMEDIATE: True})
         self._postgres = is_postgres(engine)
         self._sql: _Sql = _PostgresSql() if self._postgres else _SqliteSql()
+        self._pg = self._sql if isinstance(self._sql, _PostgresSql) else None
         self._sqlite_writer = (
             None if self._postgres else _SqliteGroupWriter(engine.url.database or "")
         )
@@ -109,18 +110,20 @@ class UsageRepository:
         if self._sqlite_writer is not None:
             with translate_errors(self._engine.url):
                 return await self._sqlite_writer.apply(counter_keys, key_list, decide)
+        assert self._pg is not None
+        pg = self._pg
         for attempt in range(5):
             try:
                 with translate_errors(self._engine.url):
                     async with self._writer.begin() as conn:
-                        values = await self._sql.lock_counters(conn, counter_keys)
-                        stored = await self._sql.stored_keys(conn, key_list)
+                        values = await pg.lock_counters(conn, counter_keys)
+                        stored = await pg.stored_keys(conn, key_list)
                         write = decide(values, stored)
                         received = int(time.time() * 1000)
                         if write.new_keys:
-                            await self._sql.insert_keys(conn, write.new_keys, received)
+                            await pg.insert_keys(conn, write.new_keys, received)
                         if write.counters:
-                            await self._sql.save_counters(conn, write.counters, utcnow())
+                            await pg.save_counters(conn, write.counters, utcnow())
                         fresh = await self._record_thresholds(conn, write.thresholds)
                         return write, fresh
             except IntegrityError:
@@ -130,14 +133,13 @@ class UsageRepository:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _record_thresholds(
+    async def _record_thresholds(  # PostgreSQL; the SQLite writer records its own
         self, conn: AsyncConnection, thresholds: list[ThresholdRecord]
     ) -> list[ThresholdRecord]:
         fresh: list[ThresholdRecord] = []
-        insert = postgresql.insert if self._postgres else sqlite.insert
         for t in thresholds:
             result = await conn.execute(
-                insert(UsageThreshold)
+                postgresql.insert(UsageThreshold)
                 .values(
                     account_id=t.account_id,
                     metric=t.metric,
@@ -212,36 +214,17 @@ class UsageRepository:
 
 
 class _Sql:
-    """The hot statements of a group, in each backend's fastest form. They are raw SQL on
-    purpose: SQLAlchemy's compilation of thousand-row IN lists cost more than the database
-    work, and SQLite plans row-value IN lists as scans (70 times slower than OR'ed keys)."""
-
-    async def lock_counters(
-        self, conn: AsyncConnection, keys: list[CounterKey]
-    ) -> dict[CounterKey, int]:
-        raise NotImplementedError
-
-    async def stored_keys(
-        self, conn: AsyncConnection, keys: list[tuple[str, str]]
-    ) -> dict[tuple[str, str], KeyRecord]:
-        raise NotImplementedError
-
-    async def insert_keys(
-        self, conn: AsyncConnection, records: list[KeyRecord], received_ms: int
-    ) -> None:
-        raise NotImplementedError
-
-    async def save_counters(
-        self, conn: AsyncConnection, counters: dict[CounterKey, int], now: datetime
-    ) -> None:
-        raise NotImplementedError
+    """Statements in each backend's fastest form. They are raw SQL on purpose: SQLAlchemy's
+    compilation of thousand-row IN lists cost more than the database work, and SQLite plans
+    row-value IN lists as scans (70 times slower than OR'ed keys)."""
 
     async def prune(self, conn: AsyncConnection, older_than_ms: int, batch: int) -> int:
         raise NotImplementedError
 
 
 class _SqliteSql(_Sql):
-    # The write lock is already held (BEGIN IMMEDIATE), so plain reads are consistent.
+    # Read by the group writer, which holds the write lock (BEGIN IMMEDIATE), so plain reads
+    # are consistent.
 
     @staticmethod
     @functools.cache
@@ -256,52 +239,6 @@ class _SqliteSql(_Sql):
         return (
             "SELECT account_id, idempotency_key, metric, delta, period, total, occurred_at_ms "
             f"FROM usage_events WHERE {where}"
-        )
-
-    async def lock_counters(
-        self, conn: AsyncConnection, keys: list[CounterKey]
-    ) -> dict[CounterKey, int]:
-        values: dict[CounterKey, int] = {}
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            params = tuple(x for key in chunk for x in key)
-            result = cast(
-                Any, await conn.exec_driver_sql(self._select_counters(len(chunk)), params)
-            )
-            for account_id, metric, period, value in result:
-                values[(account_id, metric, period)] = value
-        return values
-
-    async def stored_keys(
-        self, conn: AsyncConnection, keys: list[tuple[str, str]]
-    ) -> dict[tuple[str, str], KeyRecord]:
-        stored: dict[tuple[str, str], KeyRecord] = {}
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            params = tuple(x for key in chunk for x in key)
-            rows = cast(Any, await conn.exec_driver_sql(self._select_keys(len(chunk)), params))
-            for row in rows:
-                stored[(row[0], row[1])] = KeyRecord(*row)
-        return stored
-
-    async def insert_keys(
-        self, conn: AsyncConnection, records: list[KeyRecord], received_ms: int
-    ) -> None:
-        await conn.exec_driver_sql(
-            "INSERT INTO usage_events (account_id, idempotency_key, metric, delta, period, total,"
-            " occurred_at_ms, received_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*r, received_ms) for r in records],
-        )
-
-    async def save_counters(
-        self, conn: AsyncConnection, counters: dict[CounterKey, int], now: datetime
-    ) -> None:
-        stamp = _sqlite_stamp(now)
-        await conn.exec_driver_sql(
-            "INSERT INTO usage_metrics (account_id, metric, period, value, updated_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id, metric, period)"
-            " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            [(a, m, p, v, stamp) for (a, m, p), v in sorted(counters.items())],
         )
 
     async def prune(self, conn: AsyncConnection, older_than_ms: int, batch: int) -> int:

@@ -61,3 +61,32 @@ async def test_concurrent_first_reads_of_a_counter_share_one_query(store: Store)
         assert repository.reads == 1  # fresh: from memory
     finally:
         await ledger.close()
+
+
+async def test_keys_past_the_retention_window_are_pruned_and_younger_ones_kept(
+    store: Store,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    clock = [now]
+    ledger = UsageLedger(
+        UsageRepository(store.engine),
+        WatchHub(),
+        key_retention_seconds=3600,
+        clock=lambda: clock[0],
+    )
+    ledger.start()
+    try:
+        await ledger.report([increment("old", 1)])
+        assert await ledger.prune() == 0  # younger than an hour: kept
+        assert (await ledger.report([increment("old", 1)]))[0].status == "duplicate"
+
+        clock[0] = now + timedelta(hours=2)
+        assert await ledger.prune() == 1
+        # Forgotten: the same key counts again (why ReportUsage refuses events older than the
+        # window); the counter keeps what was counted.
+        again = await ledger.report([increment("old", 1)])
+        assert (again[0].status, again[0].total) == ("applied", 2)
+    finally:
+        await ledger.close()
