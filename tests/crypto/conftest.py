@@ -128,8 +128,7 @@ class Rig:
         return await self.payments.get(payment.id)
 
     async def plan_of(self, account: str) -> str:
-        decision, _ = await self.service.can_use(account, "cryptoPayments")
-        return decision.plan_id
+        return (await self.service.get(account)).plan_id
 
     def new_watcher(self) -> PaymentWatcher:
         return PaymentWatcher(self.payments, "local")
