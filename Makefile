@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 # (browser is phony too)
-.PHONY: install run migrate test test-fast lint proto proto-check proto-lint proto-breaking bench clean
+.PHONY: install run migrate test test-fast soak lint proto proto-check proto-lint proto-breaking bench clean
 
 install: $(VENV)/.installed node_modules/.installed browser
 
@@ -65,6 +65,11 @@ test-node: $(VENV)/.installed
 ## test-fast: the suite without the slow and PostgreSQL tests.
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow and not postgres" $(PYTEST_ARGS)
+
+## soak: the billing simulations with more seeds (make soak SEEDS=5000).
+SEEDS ?= 3000
+soak: $(VENV)/.installed
+	ENTITLEMENTS_SIM_SEEDS=$(SEEDS) $(PY) -m pytest tests/simulation $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
