@@ -1,5 +1,6 @@
-// @nchat/entitlements-client: generated protobuf-es messages and service descriptors for the
-// nchat entitlements API, and a small helper that builds Connect clients over gRPC (HTTP/2).
+// @nchat/entitlements-client: the typed client of the nchat entitlements service (local
+// evaluation, usage reporter, retries, typed errors, plan restrictions for route handlers), and
+// the generated protobuf-es messages and Connect service descriptors underneath it.
 import type { Client, Interceptor, Transport } from "@connectrpc/connect";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -23,6 +24,48 @@ export * from "./gen/nchat/entitlements/v1/plan_pb.js";
 export * from "./gen/nchat/entitlements/v1/subscription_pb.js";
 export * from "./gen/nchat/entitlements/v1/token_gate_service_pb.js";
 export * from "./gen/nchat/entitlements/v1/usage_service_pb.js";
+
+export type { AnswerSource, FeatureCheck, LimitCheck, LocalState, MinimumPlanCheck } from "./answers.js";
+export { judgeLimit, PlanCatalog } from "./catalog.js";
+export {
+  type CallOptions,
+  type ClientOptions,
+  EntitlementsClient,
+  type LocalEvaluationOptions,
+  type UsageEventInit,
+} from "./client.js";
+export {
+  AlreadyExists,
+  BufferFull,
+  DeadlineExceeded,
+  EntitlementsError,
+  FailedPrecondition,
+  InvalidArgument,
+  NotFound,
+  Overloaded,
+  PermissionDenied,
+  ReporterClosed,
+  ReporterError,
+  ServerError,
+  toEntitlementsError,
+  Unauthenticated,
+  Unavailable,
+  UndeliveredUsage,
+  Unimplemented,
+} from "./errors.js";
+export {
+  checkUsageLimit,
+  createPlanRestrictions,
+  type ExpressLikeResponse,
+  type PlanRestrictionDenial,
+  type PlanRestrictionOptions,
+  type PlanRestrictions,
+  type Restriction,
+  requireFeature,
+  requireMinimumPlan,
+} from "./restrictions.js";
+export { RetryPolicy, type RetryOptions } from "./retry.js";
+export { type FailedUsage, UsageReporter, type UsageReporterOptions } from "./usage.js";
 
 export interface EntitlementsClientOptions {
   /** Sent as `authorization: Bearer <token>` on every call; omit for a dev-mode server. */

@@ -1,13 +1,7 @@
 // Calls a real `entitlements serve` (dev mode, a temporary SQLite database, free ports) through
 // the generated stubs over gRPC: the seed's examples, usage reporting and an error's details.
 import assert from "node:assert/strict";
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { fileURLToPath } from "node:url";
 
 import { Code, ConnectError } from "@connectrpc/connect";
 
@@ -20,66 +14,18 @@ import {
   UsageLevel,
   createEntitlementsClients,
 } from "../src/index.js";
-
-const repo = resolve(fileURLToPath(new URL("../../..", import.meta.url)));
-const python = process.env.ENTITLEMENTS_PYTHON ?? join(repo, ".venv", "bin", "python");
-
-function freePort(): Promise<number> {
-  return new Promise((ok, fail) => {
-    const server = createServer();
-    server.once("error", fail);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => ok(port));
-    });
-  });
-}
+import { TestServer } from "./server.js";
 
 describe("the generated stubs against a real server", () => {
-  let dir = "";
-  let server: ChildProcess | undefined;
+  const server = new TestServer();
   let clients: EntitlementsClients;
-  let output = "";
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), "entitlements-node-"));
-    const grpcPort = await freePort();
-    const env = {
-      ...process.env,
-      ENTITLEMENTS_DEV_MODE: "1",
-      ENTITLEMENTS_DATABASE_URL: `sqlite+aiosqlite:///${join(dir, "entitlements.db")}`,
-      ENTITLEMENTS_GRPC_ADDR: `127.0.0.1:${grpcPort}`,
-      ENTITLEMENTS_HTTP_ADDR: `127.0.0.1:${await freePort()}`,
-      ENTITLEMENTS_LOG_LEVEL: "WARNING",
-    };
-    execFileSync(python, ["-m", "entitlements.cli", "migrate"], { cwd: dir, env, stdio: "pipe" });
-    server = spawn(python, ["-m", "entitlements.cli", "serve"], { cwd: dir, env });
-    server.stdout?.on("data", (chunk: Buffer) => (output += chunk.toString()));
-    server.stderr?.on("data", (chunk: Buffer) => (output += chunk.toString()));
-    clients = createEntitlementsClients(`http://127.0.0.1:${grpcPort}`, { timeoutMs: 2000 });
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      try {
-        await clients.entitlements.listPlans({});
-        return;
-      } catch (error) {
-        if (server.exitCode !== null || Date.now() > deadline) {
-          throw new Error(`server did not start: ${String(error)}\n${output}`);
-        }
-        await new Promise((ok) => setTimeout(ok, 100));
-      }
-    }
+    await server.start();
+    clients = createEntitlementsClients(server.url, { timeoutMs: 2000 });
   });
 
-  after(async () => {
-    if (server && server.exitCode === null) {
-      const exited = new Promise((ok) => server?.once("exit", ok));
-      server.kill("SIGTERM");
-      await exited;
-    }
-    rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => server.stop());
 
   it("CanUseFeature: free + apiAccess is not allowed, upgrade to starter", async () => {
     const answer = await clients.entitlements.canUseFeature({
