@@ -76,11 +76,19 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+## proto: the Python stubs, and descriptor_set.binpb: every file of the API and its imports WITH
+## source info (comments), which the server's reflection serves so `grpcurl describe` shows them
+## (plus google/rpc/error_details.proto, so grpcurl -format-error decodes BadRequest and ErrorInfo).
+DESCRIPTOR_SET := $(PROTO_OUT)/nchat/entitlements/v1/descriptor_set.binpb
 proto: install
-	rm -f $(PROTO_OUT)/nchat/entitlements/v1/*_pb2*.py $(PROTO_OUT)/nchat/entitlements/v1/*_pb2*.pyi
+	rm -f $(PROTO_OUT)/nchat/entitlements/v1/*_pb2*.py $(PROTO_OUT)/nchat/entitlements/v1/*_pb2*.pyi \
+	  $(DESCRIPTOR_SET)
 	$(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/protos \
 	  --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
 	  --mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTO_SRC)
+	$(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/protos \
+	  --include_imports --include_source_info --descriptor_set_out=$(DESCRIPTOR_SET) \
+	  $(PROTO_SRC) google/rpc/error_details.proto
 
 ## proto-check: regenerate and fail if the committed generated code differs.
 proto-check: proto

