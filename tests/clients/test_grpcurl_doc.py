@@ -141,8 +141,8 @@ async def run_one(binary: Path, example: Example, port: int) -> None:
     after = args[args.index(f"127.0.0.1:{port}") + 1 :]
     verb, symbol = after[0], after[1] if len(after) > 1 else ""
     streaming = verb.endswith(("/WatchEntitlements", "Health/Watch"))
-    if streaming:  # the doc's stream runs until Ctrl-C: read what arrives in a second
-        args = ["-max-time", "1", *args]
+    if streaming:  # the doc's stream runs until Ctrl-C: read what arrives in 3 s
+        args = ["-max-time", "3", *args]
     ran = await grpcurl(binary, args)
     what = f"{example.where}: grpcurl {shlex.join(example.command)}"
     if "-format-error" in args:  # the status goes to stderr, as JSON

@@ -2,7 +2,7 @@
 // retries on UNAVAILABLE, typed errors and optional local evaluation (the Python client's API).
 import { create, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
 import { anyUnpack } from "@bufbuild/protobuf/wkt";
-import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
+import { type Client, Code, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import type { FeatureCheck, LimitCheck, LocalState, MinimumPlanCheck } from "./answers.js";
@@ -157,7 +157,8 @@ export class EntitlementsClient {
         return await call({ timeoutMs, headers: this.headers });
       } catch (error) {
         const typed = toEntitlementsError(error);
-        const retriable = typed instanceof Unavailable && typed.code === 14; // UNAVAILABLE only
+        // UNAVAILABLE only: a DEADLINE_EXCEEDED call may have been applied, and the deadline is spent.
+        const retriable = typed.code === Code.Unavailable;
         if (!retriable || attempt >= this.retry.maxAttempts || this.closed) throw typed;
         await sleep(this.retry.backoff(attempt));
       }

@@ -183,7 +183,10 @@ export class LocalStore {
       if (!options.stale) {
         this.rpcFallbacks += 1;
         const known = this.entries.get(accountId);
-        if (known && this.covered.has(accountId)) this.requestReopen(); // expired by time
+        // Covered but past its time (a grace or paid period ended): fetch the fresh state.
+        if (known && this.covered.has(accountId) && Date.now() >= known.validUntil) {
+          this.requestReopen();
+        }
       }
       return undefined;
     }

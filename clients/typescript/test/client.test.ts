@@ -1,20 +1,26 @@
-// EntitlementsClient against a real server: typed errors, local evaluation kept fresh by
-// WatchEntitlements, read-your-writes with minRevision, and the seed-style plan restrictions.
+// Against a real server (one per file: see server.ts): the generated stubs with the seed's
+// examples, EntitlementsClient's typed errors, local evaluation kept fresh by WatchEntitlements,
+// read-your-writes with minRevision, and the seed-style plan restrictions.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 
 import {
   AdminService,
+  BadRequestSchema,
   checkUsageLimit,
+  createEntitlementsClients,
   createPlanRestrictions,
   EntitlementsClient,
+  type EntitlementsClients,
+  ErrorInfoSchema,
   FeatureDecisionReason,
   InvalidArgument,
   type PlanRestrictionDenial,
   requireFeature,
   requireMinimumPlan,
+  UsageEventStatus,
   UsageLevel,
 } from "../src/index.js";
 import { eventually, TestServer } from "./server.js";
@@ -33,8 +39,8 @@ describe("EntitlementsClient against a real server", () => {
   });
 
   after(async () => {
-    await local.close();
-    await client.close();
+    await local?.close();
+    await client?.close();
     await server.stop();
   });
 
@@ -111,6 +117,58 @@ describe("EntitlementsClient against a real server", () => {
     assert.equal(cached.level, UsageLevel.WARNING);
     const plan = await local.checkMinimumPlan("ws-limit", "pro");
     assert.deepEqual([plan.allowed, plan.planId, plan.source], [false, "free", "local"]);
+  });
+
+  describe("the generated stubs", () => {
+    let clients: EntitlementsClients;
+
+    before(() => {
+      clients = createEntitlementsClients(server.url, { timeoutMs: 2000 });
+    });
+
+    it("CanUseFeature: free + apiAccess is not allowed, upgrade to starter", async () => {
+      const answer = await clients.entitlements.canUseFeature({
+        accountId: "ws-node",
+        feature: "apiAccess",
+      });
+      assert.equal(answer.allowed, false);
+      assert.equal(answer.planId, "free");
+      assert.equal(answer.upgradePlanId, "starter");
+      assert.equal(answer.reason, FeatureDecisionReason.FEATURE_NOT_IN_PLAN);
+    });
+
+    it("ReportUsage counts an idempotency key once", async () => {
+      const event = { accountId: "ws-node", metric: "messages", delta: 5n, idempotencyKey: "node-1" };
+      const first = await clients.usage.reportUsage({ events: [event] });
+      const again = await clients.usage.reportUsage({ events: [event] });
+      assert.equal(first.results[0]?.status, UsageEventStatus.APPLIED);
+      assert.equal(again.results[0]?.status, UsageEventStatus.DUPLICATE);
+      assert.equal(again.results[0]?.total, 5n);
+    });
+
+    it("CheckLimit: free maxUsers with current 8 is allowed at 80 %", async () => {
+      const check = await clients.usage.checkLimit({
+        accountId: "ws-node",
+        limit: "maxUsers",
+        current: 8n,
+      });
+      assert.equal(check.allowed, true);
+      assert.equal(check.limit, 10n);
+      assert.equal(check.percentage, 80);
+      assert.equal(check.level, UsageLevel.WARNING);
+    });
+
+    it("an unknown feature is INVALID_ARGUMENT naming the field", async () => {
+      const error = await clients.entitlements
+        .canUseFeature({ accountId: "ws-node", feature: "teleportation" })
+        .then(() => undefined, (e: unknown) => ConnectError.from(e));
+      assert.ok(error);
+      assert.equal(error.code, Code.InvalidArgument);
+      const [bad] = error.findDetails(BadRequestSchema);
+      assert.equal(bad?.fieldViolations[0]?.field, "feature");
+      const [info] = error.findDetails(ErrorInfoSchema);
+      assert.equal(info?.reason, "ERROR_REASON_UNKNOWN_FEATURE");
+    });
   });
 
   describe("plan restrictions (the seed's middleware shape)", () => {

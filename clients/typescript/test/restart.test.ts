@@ -20,7 +20,7 @@ describe("a server killed and restarted", () => {
   });
 
   after(async () => {
-    await client.close();
+    await client?.close();
     await server.stop();
   });
 

@@ -78,13 +78,15 @@ export class TestServer {
     child.stdout?.on("data", (chunk: Buffer) => (this.output += chunk.toString()));
     child.stderr?.on("data", (chunk: Buffer) => (this.output += chunk.toString()));
     const probe = createEntitlementsClients(this.url, { timeoutMs: 2000 });
-    const deadline = Date.now() + 60_000;
+    // Generous: on a loaded 2-core box importing the server alone can take tens of seconds.
+    const deadline = Date.now() + 180_000;
     for (;;) {
       try {
         await probe.entitlements.listPlans({});
         return;
       } catch (error) {
         if (child.exitCode !== null || Date.now() > deadline) {
+          await this.signal("SIGKILL"); // never leave a server behind
           throw new Error(`server did not start: ${String(error)}\n${this.output}`);
         }
         await new Promise((ok) => setTimeout(ok, 100));
