@@ -289,3 +289,51 @@ def answered_locally_as(
     assert store is not None
     check = store.feature(account_id, feature)
     return check is not None and check.allowed is allowed
+
+
+#: The unary checks a local answer replaces (the watch stream and the catalog are not checks).
+CHECK_RPCS = ("CanUseFeature", "CheckFeatures", "GetEntitlements", "CheckLimit")
+
+
+def server_checks() -> int:
+    """How many check RPCs the in-process server has answered, from its own request metric."""
+    from entitlements.observability.metrics import REGISTRY
+
+    return sum(
+        int(sample.value)
+        for family in REGISTRY.collect()
+        if family.name == "entitlements_rpc_requests"
+        for sample in family.samples
+        if sample.name == "entitlements_rpc_requests_total"
+        and sample.labels["method"] in CHECK_RPCS
+    )
+
+
+async def test_the_call_after_a_miss_is_answered_locally(server: Running) -> None:
+    """The first check of an unseen account asks the server; the very next one does not."""
+    async with AsyncEntitlementsClient(
+        f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True
+    ) as client:
+        before = server_checks()
+        first = await client.can_use_feature("ws-second", "apiAccess")
+        assert first.source == "rpc" and not first.allowed
+        assert server_checks() == before + 1
+        second = await client.can_use_feature("ws-second", "apiAccess")
+        assert (second.source, second.allowed, second.revision) == ("local", False, first.revision)
+        limit = await client.check_limit("ws-second", "maxUsers", 2)
+        assert limit.source == "local"
+        assert server_checks() == before + 1
+
+
+async def test_the_sync_clients_call_after_a_miss_is_answered_locally(server: Running) -> None:
+    def two_checks() -> tuple[str, str]:
+        with EntitlementsClient(
+            f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True
+        ) as client:
+            first = client.can_use_feature("ws-second-sync", "webhooks")
+            second = client.can_use_feature("ws-second-sync", "customBranding")
+            return first.source, second.source
+
+    before = server_checks()
+    assert await asyncio.to_thread(two_checks) == ("rpc", "local")
+    assert server_checks() == before + 1
