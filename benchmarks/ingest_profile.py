@@ -33,9 +33,14 @@ from benchmarks.harness import Server, pin_client
 #: SQLite transaction count as decisions, not as SQLite.
 RULES: tuple[tuple[str, str], ...] = (
     ("ledger decisions (_decide)", "_decide (entitlements/usage/ledger.py"),
-    ("database: SQLite (sqlite3 in the writer thread)", "(entitlements/store/usage_repository.py"),
+    (
+        "database: usage_repository.py (SQLite: the writer thread; PostgreSQL: statements)",
+        "(entitlements/store/usage_repository.py",
+    ),
     ("database: SQLAlchemy / asyncpg", "sqlalchemy/"),
     ("database: SQLAlchemy / asyncpg", "asyncpg/"),
+    # a thread whose target is C: grpc's completion-queue poller (working or waiting in C)
+    ("gRPC's poller thread (C)", "Thread.run (threading.py:982)"),
     ("thread hop (executor, futures, wake-ups)", "concurrent/futures/"),
     ("thread hop (executor, futures, wake-ups)", "(threading.py"),
     ("thread hop (executor, futures, wake-ups)", "asyncio/futures.py"),
@@ -45,6 +50,16 @@ RULES: tuple[tuple[str, str], ...] = (
     ("RPC wrapper (metrics, load shedding)", "(entitlements/server/status.py"),
 )
 OTHER = "gRPC, event loop and protobuf (C, charged to the loop)"
+
+#: Innermost frames of threads waiting for work. py-spy's idle detection does not see these as
+#: idle in this container (it samples them as running), so they are dropped by hand.
+WAITING = (
+    "_connection_worker_thread (aiosqlite/core.py:59)",  # aiosqlite's idle connection thread
+    "_worker (concurrent/futures/thread.py:81)",  # an idle executor thread: work_queue.get()
+    "(queue.py:",
+    "wait (threading.py:",
+    "select (selectors.py:",
+)
 
 
 def classify(stack: str) -> str:
@@ -90,9 +105,14 @@ async def profile(postgres: bool, seconds: float, out: Path) -> dict[str, object
         if database is not None:
             await _drop_postgres_database(database)
     buckets: Counter[str] = Counter()
+    waiting = 0
     for row in (await asyncio.to_thread(out.read_text)).splitlines():
         stack, _, count = row.rpartition(" ")
-        if stack:
+        if not stack:
+            continue
+        if any(stack.endswith(leaf) or leaf in stack.rsplit(";", 1)[-1] for leaf in WAITING):
+            waiting += int(count)
+        else:
             buckets[classify(stack)] += int(count)
     total = sum(buckets.values())
     per_event_us = result.cpu_per_call_us / 100
@@ -108,6 +128,7 @@ async def profile(postgres: bool, seconds: float, out: Path) -> dict[str, object
         "events_per_second": round(result.items_per_second),
         "server_cpu_us_per_event": round(per_event_us, 2),
         "samples": total,
+        "samples_dropped_as_waiting": waiting,
         "split": split,
     }
 
@@ -116,9 +137,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest_profile")
     parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--stacks", type=Path, help="keep py-spy's raw stacks in this file")
     args = parser.parse_args()
     import uvloop
 
     with tempfile.TemporaryDirectory() as tmp:
-        figures = uvloop.run(profile(args.postgres, args.seconds, Path(tmp) / "stacks.txt"))
+        stacks = args.stacks or Path(tmp) / "stacks.txt"
+        figures = uvloop.run(profile(args.postgres, args.seconds, stacks))
     print(json.dumps(figures, indent=2))
