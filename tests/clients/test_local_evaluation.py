@@ -337,3 +337,20 @@ async def test_the_sync_clients_call_after_a_miss_is_answered_locally(server: Ru
     before = server_checks()
     assert await asyncio.to_thread(two_checks) == ("rpc", "local")
     assert server_checks() == before + 1
+
+
+async def test_a_local_answer_is_prepared_once_and_shared(server: Running) -> None:
+    """Local checks hand out the answer prepared when the state arrived: the same object each
+    time (nothing is built per call), until a new state replaces it."""
+    async with AsyncEntitlementsClient(
+        f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True
+    ) as client:
+        await client.can_use_feature("ws-prepared", "webhooks")
+        await eventually(lambda: client.local_state().connected)
+        first = await client.can_use_feature("ws-prepared", "webhooks")
+        assert first.source == "local"
+        assert await client.can_use_feature("ws-prepared", "webhooks") is first
+        await server.deps.service.save_subscription(subscription("ws-prepared", "pro"))
+        await eventually(lambda: answered_locally(client, "ws-prepared", "webhooks"))
+        after = await client.can_use_feature("ws-prepared", "webhooks")
+        assert after is not first and after.revision > first.revision and after.allowed
