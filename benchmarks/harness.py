@@ -125,10 +125,13 @@ class ScriptServer:
                 self.process.kill()
 
 
-def wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     """Until the health check at `target` says SERVING (fails if the process exits first)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
+    # grpc's default reconnect backoff grows past 10 s: a server that starts slowly on a busy
+    # machine would be seen long after it is up, or not within the timeout.
+    fast = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)]
+    with grpc.insecure_channel(target, options=fast) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
