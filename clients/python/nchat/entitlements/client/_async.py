@@ -256,7 +256,7 @@ class AsyncEntitlementsClient:
                 raise
             return stale
         fetched = entry.limits.get(limit) if entry is not None else None
-        if entry is None or fetched is None:
+        if entry is None or fetched is None or current < 0:  # the server names the bad field
             return await self._check_limit(account_id, limit, current, timeout)
         return limit_check(entry.entitlements, fetched, current, "rpc")
 

@@ -258,7 +258,7 @@ class EntitlementsClient:
                 raise
             return stale
         fetched = entry.limits.get(limit) if entry is not None else None
-        if entry is None or fetched is None:
+        if entry is None or fetched is None or current < 0:  # the server names the bad field
             return self._check_limit(account_id, limit, current, timeout)
         return limit_check(entry.entitlements, fetched, current, "rpc")
 
