@@ -354,3 +354,29 @@ async def test_a_local_answer_is_prepared_once_and_shared(server: Running) -> No
         await eventually(lambda: answered_locally(client, "ws-prepared", "webhooks"))
         after = await client.can_use_feature("ws-prepared", "webhooks")
         assert after is not first and after.revision > first.revision and after.allowed
+
+
+async def test_the_stream_is_resynced_once_per_interval_while_answers_stay_local(
+    server: Running,
+) -> None:
+    """Past `resync_interval` the stream is reopened for a full fresh state; checks keep being
+    answered locally meanwhile, and one resync is one reopen (not one per account checked)."""
+    options = dataclasses.replace(FAST, resync_interval=0.4)
+    async with AsyncEntitlementsClient(
+        f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True, local=options
+    ) as client:
+        accounts = [f"ws-resync-{i}" for i in range(5)]
+        for account in accounts:
+            await client.can_use_feature(account, "apiAccess")
+        await eventually(lambda: client.local_state().connected)
+        await asyncio.sleep(0.1)  # the reopens of the new accounts are done
+        start = client.local_state().reconnects
+        sources = set()
+        deadline = time.monotonic() + 1.3
+        while time.monotonic() < deadline:
+            for account in accounts:
+                sources.add((await client.can_use_feature(account, "apiAccess")).source)
+            await asyncio.sleep(0.005)
+        resyncs = client.local_state().reconnects - start
+        assert sources == {"local"}
+        assert 2 <= resyncs <= 4, resyncs  # 1.3 s / 0.4 s

@@ -291,7 +291,9 @@ class LocalStore:
                 self._rpc_fallbacks += 1
                 return None, False
             self._local_answers += 1
-            return entry, now >= entry.deadline  # past the stream's resync time
+            # Past the entry's deadline, not provisional: the stream's resync time has come
+            # (a stream opened since has its own, later one: no second reopen for it).
+            return entry, now >= self._resync_at
 
     def feature(self, account_id: str, feature: str, *, stale: bool = False) -> FeatureCheck | None:
         """The local answer, or None when the account must be asked over RPC.
