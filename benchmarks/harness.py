@@ -78,7 +78,11 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=(self.workdir / "server.log").open("wb"),
         )
-        wait_serving(self.target, self.process)
+        try:
+            wait_serving(self.target, self.process)
+        except BaseException:
+            self.__exit__()  # no server left behind when it never came up
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -113,7 +117,11 @@ class ScriptServer:
     def __enter__(self) -> ScriptServer:
         pin = ["taskset", "-c", "0"] if PIN else []
         self.process = subprocess.Popen([*pin, *self.command], env=self.env, cwd=ROOT)
-        wait_serving(self.target, self.process)
+        try:
+            wait_serving(self.target, self.process)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
