@@ -21,14 +21,26 @@ from nchat.entitlements.v1 import entitlements_service_pb2_grpc as ent_grpc
 from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 
-from benchmarks.harness import Latency, Result, Server, drive, latency_at_rate, pin_client
+from benchmarks.harness import (
+    Latency,
+    Result,
+    ScriptServer,
+    Server,
+    drive,
+    latency_at_rate,
+    pin_client,
+)
 
 POSTGRES_URL = os.environ.get(
     "ENTITLEMENTS_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 
 
-def line(result: Result, baseline: Result | None, unit: str = "calls") -> str:
+def line(
+    result: Result, baseline: Result | None, unit: str = "calls", sync: Result | None = None
+) -> str:
+    """One figure; with `baseline` (the service's own health check, grpc.aio) and `sync` (the
+    sync-grpc reference server's), its ratios to each."""
     text = (
         f"{result.name:<44} {result.items_per_second:>10,.0f} {unit}/s"
         f"  {result.cpu_per_call_us:>8,.0f} us server CPU/call"
@@ -38,15 +50,33 @@ def line(result: Result, baseline: Result | None, unit: str = "calls") -> str:
             f"  | {result.calls_per_second / baseline.calls_per_second:5.2f}x calls/s,"
             f" {result.cpu_per_call_us / baseline.cpu_per_call_us:5.2f}x CPU/call of health"
         )
+    if sync is not None:
+        text += (
+            f"  | sync ref: {result.calls_per_second / sync.calls_per_second:5.2f}x calls/s,"
+            f" {result.cpu_per_call_us / sync.cpu_per_call_us:5.2f}x CPU/call"
+        )
     return text
 
 
-async def health_baseline(server: Server, seconds: float) -> Result:
+async def sync_reference(seconds: float) -> Result:
+    """The floor of Python gRPC: a trivial `grpc.server` (16 threads) serving only the standard
+    health servicer, in its own process pinned like the service, driven the same way."""
+    with ScriptServer("benchmarks.reference", "--transport", "sync") as reference:
+        return await health_baseline(
+            reference, seconds, "grpc.health.v1.Health/Check (sync-grpc reference)"
+        )
+
+
+async def health_baseline(
+    server: Server | ScriptServer,
+    seconds: float,
+    name: str = "grpc.health.v1.Health/Check (baseline)",
+) -> Result:
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest()
         return await drive(
-            "grpc.health.v1.Health/Check (baseline)",
+            name,
             server,
             lambda i: stub.Check(request),
             seconds=seconds,
@@ -157,8 +187,10 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
     }
     results: list[dict[str, object]] = report["results"]  # type: ignore[assignment]
 
-    def record(result: Result, baseline: Result | None, unit: str = "calls") -> None:
-        print(line(result, baseline, unit), flush=True)
+    def record(
+        result: Result, baseline: Result | None, unit: str = "calls", sync: Result | None = None
+    ) -> None:
+        print(line(result, baseline, unit, sync), flush=True)
         results.append(
             {
                 "name": result.name,
@@ -171,19 +203,28 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
                 "ratio_cpu_vs_health": None
                 if baseline is None
                 else round(result.cpu_per_call_us / baseline.cpu_per_call_us, 3),
+                "ratio_calls_vs_sync_reference": None
+                if sync is None
+                else round(result.calls_per_second / sync.calls_per_second, 3),
+                "ratio_cpu_vs_sync_reference": None
+                if sync is None
+                else round(result.cpu_per_call_us / sync.cpu_per_call_us, 3),
             }
         )
 
     print(f"server pinned to core 0, client to core 1; {seconds:.0f} s per figure")
+    sync_ref = await sync_reference(seconds)
+    record(sync_ref, None)
     with Server() as server:
         baseline = await health_baseline(server, seconds)
-        record(baseline, None)
+        record(baseline, None, sync=sync_ref)
         for result in await hot_checks(server, seconds):
-            record(result, baseline, "checks" if "x100" in result.name else "calls")
+            record(result, baseline, "checks" if "x100" in result.name else "calls", sync_ref)
         record(
             await usage_throughput(server, "UsageService/ReportUsage, SQLite", seconds),
             baseline,
             "events",
+            sync_ref,
         )
         maxima = {str(r["name"]): float(r["calls_per_second"]) for r in results}  # type: ignore[arg-type]
         half = {name: maxima[name] / 2 for name in hot_calls_names()}
@@ -206,7 +247,9 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
             f"  | {clients['local_vs_rpc']}x the RPC client"
             f" ({clients['rpc_checks_per_second']:,} checks/s,"
             f" {clients['rpc_concurrency']} in flight); sync client local:"
-            f" {clients['sync_local_checks_per_second']:,} checks/s",
+            f" {clients['sync_local_checks_per_second']:,} checks/s; per CPU-second of the"
+            f" checking thread: {clients['local_checks_per_cpu_second']:,} asyncio,"
+            f" {clients['sync_local_checks_per_cpu_second']:,} sync (targets 600,000 / 1,000,000)",
             flush=True,
         )
         report["clients"] = clients
@@ -214,6 +257,9 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
 
     gate = await bench_verify_token(seconds=seconds)
     report["tokengate"] = gate
+    gate_baseline = gate.pop("baseline_result")
+    record(gate_baseline, None, sync=sync_ref)
+    record(gate.pop("cached_result"), gate_baseline, sync=sync_ref)
     print(f"token gating: {json.dumps(gate)}", flush=True)
     memory = cache_memory(100_000)
     print(
@@ -232,13 +278,14 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
             try:
                 with Server(database) as server:
                     baseline = await health_baseline(server, seconds)
-                    record(baseline, None)
+                    record(baseline, None, sync=sync_ref)
                     record(
                         await usage_throughput(
                             server, "UsageService/ReportUsage, PostgreSQL", seconds
                         ),
                         baseline,
                         "events",
+                        sync_ref,
                     )
             finally:
                 await _drop_postgres_database(database)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -77,17 +78,11 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=(self.workdir / "server.log").open("wb"),
         )
-        deadline = time.monotonic() + 30
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        break
-                except grpc.RpcError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.05)
+        try:
+            wait_serving(self.target, self.process)
+        except BaseException:
+            self.__exit__()  # no server left behind when it never came up
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -98,6 +93,64 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class ScriptServer:
+    """`python -m <module> --port N <args>` in its own process (pinned to core 0): the reference
+    servers and the transport prototypes, measured with the same `drive` as `Server`."""
+
+    def __init__(self, module: str, *args: str, **env: str) -> None:
+        self.port = free_port()
+        self.command = [sys.executable, "-m", module, "--port", str(self.port), *args]
+        self.env = {**os.environ, **env}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def __enter__(self) -> ScriptServer:
+        pin = ["taskset", "-c", "0"] if PIN else []
+        self.process = subprocess.Popen([*pin, *self.command], env=self.env, cwd=ROOT)
+        try:
+            wait_serving(self.target, self.process)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until the health check at `target` says SERVING (fails if the process exits first)."""
+    deadline = time.monotonic() + timeout
+    # grpc's default reconnect backoff grows past 10 s: a server that starts slowly on a busy
+    # machine would be seen long after it is up, or not within the timeout.
+    fast = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)]
+    with grpc.insecure_channel(target, options=fast) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{process.args} exited with {process.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
 
 
 @dataclass(frozen=True)
@@ -121,9 +174,16 @@ class Result:
         return self.server_cpu / self.calls * 1e6
 
 
+class Measured(Protocol):
+    """A server process whose CPU time is read: `Server` or `ScriptServer`."""
+
+    @property
+    def pid(self) -> int: ...
+
+
 async def drive(
     name: str,
-    server: Server,
+    server: Measured,
     call: Callable[[int], Awaitable[object]],
     *,
     seconds: float = 5.0,

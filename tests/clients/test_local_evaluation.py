@@ -289,3 +289,94 @@ def answered_locally_as(
     assert store is not None
     check = store.feature(account_id, feature)
     return check is not None and check.allowed is allowed
+
+
+#: The unary checks a local answer replaces (the watch stream and the catalog are not checks).
+CHECK_RPCS = ("CanUseFeature", "CheckFeatures", "GetEntitlements", "CheckLimit")
+
+
+def server_checks() -> int:
+    """How many check RPCs the in-process server has answered, from its own request metric."""
+    from entitlements.observability.metrics import REGISTRY
+
+    return sum(
+        int(sample.value)
+        for family in REGISTRY.collect()
+        if family.name == "entitlements_rpc_requests"
+        for sample in family.samples
+        if sample.name == "entitlements_rpc_requests_total"
+        and sample.labels["method"] in CHECK_RPCS
+    )
+
+
+async def test_the_call_after_a_miss_is_answered_locally(server: Running) -> None:
+    """The first check of an unseen account asks the server; the very next one does not."""
+    async with AsyncEntitlementsClient(
+        f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True
+    ) as client:
+        before = server_checks()
+        first = await client.can_use_feature("ws-second", "apiAccess")
+        assert first.source == "rpc" and not first.allowed
+        assert server_checks() == before + 1
+        second = await client.can_use_feature("ws-second", "apiAccess")
+        assert (second.source, second.allowed, second.revision) == ("local", False, first.revision)
+        limit = await client.check_limit("ws-second", "maxUsers", 2)
+        assert limit.source == "local"
+        assert server_checks() == before + 1
+
+
+async def test_the_sync_clients_call_after_a_miss_is_answered_locally(server: Running) -> None:
+    def two_checks() -> tuple[str, str]:
+        with EntitlementsClient(
+            f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True
+        ) as client:
+            first = client.can_use_feature("ws-second-sync", "webhooks")
+            second = client.can_use_feature("ws-second-sync", "customBranding")
+            return first.source, second.source
+
+    before = server_checks()
+    assert await asyncio.to_thread(two_checks) == ("rpc", "local")
+    assert server_checks() == before + 1
+
+
+async def test_a_local_answer_is_prepared_once_and_shared(server: Running) -> None:
+    """Local checks hand out the answer prepared when the state arrived: the same object each
+    time (nothing is built per call), until a new state replaces it."""
+    async with AsyncEntitlementsClient(
+        f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True
+    ) as client:
+        await client.can_use_feature("ws-prepared", "webhooks")
+        await eventually(lambda: client.local_state().connected)
+        first = await client.can_use_feature("ws-prepared", "webhooks")
+        assert first.source == "local"
+        assert await client.can_use_feature("ws-prepared", "webhooks") is first
+        await server.deps.service.save_subscription(subscription("ws-prepared", "pro"))
+        await eventually(lambda: answered_locally(client, "ws-prepared", "webhooks"))
+        after = await client.can_use_feature("ws-prepared", "webhooks")
+        assert after is not first and after.revision > first.revision and after.allowed
+
+
+async def test_the_stream_is_resynced_once_per_interval_while_answers_stay_local(
+    server: Running,
+) -> None:
+    """Past `resync_interval` the stream is reopened for a full fresh state; checks keep being
+    answered locally meanwhile, and one resync is one reopen (not one per account checked)."""
+    options = dataclasses.replace(FAST, resync_interval=0.4)
+    async with AsyncEntitlementsClient(
+        f"127.0.0.1:{server.port}", token=TOKEN, local_evaluation=True, local=options
+    ) as client:
+        accounts = [f"ws-resync-{i}" for i in range(5)]
+        for account in accounts:
+            await client.can_use_feature(account, "apiAccess")
+        await eventually(lambda: client.local_state().connected)
+        await asyncio.sleep(0.1)  # the reopens of the new accounts are done
+        start = client.local_state().reconnects
+        sources = set()
+        deadline = time.monotonic() + 1.3
+        while time.monotonic() < deadline:
+            for account in accounts:
+                sources.add((await client.can_use_feature(account, "apiAccess")).source)
+            await asyncio.sleep(0.005)
+        resyncs = client.local_state().reconnects - start
+        assert sources == {"local"}
+        assert 2 <= resyncs <= 4, resyncs  # 1.3 s / 0.4 s

@@ -17,7 +17,7 @@ import grpc
 
 from nchat.entitlements.client import _convert, _requests
 from nchat.entitlements.client._exceptions import EntitlementsError, Unavailable, error_from_rpc
-from nchat.entitlements.client._local import DISABLED, LocalStore
+from nchat.entitlements.client._local import DISABLED, LocalEntry, LocalStore
 from nchat.entitlements.client._models import (
     Entitlements,
     FeatureCheck,
@@ -33,6 +33,7 @@ from nchat.entitlements.client._models import (
 from nchat.entitlements.client._options import ClientOptions, channel_options
 from nchat.entitlements.client._requests import UsageEvent, valid_account_id
 from nchat.entitlements.client._retry import RetryPolicy
+from nchat.entitlements.client._rules import limit_check
 from nchat.entitlements.v1 import entitlements_service_pb2 as ent_pb
 from nchat.entitlements.v1 import entitlements_service_pb2_grpc as ent_grpc
 from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
@@ -154,20 +155,40 @@ class EntitlementsClient:
     ) -> FeatureCheck:
         """May `account_id` use `feature`? A denial is an answer, not an error."""
         store = self._store
-        if store is None:
-            return self._can_use_feature(account_id, feature, timeout)
-        answer = store.feature(account_id, feature)
-        if answer is not None:
-            return answer
-        if valid_account_id(account_id):
-            store.want(account_id)
+        if store is not None:
+            answer = store.feature(account_id, feature)
+            if answer is not None:
+                return answer
+            return self._feature_on_miss(store, account_id, feature, timeout)
+        return self._can_use_feature(account_id, feature, timeout)
+
+    def _feature_on_miss(
+        self, store: LocalStore, account_id: str, feature: str, timeout: float | None
+    ) -> FeatureCheck:
+        """Not answerable locally: the account's state by RPC answers this call and the next ones
+        (the stream is reopened for it); beyond the account cap, CanUseFeature answers."""
         try:
-            return self._can_use_feature(account_id, feature, timeout)
+            entry = self._fetch_for_local(store, account_id, timeout)
+            if entry is None:
+                return self._can_use_feature(account_id, feature, timeout)
         except Unavailable:
             stale = store.feature(account_id, feature, stale=True)
             if stale is None:
                 raise
             return stale
+        return store.answer(entry, feature)
+
+    def _fetch_for_local(
+        self, store: LocalStore, account_id: str, timeout: float | None
+    ) -> LocalEntry | None:
+        """The account's state, fetched and kept for local answers (None: not to be watched)."""
+        if not valid_account_id(account_id) or not store.want(account_id):
+            return None
+        if store.catalog is None:  # the first check of this client: the watcher may be loading it
+            store.set_catalog(self.list_plans())
+        request = ent_pb.GetEntitlementsRequest(account_id=account_id)
+        response = self._call(self._ent.GetEntitlements, request, timeout or self._timeout)
+        return store.adopt(_convert.entitlements(response.entitlements))
 
     def _can_use_feature(
         self, account_id: str, feature: str, timeout: float | None
@@ -229,15 +250,17 @@ class EntitlementsClient:
         answer = store.limit(account_id, limit, current)
         if answer is not None:
             return answer
-        if valid_account_id(account_id):
-            store.want(account_id)
         try:
-            return self._check_limit(account_id, limit, current, timeout)
+            entry = self._fetch_for_local(store, account_id, timeout)
         except Unavailable:
             stale = store.limit(account_id, limit, current, stale=True)
             if stale is None:
                 raise
             return stale
+        fetched = entry.limits.get(limit) if entry is not None else None
+        if entry is None or fetched is None or current < 0:  # the server names the bad field
+            return self._check_limit(account_id, limit, current, timeout)
+        return limit_check(entry.entitlements, fetched, current, "rpc")
 
     def _check_limit(
         self, account_id: str, limit: str, current: int | None, timeout: float | None
