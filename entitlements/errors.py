@@ -9,6 +9,7 @@ EntitlementsError
 │   ├── UnknownNetwork       a network that is unknown or has no node configured
 │   ├── UnsupportedCurrency  a currency the network cannot be paid in (no token configured)
 │   └── InvalidAddress       not a 0x-prefixed 20-byte address, or a bad EIP-55 checksum
+├── PermissionDenied         the caller may call the RPC, but not set this field (PERMISSION_DENIED)
 ├── NotFound                 a named object that must exist does not (NOT_FOUND)
 ├── AlreadyExists            same key, different payload (ALREADY_EXISTS)
 │   └── IdempotencyKeyReused (e.g. Stripe's idempotency_error)
@@ -75,6 +76,19 @@ class UnknownMetric(InvalidArgument):
     def __init__(self, field: str, metric: str) -> None:
         super().__init__(field, f"unknown metric {metric!r}")
         self.metric = metric
+
+
+class PermissionDenied(EntitlementsError):
+    """The caller holds the RPC's scope but not the one a field it set needs (e.g. naming
+    wallets for a user needs `tokengate:trusted-wallets`); names the field and the scope."""
+
+    reason = "ERROR_REASON_PERMISSION_DENIED"
+
+    def __init__(self, field: str, scope: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.scope = scope
+        self.description = message
 
 
 class NotFound(EntitlementsError):

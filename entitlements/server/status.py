@@ -19,6 +19,7 @@ from entitlements.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unavailable,
 )
 from entitlements.observability.logs import log_rpc, slow_call_seconds
@@ -32,6 +33,7 @@ ERROR_DOMAIN = "entitlements.nchat.v1"
 _CODES: tuple[tuple[type[EntitlementsError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
@@ -82,6 +84,15 @@ def error_status(exc: EntitlementsError) -> status_pb2.Status:
             grpc.StatusCode.INVALID_ARGUMENT,
             exc.message,
             reason=exc.reason,
+            field=exc.field,
+            field_description=exc.description,
+        )
+    if isinstance(exc, PermissionDenied):
+        return status_proto(
+            grpc.StatusCode.PERMISSION_DENIED,
+            exc.message,
+            reason=exc.reason,
+            metadata={"scope": exc.scope},
             field=exc.field,
             field_description=exc.description,
         )

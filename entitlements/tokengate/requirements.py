@@ -166,6 +166,12 @@ def validate_requirement(
         if token_type != "ERC20":
             raise InvalidArgument(name("min_balance"), "applies to ERC20 requirements only")
         min_balance = _decimal_string(draft.min_balance, name("min_balance"))
+        if min_balance == "0":
+            raise InvalidArgument(
+                name("min_balance"),
+                "must be more than 0 (a minimum of 0 grants a wallet holding nothing); leave "
+                "it empty for 'any positive balance'",
+            )
     token_ids = _token_ids(draft.token_ids, name("token_ids"))
     if token_type == "ERC20" and token_ids:
         raise InvalidArgument(name("token_ids"), "do not apply to ERC20 requirements")
@@ -219,13 +225,14 @@ def check_update_paths(paths: Sequence[str], field: str = "update_mask") -> tupl
 def base_units(min_balance: str | None, decimals: int) -> int:
     """The smallest balance in base units that meets `min_balance` tokens: "1.5" with 6
     decimals is 1,500,000. A minimum finer than the token's unit rounds UP (never grants below
-    the stated amount); no minimum means "any positive balance"."""
+    the stated amount); no minimum means "any positive balance", and so does a stored "0"
+    (refused since): a wallet holding nothing never passes."""
     if min_balance is None:
         return 1
     with localcontext() as context:
         context.prec = 200
         scaled = Decimal(min_balance).scaleb(decimals)
-        return int(scaled.to_integral_value(rounding=ROUND_CEILING))
+        return max(int(scaled.to_integral_value(rounding=ROUND_CEILING)), 1)
 
 
 def format_units(raw: int, decimals: int) -> str:

@@ -17,7 +17,13 @@ from decimal import Decimal, InvalidOperation
 from cachetools import TTLCache
 
 from adapters.chains import ChainMismatch, ChainReaders, ChainSettings
-from entitlements.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from entitlements.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from entitlements.store.records import utcnow
 from entitlements.store.tokengate_records import (
     ChallengeRecord,
@@ -37,13 +43,15 @@ from entitlements.tokengate.verifier import TokenVerifier, Verification
 from entitlements.tokengate.wallets import WalletOwnership
 from entitlements.watch import TokenAccessChanged, TokenAccessFeed
 
-__all__ = ["AccessDecision", "RequirementResult", "TokenGate"]
+__all__ = ["TRUSTED_WALLETS_SCOPE", "AccessDecision", "RequirementResult", "TokenGate"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_WALLETS = 50
+#: The scope a caller needs to name wallets whose ownership it verified itself.
+TRUSTED_WALLETS_SCOPE = "tokengate:trusted-wallets"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,15 +177,27 @@ class TokenGate:
         user_id: str = "",
         wallet_addresses: Sequence[str] = (),
         *,
+        wallets_trusted: bool = False,
         fresh: bool = False,
     ) -> AccessDecision:
         """Every enabled requirement of the channel over the user's verified wallets and the
         given ones. Granted when all are met (a channel without requirements is open). A
         requirement the chain cannot answer makes the whole check UNAVAILABLE unless another
-        requirement is already unmet (then the answer is a denial either way)."""
+        requirement is already unmet (then the answer is a denial either way).
+
+        Naming wallets is a claim that they are the user's: it is honoured only when
+        `wallets_trusted` (the caller verified ownership itself), else PermissionDenied."""
         require_id(channel_id, "channel_id")
         if user_id:
             require_id(user_id, "user_id")
+        if wallet_addresses and not wallets_trusted:
+            raise PermissionDenied(
+                "wallet_addresses",
+                TRUSTED_WALLETS_SCOPE,
+                f"naming wallets needs the scope {TRUSTED_WALLETS_SCOPE!r} (a caller that "
+                "verified their ownership itself); otherwise send only user_id and the user's "
+                "proved wallets (VerifyWalletOwnership) are checked",
+            )
         if len(wallet_addresses) > MAX_WALLETS:
             raise InvalidArgument("wallet_addresses", f"at most {MAX_WALLETS} wallets")
         given = list(

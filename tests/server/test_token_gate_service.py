@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
@@ -34,7 +35,7 @@ from tests.chain_fixtures import (
     new_wallet,
     tokens,
 )
-from tests.server.conftest import CHAT, OPS
+from tests.server.conftest import CALLERS_TOML, CHAT, OPS
 from tests.server.helpers import details
 
 __all__ = ["anvil", "chain", "tokens"]
@@ -42,6 +43,24 @@ __all__ = ["anvil", "chain", "tokens"]
 pytestmark = pytest.mark.slow
 
 Stub = pb_grpc.TokenGateServiceStub
+
+#: A caller that verified wallet ownership itself and may name wallets for a user.
+TRUSTED = (("authorization", "Bearer gatekeeper-token-000001"),)
+
+TRUSTED_CALLER = """
+[[callers]]
+name = "gatekeeper"
+tokens = ["gatekeeper-token-000001"]
+scopes = ["tokengate:read", "tokengate:trusted-wallets"]
+"""
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """The server tests' callers and a trusted one (`TRUSTED`)."""
+    callers = tmp_path / "callers.toml"
+    callers.write_text(CALLERS_TOML + TRUSTED_CALLER)
+    return Settings.from_env({"ENTITLEMENTS_CALLERS_FILE": str(callers)})
 
 
 async def start(settings: Settings, store: Store) -> Running:
@@ -355,11 +374,12 @@ async def test_check_channel_access_reports_each_requirement(
     )
 
     granted = await stub.CheckChannelAccess(
-        pb.CheckChannelAccessRequest(channel_id="club", wallet_addresses=[holder]), metadata=OPS
+        pb.CheckChannelAccessRequest(channel_id="club", wallet_addresses=[holder]),
+        metadata=TRUSTED,
     )
     denied = await stub.CheckChannelAccess(
         pb.CheckChannelAccessRequest(channel_id="club", wallet_addresses=[new_wallet().address]),
-        metadata=OPS,
+        metadata=TRUSTED,
     )
     open_ = await stub.CheckChannelAccess(
         pb.CheckChannelAccessRequest(channel_id="lobby", user_id="u1"), metadata=OPS
@@ -378,7 +398,7 @@ async def test_check_channel_access_reports_each_requirement(
     await invalid(
         stub.CheckChannelAccess(
             pb.CheckChannelAccessRequest(channel_id="club", wallet_addresses=[GOOD, "0x1"]),
-            metadata=OPS,
+            metadata=TRUSTED,
         ),
         "wallet_addresses[1]",
         "ERROR_REASON_INVALID_ADDRESS",
@@ -477,7 +497,7 @@ async def test_a_revoked_access_reaches_watchers_of_the_channel(
             )
             access = await gate.CheckChannelAccess(
                 pb.CheckChannelAccessRequest(channel_id="lounge", wallet_addresses=[holder]),
-                metadata=OPS,
+                metadata=TRUSTED,
             )
             assert access.granted
             watch = ent_grpc.EntitlementsServiceStub(channel).WatchEntitlements(

@@ -217,7 +217,9 @@ async def test_a_stopped_node_is_unavailable_except_for_a_recent_grant_within_th
 
 
 async def test_channel_without_requirements_is_open(gate: TokenGate) -> None:
-    decision = await gate.check_channel_access("open-channel", "", [new_wallet().address])
+    decision = await gate.check_channel_access(
+        "open-channel", "", [new_wallet().address], wallets_trusted=True
+    )
     assert decision.granted
     assert decision.results == ()
 
@@ -247,9 +249,9 @@ async def test_channel_access_needs_every_enabled_requirement(
         )
     )
 
-    denied = await gate.check_channel_access("vip", "", [holder])
+    denied = await gate.check_channel_access("vip", "", [holder], wallets_trusted=True)
     await gate.update_requirement(usd.id, RequirementDraft(enabled=False), ["enabled"])
-    granted = await gate.check_channel_access("vip", "", [holder])
+    granted = await gate.check_channel_access("vip", "", [holder], wallets_trusted=True)
 
     assert not denied.granted
     assert [(r.requirement.id, r.verified) for r in denied.results] == [
@@ -276,15 +278,15 @@ async def test_transferring_the_nft_away_is_revoked_by_reverification_and_publis
             token_ids=(str(token_id),),
         )
     )
-    assert (await gate.check_channel_access("members", "", [holder])).granted
+    assert (await gate.check_channel_access("members", "", [holder], wallets_trusted=True)).granted
     events = gate.feed.subscribe()
 
     await chain.fund(holder)
     await chain.impersonate(holder)
     await chain.transact(tokens.nft.functions.transferFrom(holder, buyer, token_id), sender=holder)
-    cached = await gate.check_channel_access("members", "", [holder])
+    cached = await gate.check_channel_access("members", "", [holder], wallets_trusted=True)
     report = await Reverifier(gate, 3600).sweep()
-    after = await gate.check_channel_access("members", "", [holder])
+    after = await gate.check_channel_access("members", "", [holder], wallets_trusted=True)
 
     assert cached.granted  # within the cache TTL the old answer stands...
     assert (report.checked, report.revoked, report.unavailable) == (1, 1, 0)  # ...the sweep ends it
@@ -312,7 +314,7 @@ async def test_reverification_revokes_nothing_while_the_chain_is_down(
             network="local",
         )
     )
-    assert (await gate.check_channel_access("c6", "", [holder])).granted
+    assert (await gate.check_channel_access("c6", "", [holder], wallets_trusted=True)).granted
     dead = ChainReaders(
         [ChainReader("local", 31337, f"http://127.0.0.1:{free_port()}", timeout_seconds=1)]
     )

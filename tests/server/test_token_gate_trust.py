@@ -1,0 +1,212 @@
+"""Who may be granted token-gated access, over gRPC with a real store (SQLite and PostgreSQL)
+and a real anvil node: a user's access rests on the wallets that user proved; wallets a caller
+lists count only for callers trusted to have verified them (`tokengate:trusted-wallets`)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
+from google.protobuf.field_mask_pb2 import FieldMask
+from nchat.entitlements.v1 import token_gate_service_pb2 as pb
+from nchat.entitlements.v1 import token_gate_service_pb2_grpc as pb_grpc
+
+from tests.chain_fixtures import (
+    ChainKit,
+    TestTokens,
+    anvil,
+    chain,
+    new_token_id,
+    new_wallet,
+    tokens,
+)
+from tests.server.conftest import OPS
+from tests.server.helpers import details
+from tests.server.test_token_gate_service import (
+    TRUSTED,
+    invalid,
+    nft_requirement,
+    settings,
+    stub,
+)
+
+__all__ = ["anvil", "chain", "settings", "stub", "tokens"]
+
+pytestmark = pytest.mark.slow
+
+Stub = pb_grpc.TokenGateServiceStub
+
+
+async def link(stub: Stub, user_id: str, wallet: LocalAccount) -> None:
+    """Prove `wallet` for `user_id` with a signed Sign-In with Ethereum challenge."""
+    challenge = await stub.CreateWalletChallenge(
+        pb.CreateWalletChallengeRequest(user_id=user_id, address=wallet.address, chain_id=31337),
+        metadata=OPS,
+    )
+    signature = Account.sign_message(encode_defunct(text=challenge.message), wallet.key).signature
+    await stub.VerifyWalletOwnership(
+        pb.VerifyWalletOwnershipRequest(
+            message=challenge.message, signature="0x" + bytes(signature).hex()
+        ),
+        metadata=OPS,
+    )
+
+
+async def gated_channel(stub: Stub, chain: ChainKit, tokens: TestTokens, channel: str) -> str:
+    """A channel gated on the test NFT and a wallet holding one; returns the holder's address."""
+    holder = new_wallet()
+    await chain.transact(tokens.nft.functions.mint(holder.address, new_token_id()))
+    await stub.CreateTokenRequirement(
+        pb.CreateTokenRequirementRequest(requirement=nft_requirement(tokens.nft.address, channel)),
+        metadata=OPS,
+    )
+    return str(holder.address)
+
+
+async def denied(call: object, field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, caught.value.details()
+    info, fields = details(caught.value)
+    assert fields == [field]
+    assert info is not None and info.reason == "ERROR_REASON_PERMISSION_DENIED"
+    assert info.metadata["scope"] == "tokengate:trusted-wallets"
+    assert "tokengate:trusted-wallets" in (caught.value.details() or "")
+
+
+async def test_a_caller_cannot_lend_a_holders_wallet_to_another_user(
+    stub: Stub, chain: ChainKit, tokens: TestTokens
+) -> None:
+    holder = await gated_channel(stub, chain, tokens, "vault")
+
+    await denied(
+        stub.CheckChannelAccess(
+            pb.CheckChannelAccessRequest(
+                channel_id="vault", user_id="mallory", wallet_addresses=[holder]
+            ),
+            metadata=OPS,
+        ),
+        "wallet_addresses",
+    )
+    await denied(
+        stub.CheckChannelAccess(
+            pb.CheckChannelAccessRequest(channel_id="vault", wallet_addresses=[holder]),
+            metadata=OPS,
+        ),
+        "wallet_addresses",
+    )
+    mallory = await stub.CheckChannelAccess(
+        pb.CheckChannelAccessRequest(channel_id="vault", user_id="mallory"), metadata=OPS
+    )
+    assert not mallory.granted
+
+
+async def test_a_user_is_granted_on_the_wallets_they_proved(
+    stub: Stub, chain: ChainKit, tokens: TestTokens
+) -> None:
+    holder = new_wallet()
+    await chain.transact(tokens.nft.functions.mint(holder.address, new_token_id()))
+    await stub.CreateTokenRequirement(
+        pb.CreateTokenRequirementRequest(requirement=nft_requirement(tokens.nft.address, "proved")),
+        metadata=OPS,
+    )
+    await link(stub, "neo", holder)
+
+    neo = await stub.CheckChannelAccess(
+        pb.CheckChannelAccessRequest(channel_id="proved", user_id="neo"), metadata=OPS
+    )
+
+    assert neo.granted
+    assert [r.wallet_address for r in neo.results] == [holder.address]
+
+
+async def test_a_trusted_caller_may_name_wallets_it_verified(
+    stub: Stub, chain: ChainKit, tokens: TestTokens
+) -> None:
+    holder = await gated_channel(stub, chain, tokens, "bridge")
+
+    for_user = await stub.CheckChannelAccess(
+        pb.CheckChannelAccessRequest(channel_id="bridge", user_id="ada", wallet_addresses=[holder]),
+        metadata=TRUSTED,
+    )
+    bare = await stub.CheckChannelAccess(
+        pb.CheckChannelAccessRequest(channel_id="bridge", wallet_addresses=[holder.lower()]),
+        metadata=TRUSTED,
+    )
+
+    assert for_user.granted and bare.granted
+    assert bare.results[0].wallet_address == holder
+
+
+async def test_a_minimum_of_nothing_is_refused_everywhere(
+    stub: Stub, chain: ChainKit, tokens: TestTokens
+) -> None:
+    zero = pb.TokenRequirement(
+        channel_id="free-for-all",
+        token_type=pb.TOKEN_TYPE_ERC20,
+        contract_address=tokens.usdc6.address,
+        network="local",
+        min_balance="0",
+    )
+    await invalid(
+        stub.CreateTokenRequirement(
+            pb.CreateTokenRequirementRequest(requirement=zero), metadata=OPS
+        ),
+        "requirement.min_balance",
+    )
+    await invalid(
+        stub.VerifyToken(
+            pb.VerifyTokenRequest(requirement=zero, wallet_address=new_wallet().address),
+            metadata=OPS,
+        ),
+        "requirement.min_balance",
+    )
+    created = await stub.CreateTokenRequirement(
+        pb.CreateTokenRequirementRequest(
+            requirement=pb.TokenRequirement(
+                channel_id="free-for-all",
+                token_type=pb.TOKEN_TYPE_ERC20,
+                contract_address=tokens.usdc6.address,
+                network="local",
+                min_balance="1",
+            )
+        ),
+        metadata=OPS,
+    )
+    await invalid(
+        stub.UpdateTokenRequirement(
+            pb.UpdateTokenRequirementRequest(
+                requirement=pb.TokenRequirement(id=created.requirement.id, min_balance="0.00"),
+                update_mask=FieldMask(paths=["min_balance"]),
+            ),
+            metadata=OPS,
+        ),
+        "requirement.min_balance",
+    )
+
+
+async def test_a_count_of_zero_still_needs_one_token(
+    stub: Stub, chain: ChainKit, tokens: TestTokens
+) -> None:
+    nobody = new_wallet().address
+    for requirement in (
+        pb.TokenRequirement(
+            token_type=pb.TOKEN_TYPE_ERC1155,
+            contract_address=tokens.multi.address,
+            network="local",
+            token_ids=[str(new_token_id())],
+            min_token_count=0,
+        ),
+        pb.TokenRequirement(
+            token_type=pb.TOKEN_TYPE_ERC721,
+            contract_address=tokens.nft.address,
+            network="local",
+            min_token_count=0,
+        ),
+    ):
+        answer = await stub.VerifyToken(
+            pb.VerifyTokenRequest(requirement=requirement, wallet_address=nobody), metadata=OPS
+        )
+        assert (answer.verified, answer.balance) == (False, "0")
