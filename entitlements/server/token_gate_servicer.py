@@ -17,6 +17,7 @@ from entitlements.server.auth import AuthInterceptor
 from entitlements.server.status import unary
 from entitlements.store.tokengate_records import RequirementRecord
 from entitlements.tokengate import TRUSTED_WALLETS_SCOPE, RequirementDraft, TokenGate
+from entitlements.tokengate.requirements import SETTABLE_FIELDS
 
 __all__ = ["TokenGateServicer"]
 
@@ -149,8 +150,16 @@ class TokenGateServicer(pb_grpc.TokenGateServiceServicer):
     ) -> pb.UpdateTokenRequirementResponse:
         if not request.HasField("requirement"):
             raise InvalidArgument("requirement", "is required")
+        paths = list(request.update_mask.paths)
+        if not paths:
+            # AIP-134: no mask means the fields the request populated. proto3 cannot send a
+            # false `enabled` or an empty string as "set", so leaving a field out never resets
+            # it (a requirement is never disabled by omission); name it in the mask to clear it.
+            paths = [
+                f.name for f, _ in request.requirement.ListFields() if f.name in SETTABLE_FIELDS
+            ]
         record = await self._gate.update_requirement(
-            request.requirement.id, draft(request.requirement), list(request.update_mask.paths)
+            request.requirement.id, draft(request.requirement), paths
         )
         return pb.UpdateTokenRequirementResponse(requirement=requirement(record))
 

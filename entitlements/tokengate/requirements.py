@@ -15,10 +15,12 @@ from entitlements.errors import InvalidAddress, InvalidArgument, UnknownNetwork
 from entitlements.store.tokengate_records import TOKEN_TYPES, RequirementRecord, TokenType
 
 __all__ = [
+    "FULL_REPLACEMENT",
     "MAX_TOKEN_IDS",
     "SETTABLE_FIELDS",
     "RequirementDraft",
     "base_units",
+    "check_update_paths",
     "format_units",
     "merge",
     "normalize_address",
@@ -209,15 +211,24 @@ def validate_requirement(
     )
 
 
+#: The update-mask path that replaces every settable field (AIP-134's full replacement).
+FULL_REPLACEMENT = "*"
+
+
 def check_update_paths(paths: Sequence[str], field: str = "update_mask") -> tuple[str, ...]:
-    """The mask's paths, or every settable field for an empty mask."""
-    if not paths:
+    """The fields an update changes: the mask's paths, or every settable field for ``*``
+    (alone). An empty result changes nothing; the servicer turns "no mask" into the fields the
+    request populated (AIP-134), so a field left out is never reset."""
+    if list(paths) == [FULL_REPLACEMENT]:
         return SETTABLE_FIELDS
     for i, path in enumerate(paths):
+        if path == FULL_REPLACEMENT:
+            raise InvalidArgument(f"{field}.paths[{i}]", "'*' must be the mask's only path")
         if path not in SETTABLE_FIELDS:
             raise InvalidArgument(
                 f"{field}.paths[{i}]",
-                f"{path!r} cannot be updated; settable: {', '.join(SETTABLE_FIELDS)}",
+                f"{path!r} cannot be updated; settable: {', '.join(SETTABLE_FIELDS)} "
+                "(or '*' alone for all of them)",
             )
     return tuple(dict.fromkeys(paths))
 

@@ -129,9 +129,12 @@ class TokenGate:
     async def update_requirement(
         self, requirement_id: str, change: RequirementDraft, paths: Sequence[str]
     ) -> RequirementRecord:
+        """Change the fields named in `paths` (``*`` for all); no paths change nothing."""
         require_id(requirement_id, "requirement.id")
         settable = check_update_paths(paths)
         current = await self.get_requirement(requirement_id, "requirement.id")
+        if not settable:
+            return current
         merged = merge(RequirementDraft.of(current), change, settable)
         record = validate_requirement(merged, self.settings)
         updated = replace(record, id=current.id, created_at=current.created_at, updated_at=utcnow())

@@ -210,3 +210,92 @@ async def test_a_count_of_zero_still_needs_one_token(
             pb.VerifyTokenRequest(requirement=requirement, wallet_address=nobody), metadata=OPS
         )
         assert (answer.verified, answer.balance) == (False, "0")
+
+
+async def created_requirement(stub: Stub, contract: str, channel: str) -> pb.TokenRequirement:
+    response = await stub.CreateTokenRequirement(
+        pb.CreateTokenRequirementRequest(
+            requirement=nft_requirement(contract, channel, description="first")
+        ),
+        metadata=OPS,
+    )
+    return response.requirement
+
+
+async def update(stub: Stub, requirement: pb.TokenRequirement, *paths: str) -> pb.TokenRequirement:
+    request = pb.UpdateTokenRequirementRequest(requirement=requirement)
+    if paths:
+        request.update_mask.paths.extend(paths)
+    return (await stub.UpdateTokenRequirement(request, metadata=OPS)).requirement
+
+
+async def test_an_update_without_a_mask_changes_only_the_fields_sent(
+    stub: Stub, tokens: TestTokens
+) -> None:
+    created = await created_requirement(stub, tokens.nft.address, "masked")
+    # The whole requirement sent back with a new name, `enabled` left out (proto3: false).
+    resent = pb.TokenRequirement()
+    resent.CopyFrom(created)
+    resent.name = "renamed"
+    resent.ClearField("enabled")
+
+    renamed = await update(stub, resent)
+    described = await update(stub, pb.TokenRequirement(id=created.id, description="second"))
+
+    assert (renamed.name, renamed.enabled, renamed.description) == ("renamed", True, "first")
+    assert (described.name, described.enabled, described.description) == (
+        "renamed",
+        True,
+        "second",
+    )
+    assert (described.channel_id, described.contract_address) == ("masked", tokens.nft.address)
+    listed = await stub.ListTokenRequirements(
+        pb.ListTokenRequirementsRequest(channel_id="masked"), metadata=OPS
+    )
+    assert [r.enabled for r in listed.requirements] == [True]
+
+
+async def test_an_update_with_a_mask_changes_exactly_the_named_fields(
+    stub: Stub, tokens: TestTokens
+) -> None:
+    created = await created_requirement(stub, tokens.nft.address, "named")
+
+    disabled = await update(
+        stub, pb.TokenRequirement(id=created.id, name="ignored", enabled=False), "enabled"
+    )
+    cleared = await update(stub, pb.TokenRequirement(id=created.id), "description")
+    replaced = await update(
+        stub,
+        pb.TokenRequirement(
+            id=created.id,
+            channel_id="named",
+            token_type=pb.TOKEN_TYPE_ERC721,
+            contract_address=tokens.nft.address,
+            network="local",
+            enabled=True,
+        ),
+        "*",
+    )
+
+    assert (disabled.enabled, disabled.name) == (False, "holders")
+    assert (cleared.description, cleared.enabled) == ("", False)
+    assert (replaced.enabled, replaced.name, replaced.description) == (True, "", "")
+
+
+async def test_an_unknown_mask_path_is_refused_and_changes_nothing(
+    stub: Stub, tokens: TestTokens
+) -> None:
+    created = await created_requirement(stub, tokens.nft.address, "strict")
+    for paths in (["name", "nonsense"], ["requirement.name"], ["id"], ["*", "name"]):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await update(stub, pb.TokenRequirement(id=created.id, name="x"), *paths)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        _, fields = details(caught.value)
+        assert len(fields) == 1 and fields[0].startswith("update_mask"), fields
+
+    listed = await stub.ListTokenRequirements(
+        pb.ListTokenRequirementsRequest(channel_id="strict"), metadata=OPS
+    )
+    assert [(r.name, r.updated_at) for r in listed.requirements] == [
+        (created.name, created.updated_at)
+    ]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from adapters.chains import ChainSettings
 from entitlements.errors import InvalidAddress, InvalidArgument, UnknownNetwork
 from entitlements.tokengate.requirements import (
+    SETTABLE_FIELDS,
     RequirementDraft,
     base_units,
     check_update_paths,
@@ -110,10 +111,17 @@ def test_a_valid_requirement_is_normalised() -> None:
 
 
 def test_update_mask_may_name_only_settable_fields() -> None:
-    assert check_update_paths([]) == check_update_paths(list(check_update_paths([])))
-    with pytest.raises(InvalidArgument) as caught:
-        check_update_paths(["name", "created_at"])
-    assert caught.value.field == "update_mask.paths[1]"
+    assert check_update_paths([]) == ()  # nothing named, nothing changes
+    assert check_update_paths(["*"]) == SETTABLE_FIELDS
+    assert check_update_paths(["name", "name"]) == ("name",)
+    for paths, field in (
+        (["name", "created_at"], "update_mask.paths[1]"),
+        (["name", "*"], "update_mask.paths[1]"),
+        (["requirement.name"], "update_mask.paths[0]"),
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            check_update_paths(paths)
+        assert caught.value.field == field
 
 
 @pytest.mark.parametrize(
