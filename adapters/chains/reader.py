@@ -74,6 +74,9 @@ class ChainReader:
         self.w3 = AsyncWeb3(self._provider)
         self._checked = False
         self._check_lock = asyncio.Lock()
+        #: Set while the node answers for another chain (found at start or on a later check);
+        #: readiness reports the network down, and every read raises it until the node is right.
+        self.mismatch: ChainMismatch | None = None
         self._decimals: dict[str, int] = {}
         #: JSON-RPC round trips made for reads (a batch counts once); not the chain id check.
         self.requests = 0
@@ -96,10 +99,21 @@ class ChainReader:
             except Exception as exc:
                 raise self._unavailable("eth_chainId", exc) from exc
             if actual != self.chain_id:
-                raise ChainMismatch(self.network, self.chain_id, actual)
+                self.mismatch = ChainMismatch(self.network, self.chain_id, actual)
+                log.error("%s", self.mismatch)
+                raise self.mismatch
+            self.mismatch = None
             self._checked = True
 
     check = connect
+
+    async def ping(self) -> None:
+        """Readiness: the node answers and serves this network's chain (ChainMismatch if not,
+        ChainUnavailable if it cannot be reached)."""
+        if not self._checked:
+            await self.connect()
+        async with asyncio.timeout(self._timeout):
+            await self.w3.eth.block_number
 
     async def close(self) -> None:
         await self._provider.disconnect()

@@ -23,13 +23,13 @@ from datetime import datetime
 
 from cachetools import LRUCache
 
-from adapters.chains import ChainReaders, ChainUnavailable, NetworkNotConfigured
+from adapters.chains import ChainMismatch, ChainReaders, ChainUnavailable, NetworkNotConfigured
 from entitlements.errors import Unavailable
 from entitlements.store.records import utcnow
 from entitlements.store.tokengate_records import RequirementRecord
 from entitlements.tokengate.requirements import base_units, format_units
 
-__all__ = ["TokenVerifier", "Verification"]
+__all__ = ["TokenVerifier", "Verification", "wrong_chain"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ class TokenVerifier:
             raise Unavailable(f"cannot read the chain: {exc}") from exc
         except NetworkNotConfigured as exc:
             raise Unavailable(f"network {requirement.network!r} is not configured") from exc
+        except ChainMismatch as exc:
+            raise wrong_chain(exc) from exc
 
     def forget(self) -> None:
         """Drop every cached answer (tests; a configuration change)."""
@@ -167,6 +169,15 @@ class TokenVerifier:
         return Verification(
             False, str(count), f"holds {count} {what}; {needed_count} required", checked_at
         )
+
+
+def wrong_chain(exc: ChainMismatch) -> Unavailable:
+    """A node answering for another chain (it was unreachable at start): its answers would be
+    another chain's, so the network is unavailable (retryable: an operator fixes the node)."""
+    return Unavailable(
+        f"network {exc.network!r} is unavailable: its node serves chain id {exc.actual}, "
+        f"not {exc.network}'s chain id {exc.expected}"
+    )
 
 
 def _retrieve(task: asyncio.Task[Verification]) -> None:

@@ -4,6 +4,8 @@ lists count only for callers trusted to have verified them (`tokengate:trusted-w
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import grpc
 import pytest
 from eth_account import Account
@@ -13,7 +15,11 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from nchat.entitlements.v1 import token_gate_service_pb2 as pb
 from nchat.entitlements.v1 import token_gate_service_pb2_grpc as pb_grpc
 
+from adapters.chains import ChainMismatch, ChainSettings
+from entitlements.config import Settings
+from entitlements.store.repository import Store
 from tests.chain_fixtures import (
+    AnvilNode,
     ChainKit,
     TestTokens,
     anvil,
@@ -29,6 +35,7 @@ from tests.server.test_token_gate_service import (
     invalid,
     nft_requirement,
     settings,
+    start,
     stub,
 )
 
@@ -299,3 +306,41 @@ async def test_an_unknown_mask_path_is_refused_and_changes_nothing(
     assert [(r.name, r.updated_at) for r in listed.requirements] == [
         (created.name, created.updated_at)
     ]
+
+
+async def test_a_node_that_comes_up_on_the_wrong_chain_is_unavailable_and_not_ready(
+    settings: Settings, store: Store
+) -> None:
+    wrong = AnvilNode(4242)  # not started yet: the server starts while nothing listens there
+    running = await start(
+        replace(
+            settings,
+            chains=ChainSettings(rpc_urls={"local": wrong.url}, request_timeout_seconds=2),
+        ),
+        store,
+    )
+    try:
+        assert running.deps.token_gate is not None and running.deps.ops is not None
+        await running.deps.token_gate.start()  # as serve() does: logs the node as unreachable
+        wrong.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await pb_grpc.TokenGateServiceStub(channel).VerifyToken(
+                    pb.VerifyTokenRequest(
+                        requirement=nft_requirement("0x" + "ab" * 20),
+                        wallet_address=new_wallet().address,
+                    ),
+                    metadata=OPS,
+                )
+        probes = dict(running.deps.ops.probes)
+        with pytest.raises(ChainMismatch):
+            await probes["chain:local"]()
+    finally:
+        await running.stop(0)
+        wrong.stop()
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+    info, _ = details(caught.value)
+    assert info is not None and info.reason == "ERROR_REASON_DEPENDENCY_UNAVAILABLE"
+    message = caught.value.details() or ""
+    assert all(word in message for word in ("local", "31337", "4242")), message
