@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from adapters.chains.config import NETWORKS, ChainConfigError, ChainSettings, NetworkInfo
-from adapters.chains.errors import ChainError, ChainMismatch, ChainUnavailable, NetworkNotConfigured
+from adapters.chains.errors import (
+    ChainError,
+    ChainMismatch,
+    ChainUnavailable,
+    ContractMismatch,
+    NetworkNotConfigured,
+    UnexpectedAnswer,
+)
 from adapters.chains.reader import ChainReader, ChainReaders, Erc20Balance
 
 __all__ = [
@@ -15,7 +22,9 @@ __all__ = [
     "ChainReaders",
     "ChainSettings",
     "ChainUnavailable",
+    "ContractMismatch",
     "Erc20Balance",
     "NetworkInfo",
     "NetworkNotConfigured",
+    "UnexpectedAnswer",
 ]

@@ -87,16 +87,17 @@ def error_status(exc: EntitlementsError) -> status_pb2.Status:
             field=exc.field,
             field_description=exc.description,
         )
-    if isinstance(exc, PermissionDenied):
-        return status_proto(
-            grpc.StatusCode.PERMISSION_DENIED,
-            exc.message,
-            reason=exc.reason,
-            metadata={"scope": exc.scope},
-            field=exc.field,
-            field_description=exc.description,
-        )
-    return status_proto(code_for(exc), exc.message, reason=exc.reason)
+    # Errors about one request field that is not malformed (a scope it needs, a contract that
+    # is not the token) name it too; their ErrorInfo carries what they are about.
+    field: str | None = getattr(exc, "field", None)
+    return status_proto(
+        code_for(exc),
+        exc.message,
+        reason=exc.reason,
+        metadata=exc.metadata or None,
+        field=field,
+        field_description=getattr(exc, "description", None) if field else None,
+    )
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> NoReturn:

@@ -169,8 +169,9 @@ async def test_create_with_bad_input_names_the_field_and_stores_nothing(stub: St
     assert list(listed.requirements) == []
 
 
-async def test_requirement_crud_with_field_mask(stub: Stub) -> None:
-    omitted_enabled = nft_requirement(GOOD.upper().replace("0X", "0x"))
+async def test_requirement_crud_with_field_mask(stub: Stub, tokens: TestTokens) -> None:
+    upper_case = "0x" + tokens.nft.address[2:].upper()
+    omitted_enabled = nft_requirement(upper_case)
     omitted_enabled.ClearField("enabled")
     created = (
         await stub.CreateTokenRequirement(
@@ -180,8 +181,7 @@ async def test_requirement_crud_with_field_mask(stub: Stub) -> None:
     ).requirement
     assert created.id
     assert created.enabled  # even when the caller left it out (proto3 has no "unset" bool)
-    assert created.enabled  # even when the caller left it out (proto3 has no "unset" bool)
-    assert created.contract_address == to_checksum_address(GOOD)  # stored EIP-55
+    assert created.contract_address == to_checksum_address(upper_case)  # stored EIP-55
     assert created.created_at.seconds > 0
 
     renamed = (
@@ -246,18 +246,20 @@ async def test_unknown_requirement_id_is_not_found(stub: Stub) -> None:
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_list_pages_through_a_channels_requirements(stub: Stub) -> None:
+async def test_list_pages_through_a_channels_requirements(stub: Stub, tokens: TestTokens) -> None:
     ids = []
     for i in range(5):
         created = await stub.CreateTokenRequirement(
             pb.CreateTokenRequirementRequest(
-                requirement=nft_requirement(GOOD, channel="paged", description=str(i))
+                requirement=nft_requirement(tokens.nft.address, channel="paged", description=str(i))
             ),
             metadata=OPS,
         )
         ids.append(created.requirement.id)
     await stub.CreateTokenRequirement(
-        pb.CreateTokenRequirementRequest(requirement=nft_requirement(GOOD, channel="other")),
+        pb.CreateTokenRequirementRequest(
+            requirement=nft_requirement(tokens.nft.address, channel="other")
+        ),
         metadata=OPS,
     )
 

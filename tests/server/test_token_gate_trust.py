@@ -344,3 +344,58 @@ async def test_a_node_that_comes_up_on_the_wrong_chain_is_unavailable_and_not_re
     assert info is not None and info.reason == "ERROR_REASON_DEPENDENCY_UNAVAILABLE"
     message = caught.value.details() or ""
     assert all(word in message for word in ("local", "31337", "4242")), message
+
+
+async def test_a_contract_that_is_not_the_token_is_a_failed_precondition(
+    stub: Stub, tokens: TestTokens
+) -> None:
+    account = new_wallet().address
+    with pytest.raises(grpc.aio.AioRpcError) as created:
+        await stub.CreateTokenRequirement(
+            pb.CreateTokenRequirementRequest(requirement=nft_requirement(account, "no-code")),
+            metadata=OPS,
+        )
+    nft_as_erc20 = pb.TokenRequirement(
+        token_type=pb.TOKEN_TYPE_ERC20, contract_address=tokens.nft.address, network="local"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as checked:
+        await stub.VerifyToken(
+            pb.VerifyTokenRequest(requirement=nft_as_erc20, wallet_address=new_wallet().address),
+            metadata=OPS,
+        )
+
+    for caught, contract in ((created, account), (checked, tokens.nft.address)):
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
+        info, _ = details(caught.value)
+        assert info is not None and info.reason == "ERROR_REASON_TOKEN_CONTRACT_MISMATCH"
+        assert info.metadata["contract_address"] == contract
+        assert contract in (caught.value.details() or "")
+    assert details(created.value)[1] == ["requirement.contract_address"]
+    listed = await stub.ListTokenRequirements(
+        pb.ListTokenRequirementsRequest(channel_id="no-code"), metadata=OPS
+    )
+    assert list(listed.requirements) == []
+
+
+async def test_a_requirement_is_not_stored_unchecked_while_the_chain_is_down(
+    settings: Settings, store: Store
+) -> None:
+    down = ChainSettings(rpc_urls={"local": AnvilNode().url}, request_timeout_seconds=2)
+    running = await start(replace(settings, chains=down), store)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.TokenGateServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.CreateTokenRequirement(
+                    pb.CreateTokenRequirementRequest(
+                        requirement=nft_requirement("0x" + "ab" * 20, "later")
+                    ),
+                    metadata=OPS,
+                )
+            listed = await stub.ListTokenRequirements(
+                pb.ListTokenRequirementsRequest(channel_id="later"), metadata=OPS
+            )
+    finally:
+        await running.stop(0)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert list(listed.requirements) == []
