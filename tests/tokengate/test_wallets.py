@@ -220,3 +220,29 @@ async def test_bad_challenge_requests_name_the_field(
     with pytest.raises(error) as caught:
         await gate.create_wallet_challenge(user_id, address, chain_id)
     assert caught.value.field == field
+
+
+async def test_a_wallet_counts_for_one_user_the_last_who_proved_it(
+    chain: ChainKit, tokens: TestTokens, gate: TokenGate
+) -> None:
+    from entitlements.tokengate import RequirementDraft
+
+    owner = new_wallet()
+    await chain.transact(tokens.nft.functions.mint(owner.address, new_token_id()))
+    await gate.create_requirement(
+        RequirementDraft(
+            channel_id="shared",
+            token_type="ERC721",
+            contract_address=tokens.nft.address,
+            network="local",
+        )
+    )
+    for user in ("alice", "bob"):
+        challenge = await gate.create_wallet_challenge(user, owner.address, 1)
+        await gate.verify_wallet_ownership(challenge.message, sign(owner, challenge.message))
+        assert (await gate.check_channel_access("shared", user)).granted
+
+    # One token must not open the channel for every account its holder signs for.
+    assert not (await gate.check_channel_access("shared", "alice")).granted
+    assert [link.address for link in await gate.store.wallets_of("alice")] == []
+    assert [link.address for link in await gate.store.wallets_of("bob")] == [owner.address]
