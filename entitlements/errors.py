@@ -148,9 +148,7 @@ class TokenContractMismatch(FailedPrecondition):
 
     reason = "ERROR_REASON_TOKEN_CONTRACT_MISMATCH"
 
-    def __init__(
-        self, message: str, *, metadata: dict[str, str], field: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, metadata: dict[str, str], field: str | None = None) -> None:
         super().__init__(message, metadata=metadata)
         self.field = field
         self.description = message

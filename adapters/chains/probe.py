@@ -15,7 +15,7 @@ from eth_abi.exceptions import DecodingError
 from adapters.chains import abi
 from adapters.chains.errors import ContractMismatch
 
-__all__ = ["ContractFacts", "probe_requests", "judge"]
+__all__ = ["ContractFacts", "judge", "probe_requests"]
 
 ERC721_INTERFACE = bytes.fromhex("80ac58cd")
 ERC1155_INTERFACE = bytes.fromhex("d9b67a26")

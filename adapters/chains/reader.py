@@ -134,7 +134,7 @@ class ChainReader:
     async def check_token(self, token: str, standard: str) -> None:
         """Raise ContractMismatch unless `token` is a contract of `standard` ("ERC20",
         "ERC721", "ERC1155"); ChainUnavailable when the node cannot say."""
-        await self._calls([], probe=(to_checksum_address(token), standard))
+        await self._calls([], probe=(to_checksum_address(token), standard), check_chain=True)
 
     async def erc20_balance(self, token: str, owner: str) -> Erc20Balance:
         """`balanceOf(owner)` and, unless cached for the contract, `decimals()`, in one batch."""
@@ -150,7 +150,7 @@ class ChainReader:
         calls = [(token, abi.balance_of(owner))]
         if decimals is None:
             calls.append((token, abi.decimals()))
-        results = await self._calls(calls, probe=probe)
+        results = await self._calls(calls, probe=probe, check_chain=True)
         raw = self._uint(results[0], "balanceOf")
         if decimals is None:
             decimals = self._uint(results[1], "decimals")
@@ -163,7 +163,9 @@ class ChainReader:
         token = to_checksum_address(token)
 
         async def read(probe: tuple[str, str] | None) -> int:
-            (result,) = await self._calls([(token, abi.balance_of(owner))], probe=probe)
+            (result,) = await self._calls(
+                [(token, abi.balance_of(owner))], probe=probe, check_chain=True
+            )
             return self._uint(result, "balanceOf")
 
         return await self._token_read(token, "ERC721", read)
@@ -179,7 +181,9 @@ class ChainReader:
         self, token: str, owner: str, token_ids: Sequence[int], probe: tuple[str, str] | None
     ) -> list[bool]:
         owner = to_checksum_address(owner)
-        results = await self._calls([(token, abi.owner_of(i)) for i in token_ids], probe=probe)
+        results = await self._calls(
+            [(token, abi.owner_of(i)) for i in token_ids], probe=probe, check_chain=True
+        )
         owned = []
         for result in results:
             if isinstance(result, _Reverted):
@@ -197,7 +201,7 @@ class ChainReader:
 
         async def read(probe: tuple[str, str] | None) -> list[int]:
             (result,) = await self._calls(
-                [(token, abi.balance_of_batch(owner, token_ids))], probe=probe
+                [(token, abi.balance_of_batch(owner, token_ids))], probe=probe, check_chain=True
             )
             try:
                 values = abi.decode_uint_array(self._data(result, "balanceOfBatch"))
@@ -216,7 +220,8 @@ class ChainReader:
         value or no code at the address is False; an RPC error raises ChainUnavailable."""
         wallet = to_checksum_address(wallet)
         responses = await self._batch(
-            [
+            check_chain=True,
+            requests=[
                 ("eth_getCode", [wallet, "latest"]),
                 (
                     "eth_call",
@@ -228,7 +233,7 @@ class ChainReader:
                         "latest",
                     ],
                 ),
-            ]
+            ],
         )
         code = self._result(responses[0], "eth_getCode")
         if isinstance(code, _Reverted) or _unhex(code) == b"":
@@ -262,7 +267,11 @@ class ChainReader:
             return await read((token, standard))
 
     async def _calls(
-        self, calls: Sequence[tuple[str, bytes]], *, probe: tuple[str, str] | None = None
+        self,
+        calls: Sequence[tuple[str, bytes]],
+        *,
+        probe: tuple[str, str] | None = None,
+        check_chain: bool = False,
     ) -> list[str | _Reverted]:
         requests: list[tuple[str, list[Any]]] = [
             ("eth_call", [{"to": to, "data": _hex(data)}, "latest"]) for to, data in calls
@@ -273,7 +282,7 @@ class ChainReader:
             # A node that stopped following the chain answers old (often zero) balances: read
             # its head in the same round trip and refuse answers from a stale one.
             requests.append(("eth_getBlockByNumber", ["latest", False]))
-        responses = await self._batch(requests)
+        responses = await self._batch(requests, check_chain=check_chain)
         if self._max_head_age > 0:
             self._check_head(responses.pop())
         if probe is not None:
@@ -302,10 +311,16 @@ class ChainReader:
                 f"(more than {self._max_head_age:.0f} s)",
             )
 
-    async def _batch(self, requests: Sequence[tuple[str, list[Any]]]) -> list[RPCResponse]:
-        """One JSON-RPC round trip for all `requests` (a plain request when there is one)."""
+    async def _batch(
+        self, requests: Sequence[tuple[str, list[Any]]], *, check_chain: bool = False
+    ) -> list[RPCResponse]:
+        """One JSON-RPC round trip for all `requests` (a plain request when there is one).
+        `check_chain` asks `eth_chainId` in the same batch: a node that now serves another
+        chain (swapped behind its URL) raises ChainMismatch instead of answering for it."""
         if not self._checked:
             await self.connect()
+        if check_chain:
+            requests = [*requests, ("eth_chainId", [])]
         self.requests += 1
         method = requests[0][0] if len(requests) == 1 else "batch"
         started = time.perf_counter()
@@ -332,7 +347,21 @@ class ChainReader:
             raise ChainUnavailable(self.network, f"batch request refused: {error!r}")
         if len(answer) != len(requests):
             raise ChainUnavailable(self.network, "batch answer has the wrong number of results")
+        if check_chain:
+            self._check_chain_id(answer.pop())
         return answer
+
+    def _check_chain_id(self, response: RPCResponse) -> None:
+        result = response.get("result")
+        try:
+            actual = int(cast(str, result), 16)
+        except (TypeError, ValueError):
+            raise ChainUnavailable(self.network, "eth_chainId: no chain id in the answer") from None
+        if actual != self.chain_id:
+            self._checked = False  # checked again (eth_chainId) before the next read
+            self.mismatch = ChainMismatch(self.network, self.chain_id, actual)
+            log.error("%s", self.mismatch)
+            raise self.mismatch
 
     def _observe(self, method: str, started: float, error: str | None) -> None:
         if self.observer is not None:

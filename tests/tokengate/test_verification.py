@@ -325,3 +325,33 @@ async def test_reverification_revokes_nothing_while_the_chain_is_down(
     assert (report.checked, report.revoked, report.unavailable) == (1, 0, 1)
     assert [g.granted for g in await gate.store.granted_accesses()] == [True]
     await dead.close()
+
+
+async def test_a_node_swapped_to_another_chain_behind_its_url_is_unavailable_not_read() -> None:
+    right = AnvilNode().start()
+    other = AnvilNode(4242)
+    other.port, other.url = right.port, right.url  # the same URL, later serving another chain
+    reader = ChainReader("local", right.chain_id, right.url, timeout_seconds=2)
+    verifier = TokenVerifier(ChainReaders([reader]), ttl_seconds=0)
+    holder = new_wallet().address
+    try:
+        kit = await ChainKit.connect(right)
+        nft = await kit.deploy("TestERC721")  # the deployer's first contract
+        await kit.close()
+        rule = requirement("ERC721", nft.address)
+        assert not (await verifier.verify(rule, holder)).verified
+        right.stop()
+        other.start()
+        kit = await ChainKit.connect(other)
+        twin = await kit.deploy("TestERC721")  # same deployer and nonce: the same address
+        await kit.transact(twin.functions.mint(holder, 1))
+        await kit.close()
+        assert twin.address == nft.address
+
+        with pytest.raises(Unavailable, match="4242"):
+            await verifier.verify(rule, holder)
+        assert reader.mismatch is not None
+    finally:
+        await reader.close()
+        right.stop()
+        other.stop()
