@@ -12,7 +12,7 @@ from web3.contract import AsyncContract
 
 from entitlements.errors import FailedPrecondition, TokenContractMismatch, Unavailable
 from entitlements.store.tokengate_records import RequirementRecord
-from entitlements.tokengate import TokenGate
+from entitlements.tokengate import Reverifier, TokenGate
 from entitlements.tokengate.requirements import RequirementDraft
 from tests.chain_fixtures import ChainKit, TestTokens, new_token_id, new_wallet
 
@@ -142,3 +142,21 @@ async def test_checking_a_wallet_against_the_wrong_contract_is_a_failed_precondi
     assert not isinstance(inline.value, Unavailable)
     assert by_id.value.metadata["requirement_id"] == stored.id
     assert access.value.metadata["contract_address"] == stored.contract_address
+
+
+async def test_a_contract_that_stops_being_the_token_loses_its_grants_on_the_next_sweep(
+    chain: ChainKit, gate: TokenGate
+) -> None:
+    nft = await chain.deploy("TestERC721")  # this test's own: its code is removed below
+    holder = new_wallet().address
+    await chain.transact(nft.functions.mint(holder, 1))
+    await gate.create_requirement(draft("ERC721", nft.address, "fading"))
+    assert (await gate.check_channel_access("fading", "", [holder], wallets_trusted=True)).granted
+
+    await chain.w3.provider.make_request("anvil_setCode", [nft.address, "0x"])  # type: ignore[arg-type]
+    await Reverifier(gate, 0).sweep()
+
+    assert await gate.store.granted_accesses() == []
+    gate.verifier.forget()  # a cached answer stands for its TTL, as for a token transfer
+    with pytest.raises(TokenContractMismatch, match="no contract"):
+        await gate.check_channel_access("fading", "", [holder], wallets_trusted=True)
