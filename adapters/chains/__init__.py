@@ -11,7 +11,8 @@ from adapters.chains.errors import (
     NetworkNotConfigured,
     UnexpectedAnswer,
 )
-from adapters.chains.reader import ChainReader, ChainReaders, Erc20Balance
+from adapters.chains.reader import ChainReader, Erc20Balance
+from adapters.chains.readers import ChainReaders
 
 __all__ = [
     "NETWORKS",

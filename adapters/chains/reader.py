@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -26,16 +26,14 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.types import RPCEndpoint, RPCResponse
 
 from adapters.chains import abi
-from adapters.chains.config import ChainSettings
 from adapters.chains.errors import (
     ChainMismatch,
     ChainUnavailable,
-    NetworkNotConfigured,
     UnexpectedAnswer,
 )
 from adapters.chains.probe import judge, probe_requests
 
-__all__ = ["ChainReader", "ChainReaders", "Erc20Balance"]
+__all__ = ["ChainReader", "Erc20Balance"]
 
 log = logging.getLogger(__name__)
 
@@ -403,66 +401,6 @@ class ChainReader:
         # Hosted URLs carry the API key in the path: show the host only.
         scheme, _, rest = self.url.partition("://")
         return f"{scheme}://{rest.split('/', 1)[0]}"
-
-
-class ChainReaders:
-    """The configured networks' readers, by network name."""
-
-    def __init__(self, readers: Iterable[ChainReader]) -> None:
-        self._by_network = {r.network: r for r in readers}
-
-    @classmethod
-    def from_settings(cls, settings: ChainSettings) -> ChainReaders:
-        readers = []
-        for network, url in settings.rpc_urls.items():
-            chain_id = settings.chain_id(network)
-            if chain_id is None:  # pragma: no cover - from_env only reads known networks
-                continue
-            readers.append(
-                ChainReader(
-                    network,
-                    chain_id,
-                    url,
-                    timeout_seconds=settings.request_timeout_seconds,
-                    # A dev chain mines only on demand: its head is old by design.
-                    max_head_age_seconds=0 if network == "local" else settings.max_head_age_seconds,
-                )
-            )
-        return cls(readers)
-
-    def get(self, network: str) -> ChainReader:
-        reader = self._by_network.get(network)
-        if reader is None:
-            raise NetworkNotConfigured(network, "no JSON-RPC node is configured for this network")
-        return reader
-
-    def by_chain_id(self, chain_id: int) -> ChainReader | None:
-        for reader in self._by_network.values():
-            if reader.chain_id == chain_id:
-                return reader
-        return None
-
-    @property
-    def networks(self) -> tuple[str, ...]:
-        return tuple(self._by_network)
-
-    @property
-    def requests(self) -> int:
-        """Read round trips over every network."""
-        return sum(r.requests for r in self._by_network.values())
-
-    async def connect(self) -> None:
-        """Check every node's chain id. A node serving the wrong chain raises ChainMismatch;
-        one that cannot be reached is logged and checked again before its first read."""
-        for reader in self._by_network.values():
-            try:
-                await reader.connect()
-            except ChainUnavailable as exc:
-                log.warning("chain node not reachable at start (checked again on use): %s", exc)
-
-    async def close(self) -> None:
-        for reader in self._by_network.values():
-            await reader.close()
 
 
 def _hex(data: bytes) -> str:
