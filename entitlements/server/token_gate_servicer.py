@@ -76,7 +76,7 @@ class TokenGateServicer(pb_grpc.TokenGateServiceServicer):
     """`callers` are the configured callers (None in dev mode, where every caller has every
     scope): whether a caller may name wallets for a user depends on its scopes."""
 
-    def __init__(self, gate: TokenGate, callers: Mapping[bytes, Caller] | None = None) -> None:
+    def __init__(self, gate: TokenGate, callers: Mapping[bytes, Caller] | None) -> None:
         self._gate = gate
         self._auth = AuthInterceptor(callers) if callers is not None else None
 
