@@ -16,6 +16,7 @@ from entitlements.crypto.config import CryptoConfigError, CryptoSettings
 from entitlements.store.engine import DEFAULT_DATABASE_URL, normalize_url
 
 #: Every scope a caller can hold; an RPC needs exactly one of them (health and reflection none).
+#: `tokengate:trusted-wallets` is no RPC's: it lets a caller name wallets it verified itself.
 SCOPES = frozenset(
     {
         "entitlements:read",
@@ -23,6 +24,7 @@ SCOPES = frozenset(
         "usage:read",
         "tokengate:read",
         "tokengate:write",
+        "tokengate:trusted-wallets",
         "billing:write",
         "crypto:write",
         "admin",

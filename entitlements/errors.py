@@ -9,11 +9,13 @@ EntitlementsError
 │   ├── UnknownNetwork       a network that is unknown or has no node configured
 │   ├── UnsupportedCurrency  a currency the network cannot be paid in (no token configured)
 │   └── InvalidAddress       not a 0x-prefixed 20-byte address, or a bad EIP-55 checksum
+├── PermissionDenied         the caller may call the RPC, but not set this field (PERMISSION_DENIED)
 ├── NotFound                 a named object that must exist does not (NOT_FOUND)
 ├── AlreadyExists            same key, different payload (ALREADY_EXISTS)
 │   └── IdempotencyKeyReused (e.g. Stripe's idempotency_error)
 ├── FailedPrecondition       the request is valid but the state forbids it (FAILED_PRECONDITION)
-│   └── UnknownPrice         a Stripe price no plan is configured for
+│   ├── UnknownPrice         a Stripe price no plan is configured for
+│   └── TokenContractMismatch  a token requirement's contract is not the declared token
 ├── Unavailable              a dependency (database, Stripe, a chain) is down (UNAVAILABLE)
 └── CatalogError             the plan catalog file is invalid (raised at load, never at request)
 """
@@ -27,9 +29,13 @@ class EntitlementsError(Exception):
     #: A stable machine-readable reason (google.rpc.ErrorInfo.reason), see error_reason.proto.
     reason: str = "ERROR_REASON_UNSPECIFIED"
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        #: Extra google.rpc.ErrorInfo metadata (what the error is about), never secrets.
+        self.metadata: dict[str, str] = dict(metadata or {})
         if reason is not None:
             self.reason = reason
 
@@ -77,6 +83,19 @@ class UnknownMetric(InvalidArgument):
         self.metric = metric
 
 
+class PermissionDenied(EntitlementsError):
+    """The caller holds the RPC's scope but not the one a field it set needs (e.g. naming
+    wallets for a user needs `tokengate:trusted-wallets`); names the field and the scope."""
+
+    reason = "ERROR_REASON_PERMISSION_DENIED"
+
+    def __init__(self, field: str, scope: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", metadata={"scope": scope})
+        self.field = field
+        self.scope = scope
+        self.description = message
+
+
 class NotFound(EntitlementsError):
     reason = "ERROR_REASON_NOT_FOUND"
 
@@ -120,6 +139,19 @@ class UnknownPrice(FailedPrecondition):
             "(STRIPE_<PLAN>_<INTERVAL>_PRICE_ID)"
         )
         self.price_id = price_id
+
+
+class TokenContractMismatch(FailedPrecondition):
+    """The contract of a token requirement is not a token of the declared standard (no code at
+    the address, an empty contract, another standard). Not retryable: the requirement, not the
+    chain, must change. `field` names the request field when the caller sent the contract."""
+
+    reason = "ERROR_REASON_TOKEN_CONTRACT_MISMATCH"
+
+    def __init__(self, message: str, *, metadata: dict[str, str], field: str | None = None) -> None:
+        super().__init__(message, metadata=metadata)
+        self.field = field
+        self.description = message
 
 
 class UnknownNetwork(InvalidArgument):

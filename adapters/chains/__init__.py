@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from adapters.chains.config import NETWORKS, ChainConfigError, ChainSettings, NetworkInfo
-from adapters.chains.errors import ChainError, ChainMismatch, ChainUnavailable, NetworkNotConfigured
-from adapters.chains.reader import ChainReader, ChainReaders, Erc20Balance
+from adapters.chains.errors import (
+    ChainError,
+    ChainMismatch,
+    ChainUnavailable,
+    ContractMismatch,
+    NetworkNotConfigured,
+    UnexpectedAnswer,
+)
+from adapters.chains.reader import ChainReader, Erc20Balance
+from adapters.chains.readers import ChainReaders
 
 __all__ = [
     "NETWORKS",
@@ -15,7 +23,9 @@ __all__ = [
     "ChainReaders",
     "ChainSettings",
     "ChainUnavailable",
+    "ContractMismatch",
     "Erc20Balance",
     "NetworkInfo",
     "NetworkNotConfigured",
+    "UnexpectedAnswer",
 ]

@@ -3,12 +3,22 @@
 ChainError
 ├── NetworkNotConfigured   no node URL for the network (or the network is unknown)
 ├── ChainMismatch          the node serves another chain than the network's (refused at start)
+├── ContractMismatch       the contract is not a token of the declared standard (an answer)
 └── ChainUnavailable       the node is down, timed out, answered an RPC error or an empty result
+    └── UnexpectedAnswer   a token call reverted, answered nothing or garbage: the reader asks
+                           what the contract is before blaming the node
 """
 
 from __future__ import annotations
 
-__all__ = ["ChainError", "ChainMismatch", "ChainUnavailable", "NetworkNotConfigured"]
+__all__ = [
+    "ChainError",
+    "ChainMismatch",
+    "ChainUnavailable",
+    "ContractMismatch",
+    "NetworkNotConfigured",
+    "UnexpectedAnswer",
+]
 
 
 class ChainError(Exception):
@@ -39,3 +49,18 @@ class ChainMismatch(ChainError):
 
 class ChainUnavailable(ChainError):
     """The answer is unknown: the node is down, slow, erred or returned nothing (``0x``)."""
+
+
+class UnexpectedAnswer(ChainUnavailable):
+    """A token call reverted, returned no data or undecodable data."""
+
+
+class ContractMismatch(ChainError):
+    """The address holds no contract, or one that is not a token of `standard`: `found` says
+    what it is. Reading it again gives the same answer: not retryable."""
+
+    def __init__(self, network: str, address: str, standard: str, found: str) -> None:
+        super().__init__(network, f"{address} is not an {standard} token: {found}")
+        self.address = address
+        self.standard = standard
+        self.found = found

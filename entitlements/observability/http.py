@@ -55,14 +55,15 @@ class OpsRoutes:
 
 
 def chain_probes(readers: ChainReaders, timeout_seconds: float) -> list[Probe]:
-    """One probe per configured network: the node answers `eth_blockNumber`."""
+    """One probe per configured network: the node answers `eth_blockNumber` for the right
+    chain (a node serving another chain id is down: `ChainReader.ping`)."""
     probes: list[Probe] = []
     for network in readers.networks:
         reader = readers.get(network)
 
         async def probe(reader: Any = reader) -> None:
             async with asyncio.timeout(timeout_seconds):
-                await reader.w3.eth.block_number
+                await reader.ping()
 
         probes.append((f"chain:{network}", probe))
     return probes

@@ -19,6 +19,7 @@ from entitlements.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unavailable,
 )
 from entitlements.observability.logs import log_rpc, slow_call_seconds
@@ -32,6 +33,7 @@ ERROR_DOMAIN = "entitlements.nchat.v1"
 _CODES: tuple[tuple[type[EntitlementsError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
@@ -85,7 +87,17 @@ def error_status(exc: EntitlementsError) -> status_pb2.Status:
             field=exc.field,
             field_description=exc.description,
         )
-    return status_proto(code_for(exc), exc.message, reason=exc.reason)
+    # Errors about one request field that is not malformed (a scope it needs, a contract that
+    # is not the token) name it too; their ErrorInfo carries what they are about.
+    field: str | None = getattr(exc, "field", None)
+    return status_proto(
+        code_for(exc),
+        exc.message,
+        reason=exc.reason,
+        metadata=exc.metadata or None,
+        field=field,
+        field_description=getattr(exc, "description", None) if field else None,
+    )
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> NoReturn:

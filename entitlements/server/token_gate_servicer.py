@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -9,11 +10,14 @@ import grpc
 from nchat.entitlements.v1 import token_gate_service_pb2 as pb
 from nchat.entitlements.v1 import token_gate_service_pb2_grpc as pb_grpc
 
+from entitlements.config import Caller
 from entitlements.errors import InvalidArgument
 from entitlements.server import convert
+from entitlements.server.auth import AuthInterceptor
 from entitlements.server.status import unary
 from entitlements.store.tokengate_records import RequirementRecord
-from entitlements.tokengate import RequirementDraft, TokenGate
+from entitlements.tokengate import TRUSTED_WALLETS_SCOPE, RequirementDraft, TokenGate
+from entitlements.tokengate.requirements import SETTABLE_FIELDS
 
 __all__ = ["TokenGateServicer"]
 
@@ -69,8 +73,18 @@ def requirement(record: RequirementRecord) -> pb.TokenRequirement:
 
 
 class TokenGateServicer(pb_grpc.TokenGateServiceServicer):
-    def __init__(self, gate: TokenGate) -> None:
+    """`callers` are the configured callers (None in dev mode, where every caller has every
+    scope): whether a caller may name wallets for a user depends on its scopes."""
+
+    def __init__(self, gate: TokenGate, callers: Mapping[bytes, Caller] | None) -> None:
         self._gate = gate
+        self._auth = AuthInterceptor(callers) if callers is not None else None
+
+    def _has_scope(self, context: Ctx, scope: str) -> bool:
+        if self._auth is None:
+            return True
+        caller = self._auth.caller_for(context.invocation_metadata())
+        return caller is not None and scope in caller.scopes
 
     @unary
     async def VerifyToken(
@@ -96,7 +110,11 @@ class TokenGateServicer(pb_grpc.TokenGateServiceServicer):
         self, request: pb.CheckChannelAccessRequest, context: Ctx
     ) -> pb.CheckChannelAccessResponse:
         decision = await self._gate.check_channel_access(
-            request.channel_id, request.user_id, list(request.wallet_addresses)
+            request.channel_id,
+            request.user_id,
+            list(request.wallet_addresses),
+            wallets_trusted=bool(request.wallet_addresses)
+            and self._has_scope(context, TRUSTED_WALLETS_SCOPE),
         )
         return pb.CheckChannelAccessResponse(
             granted=decision.granted,
@@ -132,8 +150,16 @@ class TokenGateServicer(pb_grpc.TokenGateServiceServicer):
     ) -> pb.UpdateTokenRequirementResponse:
         if not request.HasField("requirement"):
             raise InvalidArgument("requirement", "is required")
+        paths = list(request.update_mask.paths)
+        if not paths:
+            # AIP-134: no mask means the fields the request populated. proto3 cannot send a
+            # false `enabled` or an empty string as "set", so leaving a field out never resets
+            # it (a requirement is never disabled by omission); name it in the mask to clear it.
+            paths = [
+                f.name for f, _ in request.requirement.ListFields() if f.name in SETTABLE_FIELDS
+            ]
         record = await self._gate.update_requirement(
-            request.requirement.id, draft(request.requirement), list(request.update_mask.paths)
+            request.requirement.id, draft(request.requirement), paths
         )
         return pb.UpdateTokenRequirementResponse(requirement=requirement(record))
 

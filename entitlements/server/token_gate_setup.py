@@ -62,6 +62,8 @@ def install_token_gate(
         feed=_HubFeed(deps.hub),
     )
     runtime = TokenGateRuntime(gate, Reverifier(gate, chains.reverify_interval_seconds))
-    deps.servicers["TokenGateService"] = TokenGateServicer(gate)
+    deps.servicers["TokenGateService"] = TokenGateServicer(
+        gate, None if settings.dev_mode else settings.callers
+    )
     deps.closers.append(runtime.close)
     return runtime

@@ -151,7 +151,8 @@ class TokenGateStore(Sessions):
 
     async def link_wallet(self, nonce: str, link: WalletLinkRecord) -> WalletLinkRecord:
         """Spend the challenge's nonce and link the wallet, in ONE transaction: of two
-        concurrent verifications of one message exactly one links; a replay fails.
+        concurrent verifications of one message exactly one links; a replay fails. The wallet's
+        links to other users are removed in the same transaction.
 
         Raises FailedPrecondition if the nonce was already used or has expired.
         """
@@ -171,6 +172,17 @@ class TokenGateStore(Sessions):
                 raise FailedPrecondition(
                     "the challenge was already used or has expired: ask for a new one"
                 )
+            # A wallet counts for one user: the last who proved it. Otherwise one holder could
+            # sign for any number of accounts and open a channel to all of them. A contract
+            # wallet is only its chain's, so another chain's link at the address stays.
+            moved = delete(WalletLink).where(
+                WalletLink.address == link.address, WalletLink.user_id != link.user_id
+            )
+            if link.wallet_type != "eoa":
+                moved = moved.where(
+                    or_(WalletLink.chain_id == link.chain_id, WalletLink.wallet_type == "eoa")
+                )
+            await session.execute(moved)
             insert = self._insert(WalletLink).values(
                 user_id=link.user_id,
                 address=link.address,

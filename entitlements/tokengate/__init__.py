@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from entitlements.tokengate.requirements import RequirementDraft, validate_requirement
 from entitlements.tokengate.reverify import Reverifier, SweepReport
-from entitlements.tokengate.service import AccessDecision, RequirementResult, TokenGate
+from entitlements.tokengate.service import (
+    TRUSTED_WALLETS_SCOPE,
+    AccessDecision,
+    RequirementResult,
+    TokenGate,
+)
 from entitlements.tokengate.verifier import TokenVerifier, Verification
 from entitlements.tokengate.wallets import WalletOwnership
 
 __all__ = [
+    "TRUSTED_WALLETS_SCOPE",
     "AccessDecision",
     "RequirementDraft",
     "RequirementResult",

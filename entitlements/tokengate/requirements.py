@@ -15,10 +15,12 @@ from entitlements.errors import InvalidAddress, InvalidArgument, UnknownNetwork
 from entitlements.store.tokengate_records import TOKEN_TYPES, RequirementRecord, TokenType
 
 __all__ = [
+    "FULL_REPLACEMENT",
     "MAX_TOKEN_IDS",
     "SETTABLE_FIELDS",
     "RequirementDraft",
     "base_units",
+    "check_update_paths",
     "format_units",
     "merge",
     "normalize_address",
@@ -166,6 +168,12 @@ def validate_requirement(
         if token_type != "ERC20":
             raise InvalidArgument(name("min_balance"), "applies to ERC20 requirements only")
         min_balance = _decimal_string(draft.min_balance, name("min_balance"))
+        if min_balance == "0":
+            raise InvalidArgument(
+                name("min_balance"),
+                "must be more than 0 (a minimum of 0 grants a wallet holding nothing); leave "
+                "it empty for 'any positive balance'",
+            )
     token_ids = _token_ids(draft.token_ids, name("token_ids"))
     if token_type == "ERC20" and token_ids:
         raise InvalidArgument(name("token_ids"), "do not apply to ERC20 requirements")
@@ -203,15 +211,24 @@ def validate_requirement(
     )
 
 
+#: The update-mask path that replaces every settable field (AIP-134's full replacement).
+FULL_REPLACEMENT = "*"
+
+
 def check_update_paths(paths: Sequence[str], field: str = "update_mask") -> tuple[str, ...]:
-    """The mask's paths, or every settable field for an empty mask."""
-    if not paths:
+    """The fields an update changes: the mask's paths, or every settable field for ``*``
+    (alone). An empty result changes nothing; the servicer turns "no mask" into the fields the
+    request populated (AIP-134), so a field left out is never reset."""
+    if list(paths) == [FULL_REPLACEMENT]:
         return SETTABLE_FIELDS
     for i, path in enumerate(paths):
+        if path == FULL_REPLACEMENT:
+            raise InvalidArgument(f"{field}.paths[{i}]", "'*' must be the mask's only path")
         if path not in SETTABLE_FIELDS:
             raise InvalidArgument(
                 f"{field}.paths[{i}]",
-                f"{path!r} cannot be updated; settable: {', '.join(SETTABLE_FIELDS)}",
+                f"{path!r} cannot be updated; settable: {', '.join(SETTABLE_FIELDS)} "
+                "(or '*' alone for all of them)",
             )
     return tuple(dict.fromkeys(paths))
 
@@ -219,13 +236,14 @@ def check_update_paths(paths: Sequence[str], field: str = "update_mask") -> tupl
 def base_units(min_balance: str | None, decimals: int) -> int:
     """The smallest balance in base units that meets `min_balance` tokens: "1.5" with 6
     decimals is 1,500,000. A minimum finer than the token's unit rounds UP (never grants below
-    the stated amount); no minimum means "any positive balance"."""
+    the stated amount); no minimum means "any positive balance", and so does a stored "0"
+    (refused since): a wallet holding nothing never passes."""
     if min_balance is None:
         return 1
     with localcontext() as context:
         context.prec = 200
         scaled = Decimal(min_balance).scaleb(decimals)
-        return int(scaled.to_integral_value(rounding=ROUND_CEILING))
+        return max(int(scaled.to_integral_value(rounding=ROUND_CEILING)), 1)
 
 
 def format_units(raw: int, decimals: int) -> str:

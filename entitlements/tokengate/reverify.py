@@ -52,8 +52,13 @@ class Reverifier:
                 after = grant.id
                 checked += 1
                 try:
+                    # The wallets stored with a grant were named by a trusted caller.
                     decision = await self._gate.check_channel_access(
-                        grant.channel_id, grant.user_id, grant.wallet_addresses, fresh=True
+                        grant.channel_id,
+                        grant.user_id,
+                        grant.wallet_addresses,
+                        wallets_trusted=True,
+                        fresh=True,
                     )
                 except Unavailable as exc:
                     unavailable += 1

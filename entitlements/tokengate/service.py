@@ -16,8 +16,22 @@ from decimal import Decimal, InvalidOperation
 
 from cachetools import TTLCache
 
-from adapters.chains import ChainMismatch, ChainReaders, ChainSettings
-from entitlements.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from adapters.chains import (
+    ChainMismatch,
+    ChainReaders,
+    ChainSettings,
+    ChainUnavailable,
+    ContractMismatch,
+    NetworkNotConfigured,
+)
+from entitlements.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    TokenContractMismatch,
+    Unavailable,
+)
 from entitlements.store.records import utcnow
 from entitlements.store.tokengate_records import (
     ChallengeRecord,
@@ -33,17 +47,24 @@ from entitlements.tokengate.requirements import (
     require_id,
     validate_requirement,
 )
-from entitlements.tokengate.verifier import TokenVerifier, Verification
+from entitlements.tokengate.verifier import (
+    TokenVerifier,
+    Verification,
+    not_the_token,
+    wrong_chain,
+)
 from entitlements.tokengate.wallets import WalletOwnership
 from entitlements.watch import TokenAccessChanged, TokenAccessFeed
 
-__all__ = ["AccessDecision", "RequirementResult", "TokenGate"]
+__all__ = ["TRUSTED_WALLETS_SCOPE", "AccessDecision", "RequirementResult", "TokenGate"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_WALLETS = 50
+#: The scope a caller needs to name wallets whose ownership it verified itself.
+TRUSTED_WALLETS_SCOPE = "tokengate:trusted-wallets"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +76,8 @@ class RequirementResult:
     error: str = ""
     #: True when no wallet could be checked because the chain is down.
     unknown: bool = False
+    #: Set when the requirement's contract is not its token (nobody can meet it).
+    broken: TokenContractMismatch | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +130,24 @@ class TokenGate:
 
     async def create_requirement(self, draft: RequirementDraft) -> RequirementRecord:
         record = validate_requirement(draft, self.settings)
+        await self.check_contract(record)
         now = utcnow()
         record = replace(record, id=str(uuid.uuid4()), created_at=now, updated_at=now)
         return await self.store.create_requirement(record)
+
+    async def check_contract(self, record: RequirementRecord) -> None:
+        """Refuse a requirement whose contract is not a token of its standard
+        (TokenContractMismatch naming `requirement.contract_address`); UNAVAILABLE when the
+        chain cannot say, so nothing unchecked is stored."""
+        try:
+            reader = self.readers.get(record.network)
+            await reader.check_token(record.contract_address, record.token_type)
+        except ContractMismatch as exc:
+            raise not_the_token(exc, record, "requirement.contract_address") from exc
+        except ChainMismatch as exc:
+            raise wrong_chain(exc) from exc
+        except (ChainUnavailable, NetworkNotConfigured) as exc:
+            raise Unavailable(f"cannot check the token contract: {exc}") from exc
 
     async def get_requirement(self, requirement_id: str, field: str = "id") -> RequirementRecord:
         require_id(requirement_id, field)
@@ -121,11 +159,20 @@ class TokenGate:
     async def update_requirement(
         self, requirement_id: str, change: RequirementDraft, paths: Sequence[str]
     ) -> RequirementRecord:
+        """Change the fields named in `paths` (``*`` for all); no paths change nothing."""
         require_id(requirement_id, "requirement.id")
         settable = check_update_paths(paths)
         current = await self.get_requirement(requirement_id, "requirement.id")
+        if not settable:
+            return current
         merged = merge(RequirementDraft.of(current), change, settable)
         record = validate_requirement(merged, self.settings)
+        if (record.network, record.contract_address, record.token_type) != (
+            current.network,
+            current.contract_address,
+            current.token_type,
+        ):
+            await self.check_contract(record)
         updated = replace(record, id=current.id, created_at=current.created_at, updated_at=utcnow())
         return await self.store.update_requirement(updated)
 
@@ -169,15 +216,27 @@ class TokenGate:
         user_id: str = "",
         wallet_addresses: Sequence[str] = (),
         *,
+        wallets_trusted: bool = False,
         fresh: bool = False,
     ) -> AccessDecision:
         """Every enabled requirement of the channel over the user's verified wallets and the
         given ones. Granted when all are met (a channel without requirements is open). A
         requirement the chain cannot answer makes the whole check UNAVAILABLE unless another
-        requirement is already unmet (then the answer is a denial either way)."""
+        requirement is already unmet (then the answer is a denial either way).
+
+        Naming wallets is a claim that they are the user's: it is honoured only when
+        `wallets_trusted` (the caller verified ownership itself), else PermissionDenied."""
         require_id(channel_id, "channel_id")
         if user_id:
             require_id(user_id, "user_id")
+        if wallet_addresses and not wallets_trusted:
+            raise PermissionDenied(
+                "wallet_addresses",
+                TRUSTED_WALLETS_SCOPE,
+                f"naming wallets needs the scope {TRUSTED_WALLETS_SCOPE!r} (a caller that "
+                "verified their ownership itself); otherwise send only user_id and the user's "
+                "proved wallets (VerifyWalletOwnership) are checked",
+            )
         if len(wallet_addresses) > MAX_WALLETS:
             raise InvalidArgument("wallet_addresses", f"at most {MAX_WALLETS} wallets")
         given = list(
@@ -193,6 +252,13 @@ class TokenGate:
         results = await asyncio.gather(
             *(self._check_requirement(r, given, links, fresh=fresh) for r in requirements)
         )
+        broken = [r.broken for r in results if r.broken is not None]
+        if broken:
+            # A requirement nobody can meet denies the channel; the denial is stored (so the
+            # sweep revokes an earlier grant) and the caller learns the channel is misconfigured.
+            denial = AccessDecision(granted=False, results=tuple(results))
+            await self._record(channel_id, user_id, tuple(given), denial)
+            raise broken[0]
         unknown = [r for r in results if r.unknown]
         unmet = [r for r in results if not r.verified and not r.unknown]
         if unknown and not unmet:
@@ -240,6 +306,8 @@ class TokenGate:
             if isinstance(outcome, Unavailable):
                 failure = outcome
                 continue
+            if isinstance(outcome, TokenContractMismatch):
+                return RequirementResult(requirement, False, error=outcome.message, broken=outcome)
             if isinstance(outcome, BaseException):
                 raise outcome
             if outcome.verified:

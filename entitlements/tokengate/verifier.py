@@ -23,13 +23,19 @@ from datetime import datetime
 
 from cachetools import LRUCache
 
-from adapters.chains import ChainReaders, ChainUnavailable, NetworkNotConfigured
-from entitlements.errors import Unavailable
+from adapters.chains import (
+    ChainMismatch,
+    ChainReaders,
+    ChainUnavailable,
+    ContractMismatch,
+    NetworkNotConfigured,
+)
+from entitlements.errors import TokenContractMismatch, Unavailable
 from entitlements.store.records import utcnow
 from entitlements.store.tokengate_records import RequirementRecord
 from entitlements.tokengate.requirements import base_units, format_units
 
-__all__ = ["TokenVerifier", "Verification"]
+__all__ = ["TokenVerifier", "Verification", "not_the_token", "wrong_chain"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +124,10 @@ class TokenVerifier:
             raise Unavailable(f"cannot read the chain: {exc}") from exc
         except NetworkNotConfigured as exc:
             raise Unavailable(f"network {requirement.network!r} is not configured") from exc
+        except ChainMismatch as exc:
+            raise wrong_chain(exc) from exc
+        except ContractMismatch as exc:
+            raise not_the_token(exc, requirement) from exc
 
     def forget(self) -> None:
         """Drop every cached answer (tests; a configuration change)."""
@@ -167,6 +177,35 @@ class TokenVerifier:
         return Verification(
             False, str(count), f"holds {count} {what}; {needed_count} required", checked_at
         )
+
+
+def not_the_token(
+    exc: ContractMismatch, requirement: RequirementRecord, field: str | None = None
+) -> TokenContractMismatch:
+    """The requirement's contract is not its token: FAILED_PRECONDITION naming the contract
+    (and the requirement, when it is stored)."""
+    metadata = {
+        "contract_address": exc.address,
+        "network": requirement.network,
+        "token_type": requirement.token_type,
+    }
+    if requirement.id:
+        metadata["requirement_id"] = requirement.id
+    return TokenContractMismatch(
+        f"contract {exc.address} on {requirement.network} is not an {exc.standard} token: "
+        f"{exc.found}",
+        metadata=metadata,
+        field=field,
+    )
+
+
+def wrong_chain(exc: ChainMismatch) -> Unavailable:
+    """A node answering for another chain (it was unreachable at start): its answers would be
+    another chain's, so the network is unavailable (retryable: an operator fixes the node)."""
+    return Unavailable(
+        f"network {exc.network!r} is unavailable: its node serves chain id {exc.actual}, "
+        f"not {exc.network}'s chain id {exc.expected}"
+    )
 
 
 def _retrieve(task: asyncio.Task[Verification]) -> None:

@@ -17,13 +17,14 @@ from datetime import datetime, timedelta
 from eth_account import Account
 from eth_account.messages import defunct_hash_message, encode_defunct
 
-from adapters.chains import ChainReaders, ChainSettings, ChainUnavailable
+from adapters.chains import ChainMismatch, ChainReaders, ChainSettings, ChainUnavailable
 from entitlements.errors import FailedPrecondition, InvalidArgument, Unavailable, UnknownNetwork
 from entitlements.store.records import utcnow
 from entitlements.store.tokengate_records import ChallengeRecord, WalletLinkRecord, WalletType
 from entitlements.store.tokengate_repository import TokenGateStore
 from entitlements.tokengate.requirements import normalize_address, require_id
 from entitlements.tokengate.siwe import SiweError, SiweMessage, format_time, parse_time
+from entitlements.tokengate.verifier import wrong_chain
 
 __all__ = ["STATEMENT", "WalletOwnership"]
 
@@ -154,6 +155,8 @@ class WalletOwnership:
             )
         except ChainUnavailable as exc:
             raise Unavailable(f"cannot ask the contract wallet: {exc}") from exc
+        except ChainMismatch as exc:
+            raise wrong_chain(exc) from exc
         if not valid:
             raise InvalidArgument(
                 "signature", "not signed by the address, and no contract wallet there accepts it"

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
+from eth_utils.address import to_checksum_address
 from google.protobuf import text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
@@ -34,7 +35,6 @@ from nchat.entitlements.v1 import (
     crypto_payment_service_pb2,
     entitlements_service_pb2,
     token_gate_service_pb2,
-    token_gate_service_pb2_grpc,
     usage_service_pb2,
 )
 from nchat.entitlements.v1 import entitlements_service_pb2 as ent_pb
@@ -50,6 +50,7 @@ from entitlements.server.app import SERVICE_NAMES, Deps, Running, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.models import Base
 from entitlements.store.repository import Store
+from entitlements.store.tokengate_records import RequirementRecord
 from tests.server.conftest import CALLERS_TOML, OPS, subscription
 from tests.server.fuzz_strategies import either, field_strings, message_strategy, strings
 from tests.server.helpers import details
@@ -215,22 +216,20 @@ async def seed(running: Running) -> None:
             stripe_price_id="price_pro_monthly",
         )
         await running.deps.service.save_subscription(record)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        stub = token_gate_service_pb2_grpc.TokenGateServiceStub(channel)
-        for channel_id in SEEDED_CHANNELS:
-            requirement = token_gate_service_pb2.TokenRequirement(
+    # Stored directly: CreateTokenRequirement probes the contract, and every chain here is down.
+    assert running.deps.token_gate is not None
+    for channel_id in SEEDED_CHANNELS:
+        await running.deps.token_gate.gate.store.create_requirement(
+            RequirementRecord(
+                id=f"req_{channel_id}",
                 channel_id=channel_id,
-                token_type=token_gate_service_pb2.TOKEN_TYPE_ERC20,
-                contract_address="0x" + "ab" * 20,
+                token_type="ERC20",
+                contract_address=to_checksum_address("0x" + "ab" * 20),
                 network="ethereum",
                 min_balance="1",
                 name="holders",
-                enabled=True,
             )
-            await stub.CreateTokenRequirement(
-                token_gate_service_pb2.CreateTokenRequirementRequest(requirement=requirement),
-                metadata=OPS,
-            )
+        )
 
 
 @asynccontextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
@@ -34,7 +35,7 @@ from tests.chain_fixtures import (
     new_wallet,
     tokens,
 )
-from tests.server.conftest import CHAT, OPS
+from tests.server.conftest import CALLERS_TOML, CHAT, OPS
 from tests.server.helpers import details
 
 __all__ = ["anvil", "chain", "tokens"]
@@ -42,6 +43,24 @@ __all__ = ["anvil", "chain", "tokens"]
 pytestmark = pytest.mark.slow
 
 Stub = pb_grpc.TokenGateServiceStub
+
+#: A caller that verified wallet ownership itself and may name wallets for a user.
+TRUSTED = (("authorization", "Bearer gatekeeper-token-000001"),)
+
+TRUSTED_CALLER = """
+[[callers]]
+name = "gatekeeper"
+tokens = ["gatekeeper-token-000001"]
+scopes = ["tokengate:read", "tokengate:trusted-wallets"]
+"""
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """The server tests' callers and a trusted one (`TRUSTED`)."""
+    callers = tmp_path / "callers.toml"
+    callers.write_text(CALLERS_TOML + TRUSTED_CALLER)
+    return Settings.from_env({"ENTITLEMENTS_CALLERS_FILE": str(callers)})
 
 
 async def start(settings: Settings, store: Store) -> Running:
@@ -150,8 +169,9 @@ async def test_create_with_bad_input_names_the_field_and_stores_nothing(stub: St
     assert list(listed.requirements) == []
 
 
-async def test_requirement_crud_with_field_mask(stub: Stub) -> None:
-    omitted_enabled = nft_requirement(GOOD.upper().replace("0X", "0x"))
+async def test_requirement_crud_with_field_mask(stub: Stub, tokens: TestTokens) -> None:
+    upper_case = "0x" + tokens.nft.address[2:].upper()
+    omitted_enabled = nft_requirement(upper_case)
     omitted_enabled.ClearField("enabled")
     created = (
         await stub.CreateTokenRequirement(
@@ -161,8 +181,7 @@ async def test_requirement_crud_with_field_mask(stub: Stub) -> None:
     ).requirement
     assert created.id
     assert created.enabled  # even when the caller left it out (proto3 has no "unset" bool)
-    assert created.enabled  # even when the caller left it out (proto3 has no "unset" bool)
-    assert created.contract_address == to_checksum_address(GOOD)  # stored EIP-55
+    assert created.contract_address == to_checksum_address(upper_case)  # stored EIP-55
     assert created.created_at.seconds > 0
 
     renamed = (
@@ -227,18 +246,20 @@ async def test_unknown_requirement_id_is_not_found(stub: Stub) -> None:
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_list_pages_through_a_channels_requirements(stub: Stub) -> None:
+async def test_list_pages_through_a_channels_requirements(stub: Stub, tokens: TestTokens) -> None:
     ids = []
     for i in range(5):
         created = await stub.CreateTokenRequirement(
             pb.CreateTokenRequirementRequest(
-                requirement=nft_requirement(GOOD, channel="paged", description=str(i))
+                requirement=nft_requirement(tokens.nft.address, channel="paged", description=str(i))
             ),
             metadata=OPS,
         )
         ids.append(created.requirement.id)
     await stub.CreateTokenRequirement(
-        pb.CreateTokenRequirementRequest(requirement=nft_requirement(GOOD, channel="other")),
+        pb.CreateTokenRequirementRequest(
+            requirement=nft_requirement(tokens.nft.address, channel="other")
+        ),
         metadata=OPS,
     )
 
@@ -355,11 +376,12 @@ async def test_check_channel_access_reports_each_requirement(
     )
 
     granted = await stub.CheckChannelAccess(
-        pb.CheckChannelAccessRequest(channel_id="club", wallet_addresses=[holder]), metadata=OPS
+        pb.CheckChannelAccessRequest(channel_id="club", wallet_addresses=[holder]),
+        metadata=TRUSTED,
     )
     denied = await stub.CheckChannelAccess(
         pb.CheckChannelAccessRequest(channel_id="club", wallet_addresses=[new_wallet().address]),
-        metadata=OPS,
+        metadata=TRUSTED,
     )
     open_ = await stub.CheckChannelAccess(
         pb.CheckChannelAccessRequest(channel_id="lobby", user_id="u1"), metadata=OPS
@@ -378,7 +400,7 @@ async def test_check_channel_access_reports_each_requirement(
     await invalid(
         stub.CheckChannelAccess(
             pb.CheckChannelAccessRequest(channel_id="club", wallet_addresses=[GOOD, "0x1"]),
-            metadata=OPS,
+            metadata=TRUSTED,
         ),
         "wallet_addresses[1]",
         "ERROR_REASON_INVALID_ADDRESS",
@@ -477,7 +499,7 @@ async def test_a_revoked_access_reaches_watchers_of_the_channel(
             )
             access = await gate.CheckChannelAccess(
                 pb.CheckChannelAccessRequest(channel_id="lounge", wallet_addresses=[holder]),
-                metadata=OPS,
+                metadata=TRUSTED,
             )
             assert access.granted
             watch = ent_grpc.EntitlementsServiceStub(channel).WatchEntitlements(

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from adapters.chains import ChainSettings
 from entitlements.errors import InvalidAddress, InvalidArgument, UnknownNetwork
 from entitlements.tokengate.requirements import (
+    SETTABLE_FIELDS,
     RequirementDraft,
     base_units,
     check_update_paths,
@@ -62,6 +63,10 @@ def test_malformed_addresses_are_refused(value: str) -> None:
         (erc20(min_balance="-1"), "requirement.min_balance", InvalidArgument),
         (erc20(min_balance="1e3"), "requirement.min_balance", InvalidArgument),
         (erc20(min_balance="1.5.1"), "requirement.min_balance", InvalidArgument),
+        # a minimum of nothing would grant a wallet holding nothing
+        (erc20(min_balance="0"), "requirement.min_balance", InvalidArgument),
+        (erc20(min_balance="0.000"), "requirement.min_balance", InvalidArgument),
+        (erc20(min_balance="00"), "requirement.min_balance", InvalidArgument),
         (erc20(token_type=""), "requirement.token_type", InvalidArgument),
         (erc20(token_ids=("1",)), "requirement.token_ids", InvalidArgument),
         (erc20(min_token_count=2), "requirement.min_token_count", InvalidArgument),
@@ -106,10 +111,17 @@ def test_a_valid_requirement_is_normalised() -> None:
 
 
 def test_update_mask_may_name_only_settable_fields() -> None:
-    assert check_update_paths([]) == check_update_paths(list(check_update_paths([])))
-    with pytest.raises(InvalidArgument) as caught:
-        check_update_paths(["name", "created_at"])
-    assert caught.value.field == "update_mask.paths[1]"
+    assert check_update_paths([]) == ()  # nothing named, nothing changes
+    assert check_update_paths(["*"]) == SETTABLE_FIELDS
+    assert check_update_paths(["name", "name"]) == ("name",)
+    for paths, field in (
+        (["name", "created_at"], "update_mask.paths[1]"),
+        (["name", "*"], "update_mask.paths[1]"),
+        (["requirement.name"], "update_mask.paths[0]"),
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            check_update_paths(paths)
+        assert caught.value.field == field
 
 
 @pytest.mark.parametrize(
@@ -119,7 +131,7 @@ def test_update_mask_may_name_only_settable_fields() -> None:
         ("1.5", 18, 1_500_000_000_000_000_000),
         ("100", 6, 100_000_000),
         ("0.0000001", 6, 1),
-        ("0", 18, 0),
+        ("0", 18, 1),  # a stored "0" (refused since) never grants an empty wallet
         (None, 6, 1),
     ],
 )
@@ -131,7 +143,8 @@ def test_minimum_balance_in_base_units(minimum: str | None, decimals: int, units
 def test_formatted_units_read_back_exactly(raw: int, decimals: int) -> None:
     text = format_units(raw, decimals)
     assert "e" not in text.lower()
-    assert base_units(text, decimals) == raw  # exact beyond Decimal's default 28 digits
+    # exact beyond Decimal's default 28 digits; a minimum of 0 still needs one base unit
+    assert base_units(text, decimals) == max(raw, 1)
 
 
 @given(st.text(max_size=50))

@@ -217,7 +217,9 @@ async def test_a_stopped_node_is_unavailable_except_for_a_recent_grant_within_th
 
 
 async def test_channel_without_requirements_is_open(gate: TokenGate) -> None:
-    decision = await gate.check_channel_access("open-channel", "", [new_wallet().address])
+    decision = await gate.check_channel_access(
+        "open-channel", "", [new_wallet().address], wallets_trusted=True
+    )
     assert decision.granted
     assert decision.results == ()
 
@@ -247,9 +249,9 @@ async def test_channel_access_needs_every_enabled_requirement(
         )
     )
 
-    denied = await gate.check_channel_access("vip", "", [holder])
+    denied = await gate.check_channel_access("vip", "", [holder], wallets_trusted=True)
     await gate.update_requirement(usd.id, RequirementDraft(enabled=False), ["enabled"])
-    granted = await gate.check_channel_access("vip", "", [holder])
+    granted = await gate.check_channel_access("vip", "", [holder], wallets_trusted=True)
 
     assert not denied.granted
     assert [(r.requirement.id, r.verified) for r in denied.results] == [
@@ -276,15 +278,15 @@ async def test_transferring_the_nft_away_is_revoked_by_reverification_and_publis
             token_ids=(str(token_id),),
         )
     )
-    assert (await gate.check_channel_access("members", "", [holder])).granted
+    assert (await gate.check_channel_access("members", "", [holder], wallets_trusted=True)).granted
     events = gate.feed.subscribe()
 
     await chain.fund(holder)
     await chain.impersonate(holder)
     await chain.transact(tokens.nft.functions.transferFrom(holder, buyer, token_id), sender=holder)
-    cached = await gate.check_channel_access("members", "", [holder])
+    cached = await gate.check_channel_access("members", "", [holder], wallets_trusted=True)
     report = await Reverifier(gate, 3600).sweep()
-    after = await gate.check_channel_access("members", "", [holder])
+    after = await gate.check_channel_access("members", "", [holder], wallets_trusted=True)
 
     assert cached.granted  # within the cache TTL the old answer stands...
     assert (report.checked, report.revoked, report.unavailable) == (1, 1, 0)  # ...the sweep ends it
@@ -312,7 +314,7 @@ async def test_reverification_revokes_nothing_while_the_chain_is_down(
             network="local",
         )
     )
-    assert (await gate.check_channel_access("c6", "", [holder])).granted
+    assert (await gate.check_channel_access("c6", "", [holder], wallets_trusted=True)).granted
     dead = ChainReaders(
         [ChainReader("local", 31337, f"http://127.0.0.1:{free_port()}", timeout_seconds=1)]
     )
@@ -323,3 +325,33 @@ async def test_reverification_revokes_nothing_while_the_chain_is_down(
     assert (report.checked, report.revoked, report.unavailable) == (1, 0, 1)
     assert [g.granted for g in await gate.store.granted_accesses()] == [True]
     await dead.close()
+
+
+async def test_a_node_swapped_to_another_chain_behind_its_url_is_unavailable_not_read() -> None:
+    right = AnvilNode().start()
+    other = AnvilNode(4242)
+    other.port, other.url = right.port, right.url  # the same URL, later serving another chain
+    reader = ChainReader("local", right.chain_id, right.url, timeout_seconds=2)
+    verifier = TokenVerifier(ChainReaders([reader]), ttl_seconds=0)
+    holder = new_wallet().address
+    try:
+        kit = await ChainKit.connect(right)
+        nft = await kit.deploy("TestERC721")  # the deployer's first contract
+        await kit.close()
+        rule = requirement("ERC721", nft.address)
+        assert not (await verifier.verify(rule, holder)).verified
+        right.stop()
+        other.start()
+        kit = await ChainKit.connect(other)
+        twin = await kit.deploy("TestERC721")  # same deployer and nonce: the same address
+        await kit.transact(twin.functions.mint(holder, 1))
+        await kit.close()
+        assert twin.address == nft.address
+
+        with pytest.raises(Unavailable, match="4242"):
+            await verifier.verify(rule, holder)
+        assert reader.mismatch is not None
+    finally:
+        await reader.close()
+        right.stop()
+        other.stop()

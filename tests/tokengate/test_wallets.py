@@ -21,7 +21,14 @@ from entitlements.errors import (
 )
 from entitlements.tokengate import TokenGate, WalletOwnership
 from entitlements.tokengate.siwe import SiweMessage
-from tests.chain_fixtures import ChainKit, TestTokens, free_port, new_token_id, new_wallet
+from tests.chain_fixtures import (
+    AnvilNode,
+    ChainKit,
+    TestTokens,
+    free_port,
+    new_token_id,
+    new_wallet,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -220,3 +227,48 @@ async def test_bad_challenge_requests_name_the_field(
     with pytest.raises(error) as caught:
         await gate.create_wallet_challenge(user_id, address, chain_id)
     assert caught.value.field == field
+
+
+async def test_a_wallet_counts_for_one_user_the_last_who_proved_it(
+    chain: ChainKit, tokens: TestTokens, gate: TokenGate
+) -> None:
+    from entitlements.tokengate import RequirementDraft
+
+    owner = new_wallet()
+    await chain.transact(tokens.nft.functions.mint(owner.address, new_token_id()))
+    await gate.create_requirement(
+        RequirementDraft(
+            channel_id="shared",
+            token_type="ERC721",
+            contract_address=tokens.nft.address,
+            network="local",
+        )
+    )
+    for user in ("alice", "bob"):
+        challenge = await gate.create_wallet_challenge(user, owner.address, 1)
+        await gate.verify_wallet_ownership(challenge.message, sign(owner, challenge.message))
+        assert (await gate.check_channel_access("shared", user)).granted
+
+    # One token must not open the channel for every account its holder signs for.
+    assert not (await gate.check_channel_access("shared", "alice")).granted
+    assert [link.address for link in await gate.store.wallets_of("alice")] == []
+    assert [link.address for link in await gate.store.wallets_of("bob")] == [owner.address]
+
+
+async def test_eip1271_check_against_a_node_of_another_chain_is_unavailable(
+    chain: ChainKit, gate: TokenGate
+) -> None:
+    owner = new_wallet()
+    wallet = await chain.deploy("TestContractWallet", owner.address)
+    challenge = await gate.create_wallet_challenge("lena", wallet.address, 31337)
+    other = AnvilNode(4242).start()  # unreachable at start, then up on another chain
+    wrong = ChainReaders([ChainReader("local", 31337, other.url, timeout_seconds=2)])
+    try:
+        with pytest.raises(Unavailable, match="4242"):
+            await WalletOwnership(gate.store, wrong, gate.settings).verify(
+                challenge.message, sign(owner, challenge.message)
+            )
+    finally:
+        await wrong.close()
+        other.stop()
+    assert await gate.store.wallets_of("lena") == []

@@ -8,7 +8,13 @@ import pytest
 from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_defunct
 
-from adapters.chains import ChainMismatch, ChainReader, ChainReaders, ChainUnavailable
+from adapters.chains import (
+    ChainMismatch,
+    ChainReader,
+    ChainReaders,
+    ChainUnavailable,
+    ContractMismatch,
+)
 from adapters.chains.config import ChainSettings
 from tests.chain_fixtures import AnvilNode, ChainKit, TestTokens, free_port, new_wallet
 
@@ -54,10 +60,10 @@ async def test_erc1155_balances_of_several_ids_in_one_call(
     assert await local_reader.erc1155_balances(tokens.multi.address, holder, [1, 2, 3]) == [5, 0, 2]
 
 
-async def test_reading_an_address_without_code_is_unknown_not_zero(
+async def test_reading_an_address_without_code_is_a_contract_mismatch_not_zero(
     local_reader: ChainReader,
 ) -> None:
-    with pytest.raises(ChainUnavailable, match="empty result"):
+    with pytest.raises(ContractMismatch, match="no contract at this address"):
         await local_reader.erc20_balance(new_wallet().address, new_wallet().address)
 
 
@@ -120,8 +126,8 @@ async def test_a_lagging_node_is_unavailable_rather_than_answering_zero() -> Non
     try:
         with pytest.raises(ChainUnavailable, match="lagging"):
             await lagging.erc721_balance(new_wallet().address, new_wallet().address)
-        # without the check the same node answers (here: no contract, so "unknown" too)
-        with pytest.raises(ChainUnavailable, match="empty result"):
+        # without the check the same node answers (here: there is no contract at the address)
+        with pytest.raises(ContractMismatch, match="no contract"):
             await following.erc721_balance(new_wallet().address, new_wallet().address)
     finally:
         await lagging.close()

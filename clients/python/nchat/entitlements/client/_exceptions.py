@@ -110,7 +110,9 @@ class Unauthenticated(EntitlementsError):
 
 
 class PermissionDenied(EntitlementsError):
-    """The caller's token lacks the scope the RPC needs."""
+    """The caller's token lacks the scope the RPC needs, or the one a field it set needs:
+    `metadata["scope"]` names the scope and `metadata["field"]` the field (naming
+    `wallet_addresses` in CheckChannelAccess needs `tokengate:trusted-wallets`)."""
 
 
 class Unavailable(EntitlementsError):

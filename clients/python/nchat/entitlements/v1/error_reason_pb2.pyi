@@ -78,7 +78,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     Example: {"reason": "ERROR_REASON_UNAUTHENTICATED"}
     """
     ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 14
-    """The caller lacks the scope the RPC needs.
+    """The caller lacks the scope the RPC needs, or the one a field it set needs (then the field
+    is named: naming `wallet_addresses` needs `tokengate:trusted-wallets`).
     Example: {"reason": "ERROR_REASON_PERMISSION_DENIED", "metadata": {"scope": "usage:write"}}
     """
     ERROR_REASON_NOT_IMPLEMENTED: _ErrorReason.ValueType  # 15
@@ -92,6 +93,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_ALREADY_EXISTS: _ErrorReason.ValueType  # 17
     """An object with the same key already exists.
     Example: {"reason": "ERROR_REASON_ALREADY_EXISTS"}
+    """
+    ERROR_REASON_TOKEN_CONTRACT_MISMATCH: _ErrorReason.ValueType  # 18
+    """A token requirement's contract is not a token of its `token_type`: no code at the address,
+    an empty contract, or another standard (an ERC-721 named as ERC-20, ...). Comes with
+    FAILED_PRECONDITION; not retryable: the requirement must change.
+    Example: {"reason": "ERROR_REASON_TOKEN_CONTRACT_MISMATCH", "metadata": {"field":
+    "requirement.contract_address", "contract_address": "0x...", "network": "polygon",
+    "token_type": "ERC20"}}
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -155,7 +164,8 @@ ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 13
 Example: {"reason": "ERROR_REASON_UNAUTHENTICATED"}
 """
 ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 14
-"""The caller lacks the scope the RPC needs.
+"""The caller lacks the scope the RPC needs, or the one a field it set needs (then the field
+is named: naming `wallet_addresses` needs `tokengate:trusted-wallets`).
 Example: {"reason": "ERROR_REASON_PERMISSION_DENIED", "metadata": {"scope": "usage:write"}}
 """
 ERROR_REASON_NOT_IMPLEMENTED: ErrorReason.ValueType  # 15
@@ -169,5 +179,13 @@ Example: {"reason": "ERROR_REASON_OVERLOADED"}
 ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 17
 """An object with the same key already exists.
 Example: {"reason": "ERROR_REASON_ALREADY_EXISTS"}
+"""
+ERROR_REASON_TOKEN_CONTRACT_MISMATCH: ErrorReason.ValueType  # 18
+"""A token requirement's contract is not a token of its `token_type`: no code at the address,
+an empty contract, or another standard (an ERC-721 named as ERC-20, ...). Comes with
+FAILED_PRECONDITION; not retryable: the requirement must change.
+Example: {"reason": "ERROR_REASON_TOKEN_CONTRACT_MISMATCH", "metadata": {"field":
+"requirement.contract_address", "contract_address": "0x...", "network": "polygon",
+"token_type": "ERC20"}}
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

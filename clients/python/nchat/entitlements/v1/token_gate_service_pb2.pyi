@@ -85,9 +85,11 @@ class TokenRequirement(_message.Message):
     network: _builtins.str
     """The network: "ethereum", "polygon", "bsc", "arbitrum", their testnets, or "local"."""
     min_balance: _builtins.str
-    """ERC-20: the minimum balance in tokens, a decimal string ("1.5")."""
+    """ERC-20: the minimum balance in tokens, a decimal string ("1.5"), more than 0; empty means
+    any positive balance.
+    """
     min_token_count: _builtins.int
-    """ERC-721 and ERC-1155: how many tokens the wallet must hold."""
+    """ERC-721 and ERC-1155: how many tokens the wallet must hold; 0 (not set) means 1."""
     name: _builtins.str
     """A human name."""
     description: _builtins.str
@@ -219,10 +221,13 @@ class CheckChannelAccessRequest(_message.Message):
     channel_id: _builtins.str
     """The gated channel. Required."""
     user_id: _builtins.str
-    """The user whose verified wallets to check."""
+    """The user whose proved wallets (VerifyWalletOwnership) to check."""
     @_builtins.property
     def wallet_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Wallets to check instead of (or besides) the user's verified wallets."""
+        """Wallets to check besides the user's proved wallets (or instead of a user). Only for callers
+        holding `tokengate:trusted-wallets`, which vouch that they verified the wallets' ownership
+        themselves; others get PERMISSION_DENIED naming this field.
+        """
 
     def __init__(
         self,
@@ -373,7 +378,12 @@ class UpdateTokenRequirementRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """The fields to change; all settable fields when empty."""
+        """The fields to change, by their names in TokenRequirement ("name", "enabled", ...), or "*"
+        alone for every settable field. When empty, the fields populated in `requirement` (proto3:
+        non-empty strings and lists, non-zero numbers, `enabled` true), so leaving `enabled` out
+        never disables a requirement; name a field here to clear it or to set `enabled` false.
+        An unknown path is INVALID_ARGUMENT naming `update_mask.paths[i]`.
+        """
 
     def __init__(
         self,

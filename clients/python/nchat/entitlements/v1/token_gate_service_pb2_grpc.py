@@ -85,15 +85,20 @@ class TokenGateServiceServicer:
 
     def VerifyToken(self, request, context):
         """VerifyToken checks one wallet against one requirement, given inline or by id. A chain that
-        cannot be read is UNAVAILABLE, never a grant.
+        cannot be read is UNAVAILABLE, never a grant; a contract that is not the declared token is
+        FAILED_PRECONDITION. It says what a wallet holds, not who owns the wallet: it is no access
+        decision for a user (use CheckChannelAccess with `user_id`, which checks the wallets the
+        user proved).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CheckChannelAccess(self, request, context):
-        """CheckChannelAccess checks every enabled requirement of a channel over the user's verified
-        wallets (or the given wallets) and returns each requirement's result.
+        """CheckChannelAccess checks every enabled requirement of a channel over the wallets the user
+        proved (VerifyWalletOwnership) and returns each requirement's result. Naming
+        `wallet_addresses` needs the scope `tokengate:trusted-wallets` (the caller verified their
+        ownership itself); without it the call is PERMISSION_DENIED naming the field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,7 +112,8 @@ class TokenGateServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTokenRequirement(self, request, context):
-        """UpdateTokenRequirement changes the fields of a requirement named by `update_mask`.
+        """UpdateTokenRequirement changes the fields of a requirement named by `update_mask` (AIP-134);
+        without a mask, only the fields the request populates. A field left out is never reset.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,16 +37,23 @@ class TokenGateServiceStub:
     def __new__(cls, channel: _aio.Channel) -> TokenGateServiceAsyncStub: ...
     VerifyToken: _grpc.UnaryUnaryMultiCallable[_token_gate_service_pb2.VerifyTokenRequest, _token_gate_service_pb2.VerifyTokenResponse]
     """VerifyToken checks one wallet against one requirement, given inline or by id. A chain that
-    cannot be read is UNAVAILABLE, never a grant.
+    cannot be read is UNAVAILABLE, never a grant; a contract that is not the declared token is
+    FAILED_PRECONDITION. It says what a wallet holds, not who owns the wallet: it is no access
+    decision for a user (use CheckChannelAccess with `user_id`, which checks the wallets the
+    user proved).
     """
     CheckChannelAccess: _grpc.UnaryUnaryMultiCallable[_token_gate_service_pb2.CheckChannelAccessRequest, _token_gate_service_pb2.CheckChannelAccessResponse]
-    """CheckChannelAccess checks every enabled requirement of a channel over the user's verified
-    wallets (or the given wallets) and returns each requirement's result.
+    """CheckChannelAccess checks every enabled requirement of a channel over the wallets the user
+    proved (VerifyWalletOwnership) and returns each requirement's result. Naming
+    `wallet_addresses` needs the scope `tokengate:trusted-wallets` (the caller verified their
+    ownership itself); without it the call is PERMISSION_DENIED naming the field.
     """
     CreateTokenRequirement: _grpc.UnaryUnaryMultiCallable[_token_gate_service_pb2.CreateTokenRequirementRequest, _token_gate_service_pb2.CreateTokenRequirementResponse]
     """CreateTokenRequirement stores a new requirement for a channel."""
     UpdateTokenRequirement: _grpc.UnaryUnaryMultiCallable[_token_gate_service_pb2.UpdateTokenRequirementRequest, _token_gate_service_pb2.UpdateTokenRequirementResponse]
-    """UpdateTokenRequirement changes the fields of a requirement named by `update_mask`."""
+    """UpdateTokenRequirement changes the fields of a requirement named by `update_mask` (AIP-134);
+    without a mask, only the fields the request populates. A field left out is never reset.
+    """
     DeleteTokenRequirement: _grpc.UnaryUnaryMultiCallable[_token_gate_service_pb2.DeleteTokenRequirementRequest, _token_gate_service_pb2.DeleteTokenRequirementResponse]
     """DeleteTokenRequirement removes a requirement."""
     ListTokenRequirements: _grpc.UnaryUnaryMultiCallable[_token_gate_service_pb2.ListTokenRequirementsRequest, _token_gate_service_pb2.ListTokenRequirementsResponse]
@@ -65,16 +72,23 @@ class TokenGateServiceAsyncStub(TokenGateServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     VerifyToken: _aio.UnaryUnaryMultiCallable[_token_gate_service_pb2.VerifyTokenRequest, _token_gate_service_pb2.VerifyTokenResponse]  # type: ignore[assignment]
     """VerifyToken checks one wallet against one requirement, given inline or by id. A chain that
-    cannot be read is UNAVAILABLE, never a grant.
+    cannot be read is UNAVAILABLE, never a grant; a contract that is not the declared token is
+    FAILED_PRECONDITION. It says what a wallet holds, not who owns the wallet: it is no access
+    decision for a user (use CheckChannelAccess with `user_id`, which checks the wallets the
+    user proved).
     """
     CheckChannelAccess: _aio.UnaryUnaryMultiCallable[_token_gate_service_pb2.CheckChannelAccessRequest, _token_gate_service_pb2.CheckChannelAccessResponse]  # type: ignore[assignment]
-    """CheckChannelAccess checks every enabled requirement of a channel over the user's verified
-    wallets (or the given wallets) and returns each requirement's result.
+    """CheckChannelAccess checks every enabled requirement of a channel over the wallets the user
+    proved (VerifyWalletOwnership) and returns each requirement's result. Naming
+    `wallet_addresses` needs the scope `tokengate:trusted-wallets` (the caller verified their
+    ownership itself); without it the call is PERMISSION_DENIED naming the field.
     """
     CreateTokenRequirement: _aio.UnaryUnaryMultiCallable[_token_gate_service_pb2.CreateTokenRequirementRequest, _token_gate_service_pb2.CreateTokenRequirementResponse]  # type: ignore[assignment]
     """CreateTokenRequirement stores a new requirement for a channel."""
     UpdateTokenRequirement: _aio.UnaryUnaryMultiCallable[_token_gate_service_pb2.UpdateTokenRequirementRequest, _token_gate_service_pb2.UpdateTokenRequirementResponse]  # type: ignore[assignment]
-    """UpdateTokenRequirement changes the fields of a requirement named by `update_mask`."""
+    """UpdateTokenRequirement changes the fields of a requirement named by `update_mask` (AIP-134);
+    without a mask, only the fields the request populates. A field left out is never reset.
+    """
     DeleteTokenRequirement: _aio.UnaryUnaryMultiCallable[_token_gate_service_pb2.DeleteTokenRequirementRequest, _token_gate_service_pb2.DeleteTokenRequirementResponse]  # type: ignore[assignment]
     """DeleteTokenRequirement removes a requirement."""
     ListTokenRequirements: _aio.UnaryUnaryMultiCallable[_token_gate_service_pb2.ListTokenRequirementsRequest, _token_gate_service_pb2.ListTokenRequirementsResponse]  # type: ignore[assignment]
@@ -96,7 +110,10 @@ class TokenGateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_token_gate_service_pb2.VerifyTokenResponse, _abc.Awaitable[_token_gate_service_pb2.VerifyTokenResponse]]:
         """VerifyToken checks one wallet against one requirement, given inline or by id. A chain that
-        cannot be read is UNAVAILABLE, never a grant.
+        cannot be read is UNAVAILABLE, never a grant; a contract that is not the declared token is
+        FAILED_PRECONDITION. It says what a wallet holds, not who owns the wallet: it is no access
+        decision for a user (use CheckChannelAccess with `user_id`, which checks the wallets the
+        user proved).
         """
 
     @_abc_1.abstractmethod
@@ -105,8 +122,10 @@ class TokenGateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _token_gate_service_pb2.CheckChannelAccessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_token_gate_service_pb2.CheckChannelAccessResponse, _abc.Awaitable[_token_gate_service_pb2.CheckChannelAccessResponse]]:
-        """CheckChannelAccess checks every enabled requirement of a channel over the user's verified
-        wallets (or the given wallets) and returns each requirement's result.
+        """CheckChannelAccess checks every enabled requirement of a channel over the wallets the user
+        proved (VerifyWalletOwnership) and returns each requirement's result. Naming
+        `wallet_addresses` needs the scope `tokengate:trusted-wallets` (the caller verified their
+        ownership itself); without it the call is PERMISSION_DENIED naming the field.
         """
 
     @_abc_1.abstractmethod
@@ -123,7 +142,9 @@ class TokenGateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _token_gate_service_pb2.UpdateTokenRequirementRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_token_gate_service_pb2.UpdateTokenRequirementResponse, _abc.Awaitable[_token_gate_service_pb2.UpdateTokenRequirementResponse]]:
-        """UpdateTokenRequirement changes the fields of a requirement named by `update_mask`."""
+        """UpdateTokenRequirement changes the fields of a requirement named by `update_mask` (AIP-134);
+        without a mask, only the fields the request populates. A field left out is never reset.
+        """
 
     @_abc_1.abstractmethod
     def DeleteTokenRequirement(

@@ -70,7 +70,8 @@ export type TokenRequirement = Message<"nchat.entitlements.v1.TokenRequirement">
   network: string;
 
   /**
-   * ERC-20: the minimum balance in tokens, a decimal string ("1.5").
+   * ERC-20: the minimum balance in tokens, a decimal string ("1.5"), more than 0; empty means
+   * any positive balance.
    *
    * @generated from field: string min_balance = 8;
    */
@@ -84,7 +85,7 @@ export type TokenRequirement = Message<"nchat.entitlements.v1.TokenRequirement">
   tokenIds: string[];
 
   /**
-   * ERC-721 and ERC-1155: how many tokens the wallet must hold.
+   * ERC-721 and ERC-1155: how many tokens the wallet must hold; 0 (not set) means 1.
    *
    * @generated from field: int64 min_token_count = 10;
    */
@@ -240,14 +241,16 @@ export type CheckChannelAccessRequest = Message<"nchat.entitlements.v1.CheckChan
   channelId: string;
 
   /**
-   * The user whose verified wallets to check.
+   * The user whose proved wallets (VerifyWalletOwnership) to check.
    *
    * @generated from field: string user_id = 2;
    */
   userId: string;
 
   /**
-   * Wallets to check instead of (or besides) the user's verified wallets.
+   * Wallets to check besides the user's proved wallets (or instead of a user). Only for callers
+   * holding `tokengate:trusted-wallets`, which vouch that they verified the wallets' ownership
+   * themselves; others get PERMISSION_DENIED naming this field.
    *
    * @generated from field: repeated string wallet_addresses = 3;
    */
@@ -402,7 +405,11 @@ export type UpdateTokenRequirementRequest = Message<"nchat.entitlements.v1.Updat
   requirement?: TokenRequirement | undefined;
 
   /**
-   * The fields to change; all settable fields when empty.
+   * The fields to change, by their names in TokenRequirement ("name", "enabled", ...), or "*"
+   * alone for every settable field. When empty, the fields populated in `requirement` (proto3:
+   * non-empty strings and lists, non-zero numbers, `enabled` true), so leaving `enabled` out
+   * never disables a requirement; name a field here to clear it or to set `enabled` false.
+   * An unknown path is INVALID_ARGUMENT naming `update_mask.paths[i]`.
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
    */
@@ -733,7 +740,10 @@ export const TokenTypeSchema: GenEnum<TokenType> = /*@__PURE__*/
 export const TokenGateService: GenService<{
   /**
    * VerifyToken checks one wallet against one requirement, given inline or by id. A chain that
-   * cannot be read is UNAVAILABLE, never a grant.
+   * cannot be read is UNAVAILABLE, never a grant; a contract that is not the declared token is
+   * FAILED_PRECONDITION. It says what a wallet holds, not who owns the wallet: it is no access
+   * decision for a user (use CheckChannelAccess with `user_id`, which checks the wallets the
+   * user proved).
    *
    * @generated from rpc nchat.entitlements.v1.TokenGateService.VerifyToken
    */
@@ -743,8 +753,10 @@ export const TokenGateService: GenService<{
     output: typeof VerifyTokenResponseSchema;
   },
   /**
-   * CheckChannelAccess checks every enabled requirement of a channel over the user's verified
-   * wallets (or the given wallets) and returns each requirement's result.
+   * CheckChannelAccess checks every enabled requirement of a channel over the wallets the user
+   * proved (VerifyWalletOwnership) and returns each requirement's result. Naming
+   * `wallet_addresses` needs the scope `tokengate:trusted-wallets` (the caller verified their
+   * ownership itself); without it the call is PERMISSION_DENIED naming the field.
    *
    * @generated from rpc nchat.entitlements.v1.TokenGateService.CheckChannelAccess
    */
@@ -764,7 +776,8 @@ export const TokenGateService: GenService<{
     output: typeof CreateTokenRequirementResponseSchema;
   },
   /**
-   * UpdateTokenRequirement changes the fields of a requirement named by `update_mask`.
+   * UpdateTokenRequirement changes the fields of a requirement named by `update_mask` (AIP-134);
+   * without a mask, only the fields the request populates. A field left out is never reset.
    *
    * @generated from rpc nchat.entitlements.v1.TokenGateService.UpdateTokenRequirement
    */
