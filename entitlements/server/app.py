@@ -108,6 +108,7 @@ class Deps:
             past_due_grace=settings.past_due_grace,
             cache_size=settings.cache_size,
             cache_ttl_seconds=settings.cache_ttl_seconds,
+            min_revision_wait_seconds=settings.min_revision_wait_seconds,
         )
         deps = cls(store=store, catalog=catalog, hub=hub, service=service)
         usage_repository = UsageRepository(store.engine)

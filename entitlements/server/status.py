@@ -85,7 +85,7 @@ def error_status(exc: EntitlementsError) -> status_pb2.Status:
             field=exc.field,
             field_description=exc.description,
         )
-    return status_proto(code_for(exc), exc.message, reason=exc.reason)
+    return status_proto(code_for(exc), exc.message, reason=exc.reason, metadata=exc.metadata)
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> NoReturn:

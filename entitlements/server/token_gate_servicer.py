@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ from nchat.entitlements.v1 import token_gate_service_pb2_grpc as pb_grpc
 from entitlements.errors import InvalidArgument
 from entitlements.server import convert
 from entitlements.server.status import unary
+from entitlements.server.validation import require_min_revision
 from entitlements.store.tokengate_records import RequirementRecord
 from entitlements.tokengate import RequirementDraft, TokenGate
 
@@ -95,11 +97,16 @@ class TokenGateServicer(pb_grpc.TokenGateServiceServicer):
     async def CheckChannelAccess(
         self, request: pb.CheckChannelAccessRequest, context: Ctx
     ) -> pb.CheckChannelAccessResponse:
+        # No account revision applies (see min_revision in the proto): any token reads the
+        # balances from the chain now rather than from the cache.
+        fresh = require_min_revision(request.min_revision, "min_revision") > 0
+        as_of = datetime.now(UTC)
         decision = await self._gate.check_channel_access(
-            request.channel_id, request.user_id, list(request.wallet_addresses)
+            request.channel_id, request.user_id, list(request.wallet_addresses), fresh=fresh
         )
         return pb.CheckChannelAccessResponse(
             granted=decision.granted,
+            as_of=convert.timestamp(as_of),
             results=[
                 pb.RequirementResult(
                     requirement_id=r.requirement.id,

@@ -93,6 +93,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """An object with the same key already exists.
     Example: {"reason": "ERROR_REASON_ALREADY_EXISTS"}
     """
+    ERROR_REASON_STALE_REVISION: _ErrorReason.ValueType  # 18
+    """A check asked for `min_revision`, but neither this replica nor the database has that revision
+    of the account yet (a revision from the future, or from another deployment's database).
+    Example: {"reason": "ERROR_REASON_STALE_REVISION", "metadata": {"min_revision": "7", "revision": "5"}}
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the stable `reason` of the google.rpc.ErrorInfo detail on every error this
@@ -169,5 +174,10 @@ Example: {"reason": "ERROR_REASON_OVERLOADED"}
 ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 17
 """An object with the same key already exists.
 Example: {"reason": "ERROR_REASON_ALREADY_EXISTS"}
+"""
+ERROR_REASON_STALE_REVISION: ErrorReason.ValueType  # 18
+"""A check asked for `min_revision`, but neither this replica nor the database has that revision
+of the account yet (a revision from the future, or from another deployment's database).
+Example: {"reason": "ERROR_REASON_STALE_REVISION", "metadata": {"min_revision": "7", "revision": "5"}}
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
