@@ -123,6 +123,7 @@ class Deps:
             service,
             usage=usage_repository,
             interval_seconds=settings.change_feed_interval_seconds,
+            listen=settings.change_feed_listen,
         )
         deps.closers.append(deps.feed.close)
         deps.in_flight = InFlight(settings.max_in_flight)

@@ -126,17 +126,20 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         # (read through to the database when a check's min_revision is newer than the cache).
         accounts: dict[str, AccountEntitlements | EntitlementsError | None] = {}
         needed: dict[str, int] = {}
+        missing = []
         for check in checks:
             account_id = check.account_id
-            if check.min_revision > 0 and check.min_revision > needed.get(account_id, 0):
+            if check.min_revision > needed.get(account_id, 0):
                 needed[account_id] = check.min_revision
             if account_id not in accounts:
-                accounts[account_id] = peek(account_id) if _valid_id(account_id) else None
-        missing = [
-            a
-            for a, ent in accounts.items()
-            if _valid_id(a) and (ent is None or ent.revision < needed.get(a, 0))
-        ]
+                ent = peek(account_id) if _valid_id(account_id) else None
+                accounts[account_id] = ent
+                if ent is None and _valid_id(account_id):
+                    missing.append(account_id)
+        for account_id, revision in needed.items():
+            cached = accounts[account_id]
+            if isinstance(cached, AccountEntitlements) and cached.revision < revision:
+                missing.append(account_id)
         if missing:
             results = await asyncio.gather(
                 *(self._at_least(a, needed.get(a, 0)) for a in missing), return_exceptions=True
