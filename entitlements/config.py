@@ -92,8 +92,9 @@ class Settings:
     #: On PostgreSQL, wake the change feed with LISTEN/NOTIFY (off for a pooler in transaction
     #: mode, which cannot LISTEN; the poll then carries every change).
     change_feed_listen: bool = True
-    #: How long a check with `min_revision` waits for the database to reach it.
-    min_revision_wait_seconds: float = 0.5
+    #: How long a check with `min_revision` waits for the database to reach it (well inside the
+    #: clients' 0.5 s check deadline, so the caller gets STALE_REVISION, not DEADLINE_EXCEEDED).
+    min_revision_wait_seconds: float = 0.2
     #: Share the gRPC port with other processes (set by `serve --workers N`).
     reuse_port: bool = False
     #: Accounts loaded into the cache before the server reports SERVING.
@@ -154,7 +155,7 @@ class Settings:
             ),
             change_feed_listen=_bool(env, "ENTITLEMENTS_CHANGE_FEED_LISTEN", default=True),
             min_revision_wait_seconds=_number(
-                env, "ENTITLEMENTS_MIN_REVISION_WAIT_SECONDS", 0.5, minimum=0
+                env, "ENTITLEMENTS_MIN_REVISION_WAIT_SECONDS", 0.2, minimum=0
             ),
             warm_accounts=int(_number(env, "ENTITLEMENTS_WARM_ACCOUNTS", 10_000, minimum=0)),
             log_format=_choice(env, "ENTITLEMENTS_LOG_FORMAT", ("text", "json")),

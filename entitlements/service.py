@@ -37,7 +37,7 @@ class EntitlementService:
         past_due_grace: timedelta = timedelta(days=7),
         cache_size: int = 200_000,
         cache_ttl_seconds: float = 60.0,
-        min_revision_wait_seconds: float = 0.5,
+        min_revision_wait_seconds: float = 0.2,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from nchat.entitlements.client import _convert
 from nchat.entitlements.client._exceptions import InvalidArgument
@@ -51,6 +51,10 @@ class _Entry:
     valid_until: float
     #: Epoch seconds when the stream delivered it.
     received_at: float
+
+
+def _utc(epoch_seconds: float) -> datetime:
+    return datetime.fromtimestamp(epoch_seconds, UTC)
 
 
 def _valid_until(ent: Entitlements, now: float) -> float:
@@ -228,8 +232,11 @@ class LocalStore:
             self._connected and time.monotonic() - self._opened_at > self._resync_interval
         )
 
-    def feature(self, account_id: str, feature: str, *, stale: bool = False) -> FeatureCheck | None:
-        """The local answer, or None when the account must be asked over RPC.
+    def feature(
+        self, account_id: str, feature: str, *, stale: bool = False, min_revision: int = 0
+    ) -> FeatureCheck | None:
+        """The local answer, or None when the account must be asked over RPC (also when the
+        local copy is older than `min_revision`).
 
         `stale=True` (the RPC failed as unavailable): any known state not older than `max_stale`.
         """
@@ -245,10 +252,17 @@ class LocalStore:
         resync = False
         with self._lock:
             entry = self._stale(account_id) if stale else self._usable(account_id)
+            behind = entry is not None and entry.entitlements.revision < min_revision
+            if behind:
+                # Not fresh enough: the server answers (reading through for it); the stream
+                # pushes the newer revision here on its own, so no resync is needed.
+                entry = None
             if entry is None:
                 self._rpc_fallbacks += not stale
                 known = self._entries.get(account_id)
-                resync = not stale and known is not None and account_id in self._covered
+                resync = (
+                    not stale and not behind and known is not None and account_id in self._covered
+                )
             else:
                 self._local_answers += 1
                 resync = self._needs_resync(False)
@@ -269,10 +283,17 @@ class LocalStore:
             revision=ent.revision,
             message=message,
             source="stale" if stale else "local",
+            as_of=_utc(entry.received_at),
         )
 
     def limit(
-        self, account_id: str, limit_key: str, current: int, *, stale: bool = False
+        self,
+        account_id: str,
+        limit_key: str,
+        current: int,
+        *,
+        stale: bool = False,
+        min_revision: int = 0,
     ) -> LimitCheck | None:
         """The local judgement of the caller's `current` against the account's limit, or None."""
         catalog = self._catalog
@@ -286,6 +307,8 @@ class LocalStore:
             raise InvalidArgument(f"must be zero or more, got {current}", field="current")
         with self._lock:
             entry = self._stale(account_id) if stale else self._usable(account_id)
+            if entry is not None and entry.entitlements.revision < min_revision:
+                entry = None
             if entry is None:
                 self._rpc_fallbacks += not stale
             else:
@@ -308,6 +331,7 @@ class LocalStore:
             plan_id=ent.plan_id,
             revision=ent.revision,
             source="stale" if stale else "local",
+            as_of=_utc(entry.received_at),
         )
 
     def _stale(self, account_id: str) -> _Entry | None:
