@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from adapters.chains import ChainReaders
     from entitlements.cache import EntitlementCache
     from entitlements.server.status import InFlight
+    from entitlements.service import EntitlementService
     from entitlements.usage.ledger import UsageLedger
 
 __all__ = [
@@ -303,6 +304,7 @@ class RuntimeSource:
     in_flight: InFlight
     ledger: UsageLedger | None = None
     readers: ChainReaders | None = None
+    service: EntitlementService | None = None
 
 
 class RuntimeCollector(Collector):
@@ -354,6 +356,17 @@ class RuntimeCollector(Collector):
             "entitlements_rpc_shed",
             "Calls refused with RESOURCE_EXHAUSTED because too many were in flight.",
             sum(s.in_flight.shed for s in sources),
+        )
+        services = [s.service for s in sources if s.service is not None]
+        yield _counter(
+            "entitlements_min_revision_read_throughs",
+            "Checks whose min_revision was newer than the cache: read through to the database.",
+            sum(x.read_throughs for x in services),
+        )
+        yield _counter(
+            "entitlements_min_revision_stale",
+            "Checks refused with STALE_REVISION: the database had not reached their min_revision.",
+            sum(x.stale_revisions for x in services),
         )
         ledgers = [s.ledger for s in sources if s.ledger is not None]
         yield _counter(

@@ -37,7 +37,11 @@ def install_observability(
     readers = deps.token_gate.gate.readers if deps.token_gate is not None else None
     unregister = register_runtime(
         RuntimeSource(
-            cache=deps.service.cache, in_flight=deps.in_flight, ledger=deps.ledger, readers=readers
+            cache=deps.service.cache,
+            in_flight=deps.in_flight,
+            ledger=deps.ledger,
+            readers=readers,
+            service=deps.service,
         )
     )
 

@@ -15,6 +15,7 @@ from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 
 from entitlements.config import Settings
+from entitlements.observability.metrics import render
 from entitlements.server.app import Deps, Running, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
@@ -163,6 +164,7 @@ async def test_a_stale_replica_reads_through_for_a_revision_made_on_another(
         assert fresh[2].ToDatetime() >= stale[2].ToDatetime()
         assert (await check(b, 0))[:2] == (plan, ent.revision)  # and B's cache moved on
     assert b.running.deps.service.read_throughs == len(CHECKS)
+    assert "entitlements_min_revision_read_throughs_total" in render().decode()
 
 
 async def test_a_revision_the_database_does_not_have_is_stale_revision(
