@@ -91,7 +91,7 @@ class FeatureCheck:
     source: AnswerSource = "rpc"
     #: How fresh the answer is: when the server read the state it came from (an RPC answer),
     #: or when this client's watch stream delivered it (a local one).
-    as_of: datetime | None = None
+    as_of: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ class MinimumPlanCheck:
     revision: int
     #: How fresh the answer is: when the server read the state it came from (an RPC answer),
     #: or when this client's watch stream delivered it (a local one).
-    as_of: datetime | None = None
+    as_of: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +137,7 @@ class LimitCheck:
     source: AnswerSource = "rpc"
     #: How fresh the answer is: when the server read the state it came from (an RPC answer),
     #: or when this client's watch stream delivered it (a local one).
-    as_of: datetime | None = None
+    as_of: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
