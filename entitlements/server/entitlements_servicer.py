@@ -71,15 +71,16 @@ def _message(feature: str, decision: FeatureDecision) -> str:
 def _answer(
     feature: str, decision: FeatureDecision, ent: AccountEntitlements
 ) -> pb.CanUseFeatureResponse:
-    return pb.CanUseFeatureResponse(
+    answer = pb.CanUseFeatureResponse(
         allowed=decision.allowed,
         plan_id=decision.plan_id,
         upgrade_plan_id=decision.upgrade_plan_id,
         reason=convert.REASONS[decision.reason],
         revision=ent.revision,
         message=_message(feature, decision),
-        as_of=convert.timestamp(ent.as_of),
     )
+    convert.stamp(answer.as_of, ent.as_of)
+    return answer
 
 
 class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
@@ -129,8 +130,9 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         missing = []
         for check in checks:
             account_id = check.account_id
-            if check.min_revision > needed.get(account_id, 0):
-                needed[account_id] = check.min_revision
+            wanted = check.min_revision
+            if wanted and wanted > needed.get(account_id, 0):
+                needed[account_id] = wanted
             if account_id not in accounts:
                 ent = peek(account_id) if _valid_id(account_id) else None
                 accounts[account_id] = ent
@@ -192,12 +194,13 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         minimum = self._catalog.plan(request.minimum_plan_id, field="minimum_plan_id")
         min_revision = require_min_revision(request.min_revision, "min_revision")
         ent = await self._service.get(account_id, min_revision)
-        return pb.CheckMinimumPlanResponse(
+        answer = pb.CheckMinimumPlanResponse(
             allowed=meets_minimum_plan(self._catalog, ent.plan_id, minimum.id),
             plan_id=ent.plan_id,
             revision=ent.revision,
-            as_of=convert.timestamp(ent.as_of),
         )
+        convert.stamp(answer.as_of, ent.as_of)
+        return answer
 
     @unary
     async def GetEntitlements(

@@ -193,7 +193,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             period = current_period(self._service.now()) if info.monthly else ""
             current = await self._ledger.current((account_id, info.metric, period))
         result = check_limit(ent.effective.limits[info.key], current)
-        return pb.CheckLimitResponse(
+        answer = pb.CheckLimitResponse(
             allowed=result.allowed,
             limit=result.limit or 0,
             current=result.current,
@@ -203,8 +203,9 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             remaining=result.remaining or 0,
             plan_id=ent.plan_id,
             revision=ent.revision,
-            as_of=convert.timestamp(ent.as_of),
         )
+        convert.stamp(answer.as_of, ent.as_of)
+        return answer
 
     @unary
     async def GetUsage(self, request: pb.GetUsageRequest, context: Ctx) -> pb.GetUsageResponse:
