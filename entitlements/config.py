@@ -91,6 +91,12 @@ class Settings:
     max_watchers: int = 10_000
     #: How often each process polls the change feed (coherence across workers and replicas).
     change_feed_interval_seconds: float = 0.25
+    #: On PostgreSQL, wake the change feed with LISTEN/NOTIFY (off for a pooler in transaction
+    #: mode, which cannot LISTEN; the poll then carries every change).
+    change_feed_listen: bool = True
+    #: How long a check with `min_revision` waits for the database to reach it (well inside the
+    #: clients' 0.5 s check deadline, so the caller gets STALE_REVISION, not DEADLINE_EXCEEDED).
+    min_revision_wait_seconds: float = 0.2
     #: Share the gRPC port with other processes (set by `serve --workers N`).
     reuse_port: bool = False
     #: Accounts loaded into the cache before the server reports SERVING.
@@ -149,6 +155,10 @@ class Settings:
             change_feed_interval_seconds=_number(
                 env, "ENTITLEMENTS_CHANGE_FEED_INTERVAL_SECONDS", 0.25, minimum=0.01
             ),
+            change_feed_listen=_bool(env, "ENTITLEMENTS_CHANGE_FEED_LISTEN", default=True),
+            min_revision_wait_seconds=_number(
+                env, "ENTITLEMENTS_MIN_REVISION_WAIT_SECONDS", 0.2, minimum=0
+            ),
             warm_accounts=int(_number(env, "ENTITLEMENTS_WARM_ACCOUNTS", 10_000, minimum=0)),
             log_format=_choice(env, "ENTITLEMENTS_LOG_FORMAT", ("text", "json")),
             slow_call_ms=_number(env, "ENTITLEMENTS_SLOW_CALL_MS", 250.0, minimum=0),
@@ -206,9 +216,11 @@ def load_callers(path: Path) -> dict[bytes, Caller]:
     return callers
 
 
-def _bool(env: Mapping[str, str], name: str) -> bool:
+def _bool(env: Mapping[str, str], name: str, *, default: bool = False) -> bool:
     value = env.get(name, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
+    if value == "":
+        return default
+    if value in ("0", "false", "no", "off"):
         return False
     if value in ("1", "true", "yes", "on"):
         return True

@@ -86,7 +86,14 @@ def create_app(stripe: StripeWebhookConfig) -> web.Application:
         status = _STATUS[outcome.outcome]
         if status != 200:
             return _json(status, error=outcome.detail, outcome=outcome.outcome)
-        return _json(200, received=True, outcome=outcome.outcome, detail=outcome.detail)
+        body: dict[str, object] = {
+            "received": True,
+            "outcome": outcome.outcome,
+            "detail": outcome.detail,
+        }
+        if outcome.revision is not None:  # a consistency token (min_revision) for a check
+            body["revision"] = outcome.revision
+        return _json(200, **body)
 
     app = web.Application(client_max_size=512 * 1024)
     app.router.add_get("/healthz", healthz)

@@ -20,6 +20,7 @@ from entitlements.billing.mirror import subscription_record
 from entitlements.errors import EntitlementsError, FailedPrecondition, NotFound, Unavailable
 from entitlements.store.billing_repository import (
     DONE_STATUSES,
+    ApplyResult,
     BillingChange,
     CheckoutUpdate,
     EventRef,
@@ -43,6 +44,9 @@ class WebhookOutcome:
     outcome: Outcome
     detail: str = ""
     account_id: str | None = None
+    #: The account's entitlement revision after the event, when it changed the account's state
+    #: (a consistency token: `min_revision` of a check on any replica).
+    revision: int | None = None
 
 
 class InvalidEvent(ValueError):
@@ -134,7 +138,7 @@ class StripeEvents:
                 ),
             )
         )
-        return _outcome(result.duplicate, account_id, f"checkout {session.payment_status}")
+        return _outcome(result, account_id, f"checkout {session.payment_status}")
 
     async def _subscription(
         self, ref: EventRef, obj: Mapping[str, Any], created: datetime
@@ -149,7 +153,7 @@ class StripeEvents:
                 "known account (no metadata account_id, customer not linked by a checkout)"
             )
         result = await billing.mirror(sub, account_id, observed_at=observed, event=ref)
-        return _outcome(result.duplicate, account_id, f"subscription {sub.status}")
+        return _outcome(result, account_id, f"subscription {sub.status}")
 
     async def _invoice_paid(
         self, ref: EventRef, obj: Mapping[str, Any], created: datetime
@@ -174,7 +178,7 @@ class StripeEvents:
                 ),
             )
         )
-        return _outcome(result.duplicate, account_id, f"invoice paid {invoice.amount_paid}")
+        return _outcome(result, account_id, f"invoice paid {invoice.amount_paid}")
 
     async def _invoice_failed(
         self, ref: EventRef, obj: Mapping[str, Any], created: datetime
@@ -208,7 +212,7 @@ class StripeEvents:
             )
         )
         final = " (Stripe stopped retrying)" if invoice.next_payment_attempt is None else ""
-        return _outcome(result.duplicate, account_id, f"payment failed{final}")
+        return _outcome(result, account_id, f"payment failed{final}")
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -258,10 +262,10 @@ class StripeEvents:
         return sub, utcnow()
 
 
-def _outcome(duplicate: bool, account_id: str, detail: str) -> WebhookOutcome:
-    if duplicate:
+def _outcome(result: ApplyResult, account_id: str, detail: str) -> WebhookOutcome:
+    if result.duplicate:
         return WebhookOutcome("duplicate", "applied before", account_id)
-    return WebhookOutcome("processed", detail, account_id)
+    return WebhookOutcome("processed", detail, account_id, result.revision)
 
 
 def _parts(event: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any], datetime]:

@@ -109,6 +109,7 @@ class Deps:
             past_due_grace=settings.past_due_grace,
             cache_size=settings.cache_size,
             cache_ttl_seconds=settings.cache_ttl_seconds,
+            min_revision_wait_seconds=settings.min_revision_wait_seconds,
         )
         deps = cls(store=store, catalog=catalog, hub=hub, service=service)
         usage_repository = UsageRepository(store.engine)
@@ -123,6 +124,7 @@ class Deps:
             service,
             usage=usage_repository,
             interval_seconds=settings.change_feed_interval_seconds,
+            listen=settings.change_feed_listen,
         )
         deps.closers.append(deps.feed.close)
         deps.in_flight = InFlight(settings.max_in_flight)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from adapters.chains import ChainReaders, ChainSettings
+from entitlements.coherence import ChangeFeed
 from entitlements.observability.metrics import observe_chain_read
 from entitlements.server.token_gate_servicer import TokenGateServicer
 from entitlements.store.tokengate_repository import TokenGateStore
@@ -36,15 +37,24 @@ class TokenGateRuntime:
 
 
 class _HubFeed(TokenAccessFeed):
-    """Token access changes go to in-process listeners and to WatchEntitlements subscribers."""
+    """Token access changes go to in-process listeners and to WatchEntitlements subscribers, on
+    this replica at once and on the others through the change feed."""
 
-    def __init__(self, hub: WatchHub) -> None:
+    def __init__(self, hub: WatchHub, changes: ChangeFeed | None) -> None:
         super().__init__()
         self._hub = hub
+        self._changes = changes
 
     def publish(self, event: TokenAccessChanged) -> None:
+        """Deliver here only (an event another replica found, or with no change feed)."""
         super().publish(event)
         self._hub.publish(event)
+
+    async def announce(self, event: TokenAccessChanged) -> None:
+        if self._changes is None:
+            self.publish(event)
+        else:
+            await self._changes.announce_token_access(event)
 
 
 def install_token_gate(
@@ -55,11 +65,14 @@ def install_token_gate(
     readers = readers or ChainReaders.from_settings(chains)
     for network in readers.networks:
         readers.get(network).observer = observe_chain_read
+    feed = _HubFeed(deps.hub, deps.feed)
+    if deps.feed is not None:
+        deps.feed.token_sink = feed.publish
     gate = TokenGate(
         TokenGateStore(deps.store.engine),
         readers,
         chains,
-        feed=_HubFeed(deps.hub),
+        feed=feed,
     )
     runtime = TokenGateRuntime(gate, Reverifier(gate, chains.reverify_interval_seconds))
     deps.servicers["TokenGateService"] = TokenGateServicer(

@@ -22,6 +22,13 @@ def require_id(value: str, field: str) -> str:
     return value
 
 
+def require_min_revision(value: int, field: str) -> int:
+    """A consistency token: 0 (none) or a revision an earlier answer or write returned."""
+    if value < 0:
+        raise InvalidArgument(field, f"must be 0 or a revision the service returned, got {value}")
+    return value
+
+
 def require_count(values: object, field: str, *, maximum: int) -> None:
     n = len(values)  # type: ignore[arg-type]
     if n > maximum:

@@ -39,6 +39,7 @@ __all__ = [
     "EntitlementChange",
     "OverrideAudit",
     "Subscription",
+    "TokenAccessChange",
     "TokenRequirement",
     "UTCDateTime",
     "UsageEvent",
@@ -410,6 +411,22 @@ class EntitlementChange(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     account_id: Mapped[str]
     revision: Mapped[int] = mapped_column(BigInteger)
+    changed_at_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class TokenAccessChange(Base):
+    """One token-gated access change (a re-verification revoked or restored it), written by the
+    replica that found it; every replica polls the recent ones to tell its watchers."""
+
+    __tablename__ = "token_access_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    channel_id: Mapped[str]
+    #: "" when the access was checked for wallets only.
+    user_id: Mapped[str]
+    wallet_addresses: Mapped[list[str]]
+    granted: Mapped[bool] = mapped_column(Boolean)
+    unmet_requirement_ids: Mapped[list[str]]
     changed_at_ms: Mapped[int] = mapped_column(BigInteger, index=True)
 
 

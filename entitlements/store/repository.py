@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from entitlements.errors import AlreadyExists, InvalidArgument
+from entitlements.store.change_feed import notify_change
 from entitlements.store.engine import DEFAULT_DATABASE_URL, IMMEDIATE, create_engine
 from entitlements.store.failures import translate_errors
 from entitlements.store.models import (
@@ -249,12 +250,14 @@ class Store(Sessions):
             .execution_options(synchronize_session=False)
         )
         revision: int = (await session.execute(bump)).scalar_one()
-        # The change feed other workers and replicas poll to drop their cached copy.
+        # The change feed other workers and replicas read to drop their cached copy; on
+        # PostgreSQL they are woken when this transaction commits.
         await session.execute(
             insert(EntitlementChange).values(
                 account_id=account_id, revision=revision, changed_at_ms=_now_ms()
             )
         )
+        await notify_change(session)
         return revision
 
     async def changes_since(self, since_ms: int) -> list[tuple[str, int, int]]:
