@@ -57,11 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_plans_json(default_catalog()) if args.json else _plans_table(default_catalog()))
         return 0
     try:
-        settings = (
-            Settings.from_env()
-            if args.command == "serve"
-            else Settings.from_env({**_env(), "ENTITLEMENTS_DEV_MODE": "1"})
-        )
+        settings = Settings.from_env(require_callers=args.command == "serve")
     except ConfigError as exc:
         print(f"entitlements: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -117,12 +113,6 @@ def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
         uvloop.run(main)
     else:
         asyncio.run(main)
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def _limit(value: int | None) -> str:

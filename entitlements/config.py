@@ -30,6 +30,10 @@ SCOPES = frozenset(
 )
 
 
+_GRPC_PORT = 50051
+_HTTP_PORT = 8080
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the variable or file key."""
 
@@ -99,18 +103,32 @@ class Settings:
     slow_call_ms: float = 250.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, require_callers: bool = True
+    ) -> Settings:
+        """Read the settings; `require_callers=False` for commands that authenticate nobody
+        (migrate, report), which need neither a callers file nor dev mode."""
         env = os.environ if env is None else env
         dev_mode = _bool(env, "ENTITLEMENTS_DEV_MODE")
         callers_file = env.get("ENTITLEMENTS_CALLERS_FILE") or None
         callers: Mapping[bytes, Caller] = {}
+        if dev_mode and callers_file:
+            # Dev mode turns authentication off; beside a callers file it would silently win.
+            raise ConfigError(
+                "ENTITLEMENTS_DEV_MODE=1 and ENTITLEMENTS_CALLERS_FILE are both set: dev mode "
+                "turns authentication off and would ignore the callers file. Unset "
+                "ENTITLEMENTS_DEV_MODE to authenticate callers, or unset "
+                "ENTITLEMENTS_CALLERS_FILE to run without authentication on a laptop"
+            )
         if callers_file:
             callers = load_callers(Path(callers_file))
-        elif not dev_mode:
+        elif not dev_mode and require_callers:
             raise ConfigError(
                 "ENTITLEMENTS_CALLERS_FILE is not set: give a TOML file of callers, "
                 "or set ENTITLEMENTS_DEV_MODE=1 to run without authentication on a laptop"
             )
+        # Dev mode opens everything, so it listens on loopback unless told otherwise.
+        host = "127.0.0.1" if dev_mode else "0.0.0.0"
         try:
             database_url = normalize_url(
                 env.get("ENTITLEMENTS_DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -118,8 +136,8 @@ class Settings:
         except ValueError as exc:
             raise ConfigError(f"ENTITLEMENTS_DATABASE_URL: {exc}") from exc
         return cls(
-            grpc_addr=env.get("ENTITLEMENTS_GRPC_ADDR") or cls.grpc_addr,
-            http_addr=env.get("ENTITLEMENTS_HTTP_ADDR") or cls.http_addr,
+            grpc_addr=env.get("ENTITLEMENTS_GRPC_ADDR") or f"{host}:{_GRPC_PORT}",
+            http_addr=env.get("ENTITLEMENTS_HTTP_ADDR") or f"{host}:{_HTTP_PORT}",
             database_url=database_url,
             dev_mode=dev_mode,
             callers=callers,

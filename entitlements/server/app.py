@@ -173,9 +173,12 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.dev_mode:
         log.warning(
-            "DEV MODE: authentication is OFF; every caller has every scope. "
-            "Never run this in production (unset ENTITLEMENTS_DEV_MODE, set "
-            "ENTITLEMENTS_CALLERS_FILE)."
+            "DEV MODE: authentication is OFF; every caller has every scope and /admin is open. "
+            "Listening on gRPC on %s and HTTP on %s (dev mode defaults to loopback, 127.0.0.1; "
+            "ENTITLEMENTS_GRPC_ADDR / ENTITLEMENTS_HTTP_ADDR choose otherwise). Never run this "
+            "in production (unset ENTITLEMENTS_DEV_MODE, set ENTITLEMENTS_CALLERS_FILE).",
+            addr if addr is not None else settings.grpc_addr,
+            settings.http_addr,
         )
     else:
         interceptors.append(AuthInterceptor(settings.callers))

@@ -74,6 +74,20 @@ def test_serve_without_callers_or_dev_mode_is_a_configuration_error(
     assert "ENTITLEMENTS_CALLERS_FILE" in done.stderr
 
 
+def test_serve_refuses_dev_mode_beside_a_callers_file(env: dict[str, str], tmp_path: Path) -> None:
+    callers = tmp_path / "callers.toml"
+    callers.write_text(
+        '[[callers]]\nname = "ops"\ntokens = ["ops-token-0000000000001"]\nscopes = ["admin"]\n'
+    )
+    env = {**env, "ENTITLEMENTS_CALLERS_FILE": str(callers)}
+    done = subprocess.run(
+        [*ENTITLEMENTS, "serve"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "ENTITLEMENTS_DEV_MODE" in done.stderr
+    assert "ENTITLEMENTS_CALLERS_FILE" in done.stderr
+
+
 def test_migrate_serve_answer_and_stop_gracefully_on_sigterm(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -126,4 +140,6 @@ def test_migrate_serve_answer_and_stop_gracefully_on_sigterm(
             stderr = server.stderr.read()
             server.stderr.close()
     assert "DEV MODE" in stderr
+    assert f"gRPC on {env['ENTITLEMENTS_GRPC_ADDR']}" in stderr
+    assert "loopback" in stderr
     assert "stopped" in stderr
