@@ -91,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    from entitlements.server.app import SchemaNotCurrent, serve
+    from entitlements.server.app import serve
+    from entitlements.server.schema import SchemaNotCurrent
 
     try:
         _run(serve(settings), settings.event_loop)
@@ -176,7 +177,7 @@ def _timestamp(value: str) -> datetime:
 def _report(settings: Settings, args: argparse.Namespace) -> int:
     """`entitlements report`: the revenue dashboard as a table (or JSON)."""
     from entitlements.admin.report import report
-    from entitlements.server.app import SchemaNotCurrent, check_schema
+    from entitlements.server.schema import SchemaNotCurrent, check_schema
 
     try:
         asyncio.run(check_schema(settings.database_url))
@@ -198,8 +199,8 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
 
 def _billing_command(command: str, settings: Settings) -> int:
     """`entitlements webhooks` and `entitlements reconcile stripe`."""
-    from entitlements.server.app import SchemaNotCurrent
     from entitlements.server.billing_setup import run_reconcile, run_webhooks
+    from entitlements.server.schema import SchemaNotCurrent
 
     try:
         if command == "webhooks":

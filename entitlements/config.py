@@ -87,8 +87,11 @@ class Settings:
     usage_key_retention_seconds: float = 7 * 86400.0
     #: "uvloop" (default) or "asyncio".
     event_loop: str = "uvloop"
-    #: Unary calls handled at once; past it, calls are refused with RESOURCE_EXHAUSTED.
-    max_in_flight: int = 2000
+    #: Unary reads (calls that change nothing) handled at once; past it, reads are refused with
+    #: RESOURCE_EXHAUSTED. Writes have their own budget, so neither kind can shed the other.
+    max_in_flight_reads: int = 2000
+    #: Unary writes (every call that is not a read) handled at once.
+    max_in_flight_writes: int = 2000
     #: WatchEntitlements streams open at once.
     max_watchers: int = 10_000
     #: How often each process polls the change feed (coherence across workers and replicas).
@@ -127,6 +130,8 @@ class Settings:
                 "ENTITLEMENTS_CALLERS_FILE is not set: give a TOML file of callers, "
                 "or set ENTITLEMENTS_DEV_MODE=1 to run without authentication on a laptop"
             )
+        # The default of both budgets (reads, writes).
+        max_in_flight = _number(env, "ENTITLEMENTS_MAX_IN_FLIGHT", 2000, minimum=1)
         # Dev mode opens everything, so it listens on loopback unless told otherwise.
         host = "127.0.0.1" if dev_mode else "0.0.0.0"
         try:
@@ -160,7 +165,12 @@ class Settings:
             usage_counter_ttl_seconds=_number(
                 env, "ENTITLEMENTS_USAGE_COUNTER_TTL_SECONDS", 1.0, minimum=0
             ),
-            max_in_flight=int(_number(env, "ENTITLEMENTS_MAX_IN_FLIGHT", 2000, minimum=1)),
+            max_in_flight_reads=int(
+                _number(env, "ENTITLEMENTS_MAX_IN_FLIGHT_READS", max_in_flight, minimum=1)
+            ),
+            max_in_flight_writes=int(
+                _number(env, "ENTITLEMENTS_MAX_IN_FLIGHT_WRITES", max_in_flight, minimum=1)
+            ),
             max_watchers=int(_number(env, "ENTITLEMENTS_MAX_WATCHERS", 10_000, minimum=1)),
             change_feed_interval_seconds=_number(
                 env, "ENTITLEMENTS_CHANGE_FEED_INTERVAL_SECONDS", 0.25, minimum=0.01

@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from adapters.chains import ChainReaders
     from entitlements.cache import EntitlementCache
-    from entitlements.server.status import InFlight
+    from entitlements.observability.in_flight import Budgets
     from entitlements.usage.ledger import UsageLedger
 
 __all__ = [
@@ -252,7 +252,7 @@ class RuntimeSource:
     """Counters one server's parts already keep; read at scrape time."""
 
     cache: EntitlementCache
-    in_flight: InFlight
+    in_flight: Budgets
     ledger: UsageLedger | None = None
     readers: ChainReaders | None = None
 
@@ -297,16 +297,22 @@ class RuntimeCollector(Collector):
             "Accounts in the cache.",
             sum(len(s.cache) for s in sources),
         )
-        yield _gauge(
+        in_flight = GaugeMetricFamily(
             "entitlements_rpc_in_flight",
-            "Unary calls being handled.",
-            sum(s.in_flight.current for s in sources),
+            "Unary calls being handled, by budget (reads, writes).",
+            labels=("budget",),
         )
-        yield _counter(
+        shed = CounterMetricFamily(
             "entitlements_rpc_shed",
-            "Calls refused with RESOURCE_EXHAUSTED because too many were in flight.",
-            sum(s.in_flight.shed for s in sources),
+            "Calls refused with RESOURCE_EXHAUSTED because their budget (reads, writes) was full.",
+            labels=("budget",),
         )
+        for kind in ("reads", "writes"):
+            budgets = [getattr(s.in_flight, kind) for s in sources]
+            in_flight.add_metric((kind,), sum(b.current for b in budgets))
+            shed.add_metric((kind,), sum(b.shed for b in budgets))
+        yield in_flight
+        yield shed
         ledgers = [s.ledger for s in sources if s.ledger is not None]
         yield _counter(
             "entitlements_usage_events_applied",

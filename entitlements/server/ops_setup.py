@@ -13,7 +13,7 @@ from entitlements.server.auth import AuthInterceptor
 if TYPE_CHECKING:
     from entitlements.admin import AdminService
     from entitlements.config import Settings
-    from entitlements.server.app import Deps
+    from entitlements.server.deps import Deps
 
 __all__ = ["install_observability"]
 
