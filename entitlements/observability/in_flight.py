@@ -1,5 +1,6 @@
 """In-flight budgets: how many unary calls of each kind (reads, writes) are being handled, against
-a limit per kind. The servicers' wrapper sheds calls past a limit; /metrics reads the counts."""
+a limit per kind, and whether the server still admits calls. The servicers' wrapper sheds calls
+past a limit (and every call once the server is closing); /metrics reads the counts."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ class Budgets:
 
     reads: InFlight = field(default_factory=lambda: InFlight("reads", 2000))
     writes: InFlight = field(default_factory=lambda: InFlight("writes", 2000))
+    #: Set at shutdown: new calls are refused with UNAVAILABLE while those in flight finish.
+    closing: bool = False
+    #: Calls refused because the server was closing (a drain waits for these to stop).
+    refused_closing: int = 0
 
     @classmethod
     def of(cls, *, reads: int, writes: int) -> Budgets:

@@ -6,7 +6,9 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -114,12 +116,46 @@ class Running:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
-    async def stop(self, grace: float) -> None:
-        """Graceful stop: health says NOT_SERVING, watch streams end, in-flight calls finish."""
+    async def drain(self, grace: float) -> None:
+        """Health says NOT_SERVING, watch streams end and new unary calls get UNAVAILABLE while
+        the ones in flight finish; returns once none is in flight and calls have stopped
+        arriving, or after `grace` seconds."""
+        deadline = asyncio.get_running_loop().time() + grace
         await self.health.enter_graceful_shutdown()
+        self.deps.in_flight.closing = True
         self.deps.hub.close()
-        await self.server.stop(grace)
+        await _drain(self.deps.in_flight, deadline)
+
+    async def stop(self, grace: float) -> None:
+        """Drain (at most `grace` seconds), stop the server, close the dependencies."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        await self.drain(grace)
+        await self.server.stop(max(deadline - loop.time(), 0.0))
         await self.deps.close()
+
+
+#: A drained server stops once no call has arrived for this long (at most `_QUIET_MAX_SECONDS`
+#: after the last call in flight finished): gRPC's core answers CANCELLED to the calls it has
+#: received but not yet handed to the server when the server stops.
+_QUIET_SECONDS = 0.05
+_QUIET_MAX_SECONDS = 1.0
+
+
+async def _drain(budgets: Budgets, deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    seen, quiet_since, idle_since = budgets.refused_closing, loop.time(), loop.time()
+    while loop.time() < deadline:
+        now = loop.time()
+        if budgets.current:
+            idle_since = now
+        if budgets.current or budgets.refused_closing != seen:
+            seen, quiet_since = budgets.refused_closing, now
+        elif now - quiet_since >= _QUIET_SECONDS:
+            return
+        if now - idle_since >= _QUIET_MAX_SECONDS:
+            return
+        await asyncio.sleep(0.005)
 
 
 SERVICE_NAMES = tuple(
@@ -195,7 +231,7 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
 
 
 async def serve(settings: Settings) -> None:
-    """Run the service until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run the service until SIGTERM or SIGINT, drain gracefully, then end the process (exit 0)."""
     await check_schema(settings.database_url)
     store = Store.open(settings.database_url)
     try:
@@ -234,11 +270,28 @@ async def serve(settings: Settings) -> None:
             "shutting down: finishing in-flight calls (grace %.1fs)",
             settings.shutdown_grace_seconds,
         )
+        await running.drain(settings.shutdown_grace_seconds)
         await http.stop()
-        await running.stop(settings.shutdown_grace_seconds)
+        await running.deps.close()
     finally:
         await store.close()
     log.info("stopped")
+    _exit_keeping_calls_retryable()
+
+
+def _exit_keeping_calls_retryable() -> NoReturn:
+    """End the process with the gRPC server still answering UNAVAILABLE.
+
+    Neither `server.stop()` nor the event loop's end may come first: the first answers CANCELLED
+    to the calls gRPC's core has received but not yet handed over, the second cancels the
+    handlers of calls being answered (CANCELLED too). Exiting here closes those calls'
+    connections instead, which their callers see as UNAVAILABLE and retry. Everything worth
+    keeping (the store, acknowledged writes, the logs) is closed or flushed by now.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _redacted(url: str) -> str:

@@ -169,6 +169,17 @@ def _refusal(budget: InFlight) -> grpc.Status:
     return refusal
 
 
+#: The answer to a call that arrives while the server shuts down: retryable, never CANCELLED.
+_CLOSING: grpc.Status = rpc_status.to_status(
+    status_proto(
+        grpc.StatusCode.UNAVAILABLE,
+        "the server is shutting down; retry (another replica or the restarted server answers)",
+        reason="ERROR_REASON_DEPENDENCY_UNAVAILABLE",
+        metadata={"dependency": "server", "state": "shutting_down"},
+    )
+)
+
+
 def unary(fn: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
     """Wrap a unary handler: load shedding (when the servicer has `in_flight` budgets; a read
     spends the reads budget, anything else the writes budget), domain errors become their
@@ -187,6 +198,10 @@ def unary(fn: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
         budgets: Budgets | None = getattr(self, "in_flight", None)
         in_flight = None
         if budgets is not None:
+            if budgets.closing:
+                budgets.refused_closing += 1
+                metrics.observe("UNAVAILABLE", perf_counter() - start)
+                await context.abort(_CLOSING.code, _CLOSING.details, _CLOSING.trailing_metadata)
             in_flight = budgets.reads if reads else budgets.writes
             if in_flight.current >= in_flight.limit:
                 in_flight.shed += 1
