@@ -50,6 +50,7 @@ __all__ = [
     "RpcMetrics",
     "RuntimeSource",
     "chain_read",
+    "expose_worker_restarts",
     "observe_chain_read",
     "observe_webhook",
     "register_runtime",
@@ -361,6 +362,31 @@ REGISTRY.register(RUNTIME)
 def register_runtime(source: RuntimeSource) -> Callable[[], None]:
     """Expose a server's counters until the returned function is called."""
     return RUNTIME.add(source)
+
+
+class _WorkerRestarts(Collector):
+    """`entitlements_worker_restarts_total`, read from the `serve --workers N` supervisor."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], int] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        if self.read is not None:
+            yield _counter(
+                "entitlements_worker_restarts",
+                "Workers the `serve --workers N` parent replaced after they died, since it "
+                "started (the service's figure: every worker reports the same).",
+                self.read(),
+            )
+
+
+_WORKER_RESTARTS = _WorkerRestarts()
+REGISTRY.register(_WORKER_RESTARTS)
+
+
+def expose_worker_restarts(read: Callable[[], int]) -> None:
+    """Report the supervisor's count of replaced workers (called in each forked worker)."""
+    _WORKER_RESTARTS.read = read
 
 
 def render() -> bytes:
