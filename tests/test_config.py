@@ -126,3 +126,13 @@ def test_a_bad_variable_is_refused_naming_it(name: str, value: str) -> None:
 def test_a_missing_callers_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         Settings.from_env({"ENTITLEMENTS_CALLERS_FILE": str(tmp_path / "nope.toml")})
+
+
+def test_reads_and_writes_have_their_own_in_flight_budgets() -> None:
+    env = {"ENTITLEMENTS_DEV_MODE": "1", "ENTITLEMENTS_MAX_IN_FLIGHT": "50"}
+    both = Settings.from_env(env)
+    assert (both.max_in_flight_reads, both.max_in_flight_writes) == (50, 50)
+    apart = Settings.from_env({**env, "ENTITLEMENTS_MAX_IN_FLIGHT_WRITES": "7"})
+    assert (apart.max_in_flight_reads, apart.max_in_flight_writes) == (50, 7)
+    with pytest.raises(ConfigError, match="ENTITLEMENTS_MAX_IN_FLIGHT_READS"):
+        Settings.from_env({**env, "ENTITLEMENTS_MAX_IN_FLIGHT_READS": "0"})
