@@ -32,6 +32,10 @@ SCOPES = frozenset(
 )
 
 
+_GRPC_PORT = 50051
+_HTTP_PORT = 8080
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the variable or file key."""
 
@@ -85,8 +89,11 @@ class Settings:
     usage_key_retention_seconds: float = 7 * 86400.0
     #: "uvloop" (default) or "asyncio".
     event_loop: str = "uvloop"
-    #: Unary calls handled at once; past it, calls are refused with RESOURCE_EXHAUSTED.
-    max_in_flight: int = 2000
+    #: Unary reads (calls that change nothing) handled at once; past it, reads are refused with
+    #: RESOURCE_EXHAUSTED. Writes have their own budget, so neither kind can shed the other.
+    max_in_flight_reads: int = 2000
+    #: Unary writes (every call that is not a read) handled at once.
+    max_in_flight_writes: int = 2000
     #: WatchEntitlements streams open at once.
     max_watchers: int = 10_000
     #: How often each process polls the change feed (coherence across workers and replicas).
@@ -107,18 +114,34 @@ class Settings:
     slow_call_ms: float = 250.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, require_callers: bool = True
+    ) -> Settings:
+        """Read the settings; `require_callers=False` for commands that authenticate nobody
+        (migrate, report), which need neither a callers file nor dev mode."""
         env = os.environ if env is None else env
         dev_mode = _bool(env, "ENTITLEMENTS_DEV_MODE")
         callers_file = env.get("ENTITLEMENTS_CALLERS_FILE") or None
         callers: Mapping[bytes, Caller] = {}
+        if dev_mode and callers_file:
+            # Dev mode turns authentication off; beside a callers file it would silently win.
+            raise ConfigError(
+                "ENTITLEMENTS_DEV_MODE=1 and ENTITLEMENTS_CALLERS_FILE are both set: dev mode "
+                "turns authentication off and would ignore the callers file. Unset "
+                "ENTITLEMENTS_DEV_MODE to authenticate callers, or unset "
+                "ENTITLEMENTS_CALLERS_FILE to run without authentication on a laptop"
+            )
         if callers_file:
             callers = load_callers(Path(callers_file))
-        elif not dev_mode:
+        elif not dev_mode and require_callers:
             raise ConfigError(
                 "ENTITLEMENTS_CALLERS_FILE is not set: give a TOML file of callers, "
                 "or set ENTITLEMENTS_DEV_MODE=1 to run without authentication on a laptop"
             )
+        # The default of both budgets (reads, writes).
+        max_in_flight = _number(env, "ENTITLEMENTS_MAX_IN_FLIGHT", 2000, minimum=1)
+        # Dev mode opens everything, so it listens on loopback unless told otherwise.
+        host = "127.0.0.1" if dev_mode else "0.0.0.0"
         try:
             database_url = normalize_url(
                 env.get("ENTITLEMENTS_DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -126,8 +149,8 @@ class Settings:
         except ValueError as exc:
             raise ConfigError(f"ENTITLEMENTS_DATABASE_URL: {exc}") from exc
         return cls(
-            grpc_addr=env.get("ENTITLEMENTS_GRPC_ADDR") or cls.grpc_addr,
-            http_addr=env.get("ENTITLEMENTS_HTTP_ADDR") or cls.http_addr,
+            grpc_addr=env.get("ENTITLEMENTS_GRPC_ADDR") or f"{host}:{_GRPC_PORT}",
+            http_addr=env.get("ENTITLEMENTS_HTTP_ADDR") or f"{host}:{_HTTP_PORT}",
             database_url=database_url,
             dev_mode=dev_mode,
             callers=callers,
@@ -150,7 +173,12 @@ class Settings:
             usage_counter_ttl_seconds=_number(
                 env, "ENTITLEMENTS_USAGE_COUNTER_TTL_SECONDS", 1.0, minimum=0
             ),
-            max_in_flight=int(_number(env, "ENTITLEMENTS_MAX_IN_FLIGHT", 2000, minimum=1)),
+            max_in_flight_reads=int(
+                _number(env, "ENTITLEMENTS_MAX_IN_FLIGHT_READS", max_in_flight, minimum=1)
+            ),
+            max_in_flight_writes=int(
+                _number(env, "ENTITLEMENTS_MAX_IN_FLIGHT_WRITES", max_in_flight, minimum=1)
+            ),
             max_watchers=int(_number(env, "ENTITLEMENTS_MAX_WATCHERS", 10_000, minimum=1)),
             change_feed_interval_seconds=_number(
                 env, "ENTITLEMENTS_CHANGE_FEED_INTERVAL_SECONDS", 0.25, minimum=0.01

@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from adapters.chains import ChainReaders
     from entitlements.cache import EntitlementCache
-    from entitlements.server.status import InFlight
+    from entitlements.observability.in_flight import Budgets
     from entitlements.service import EntitlementService
     from entitlements.usage.ledger import UsageLedger
 
@@ -52,6 +52,7 @@ __all__ = [
     "RuntimeSource",
     "chain_heads",
     "chain_read",
+    "expose_worker_restarts",
     "observe_chain_head",
     "observe_chain_read",
     "observe_webhook",
@@ -301,7 +302,7 @@ class RuntimeSource:
     """Counters one server's parts already keep; read at scrape time."""
 
     cache: EntitlementCache
-    in_flight: InFlight
+    in_flight: Budgets
     ledger: UsageLedger | None = None
     readers: ChainReaders | None = None
     service: EntitlementService | None = None
@@ -347,16 +348,22 @@ class RuntimeCollector(Collector):
             "Accounts in the cache.",
             sum(len(s.cache) for s in sources),
         )
-        yield _gauge(
+        in_flight = GaugeMetricFamily(
             "entitlements_rpc_in_flight",
-            "Unary calls being handled.",
-            sum(s.in_flight.current for s in sources),
+            "Unary calls being handled, by budget (reads, writes).",
+            labels=("budget",),
         )
-        yield _counter(
+        shed = CounterMetricFamily(
             "entitlements_rpc_shed",
-            "Calls refused with RESOURCE_EXHAUSTED because too many were in flight.",
-            sum(s.in_flight.shed for s in sources),
+            "Calls refused with RESOURCE_EXHAUSTED because their budget (reads, writes) was full.",
+            labels=("budget",),
         )
+        for kind in ("reads", "writes"):
+            budgets = [getattr(s.in_flight, kind) for s in sources]
+            in_flight.add_metric((kind,), sum(b.current for b in budgets))
+            shed.add_metric((kind,), sum(b.shed for b in budgets))
+        yield in_flight
+        yield shed
         services = [s.service for s in sources if s.service is not None]
         yield _counter(
             "entitlements_min_revision_read_throughs",
@@ -425,6 +432,31 @@ REGISTRY.register(RUNTIME)
 def register_runtime(source: RuntimeSource) -> Callable[[], None]:
     """Expose a server's counters until the returned function is called."""
     return RUNTIME.add(source)
+
+
+class _WorkerRestarts(Collector):
+    """`entitlements_worker_restarts_total`, read from the `serve --workers N` supervisor."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], int] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        if self.read is not None:
+            yield _counter(
+                "entitlements_worker_restarts",
+                "Workers the `serve --workers N` parent replaced after they died, since it "
+                "started (the service's figure: every worker reports the same).",
+                self.read(),
+            )
+
+
+_WORKER_RESTARTS = _WorkerRestarts()
+REGISTRY.register(_WORKER_RESTARTS)
+
+
+def expose_worker_restarts(read: Callable[[], int]) -> None:
+    """Report the supervisor's count of replaced workers (called in each forked worker)."""
+    _WORKER_RESTARTS.read = read
 
 
 def render() -> bytes:

@@ -25,7 +25,7 @@ from entitlements.store.admin_repository import AdminStore
 
 if TYPE_CHECKING:
     from entitlements.config import Settings
-    from entitlements.server.app import Deps
+    from entitlements.server.deps import Deps
 
 __all__ = ["AdminServicer", "install_admin", "metrics_response"]
 

@@ -15,10 +15,11 @@ from nchat.entitlements.v1 import entitlements_service_pb2_grpc as pb_grpc
 from nchat.entitlements.v1 import plan_pb2
 
 from entitlements.errors import EntitlementsError, InvalidArgument, StaleRevision
+from entitlements.observability.in_flight import Budgets
 from entitlements.observability.metrics import rpc_metrics_for
 from entitlements.policies import Catalog, FeatureDecision, get_upgrade_path, meets_minimum_plan
 from entitlements.server import convert
-from entitlements.server.status import InFlight, abort, abort_with, error_status, unary
+from entitlements.server.status import abort, abort_with, error_status, unary
 from entitlements.server.validation import (
     MAX_ID_LENGTH,
     require_count,
@@ -84,7 +85,7 @@ def _answer(
 
 
 class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
-    in_flight: InFlight | None = None
+    in_flight: Budgets | None = None
 
     def __init__(
         self, service: EntitlementService, catalog: Catalog, *, max_watchers: int = 10_000

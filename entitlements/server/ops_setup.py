@@ -14,7 +14,7 @@ from entitlements.store.engine import safe_url
 if TYPE_CHECKING:
     from entitlements.admin import AdminService
     from entitlements.config import Settings
-    from entitlements.server.app import Deps
+    from entitlements.server.deps import Deps
 
 __all__ = ["install_observability"]
 

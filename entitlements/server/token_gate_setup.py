@@ -3,12 +3,12 @@ readers from settings, the servicer, the re-verification task and their shutdown
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from adapters.chains import ChainReaders, ChainSettings
 from entitlements.coherence import ChangeFeed
 from entitlements.observability.metrics import observe_chain_read
+from entitlements.server.token_gate_runtime import TokenGateRuntime
 from entitlements.server.token_gate_servicer import TokenGateServicer
 from entitlements.store.tokengate_repository import TokenGateStore
 from entitlements.tokengate import Reverifier, TokenGate
@@ -16,24 +16,9 @@ from entitlements.watch import TokenAccessChanged, TokenAccessFeed, WatchHub
 
 if TYPE_CHECKING:
     from entitlements.config import Settings
-    from entitlements.server.app import Deps
+    from entitlements.server.deps import Deps
 
 __all__ = ["TokenGateRuntime", "install_token_gate"]
-
-
-@dataclass
-class TokenGateRuntime:
-    gate: TokenGate
-    reverifier: Reverifier
-
-    async def start(self) -> None:
-        """Refuse a node of the wrong chain (FailedPrecondition), then start re-verifying."""
-        await self.gate.start()
-        self.reverifier.start()
-
-    async def close(self) -> None:
-        await self.reverifier.stop()
-        await self.gate.close()
 
 
 class _HubFeed(TokenAccessFeed):

@@ -16,7 +16,7 @@ from nchat.entitlements.client import (
 
 from entitlements.config import Settings
 from entitlements.policies import Overrides
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
 from tests.clients.conftest import TOKEN, eventually
@@ -37,7 +37,7 @@ async def two_replicas(url: str, settings: Settings) -> AsyncIterator[tuple[Runn
     try:
         for _ in range(2):
             store = Store.open(url)
-            running = await create_server(settings, Deps.build(settings, store), addr="127.0.0.1:0")
+            running = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
             running.deps.closers.insert(0, store.close)
             await running.server.start()
             await running.set_serving(True)

@@ -20,7 +20,7 @@ from nchat.entitlements.v1 import plan_pb2, subscription_pb2
 
 from entitlements.config import Settings
 from entitlements.crypto.config import TokenConfig
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.repository import Store
 from tests.chain_fixtures import AnvilNode, ChainKit, TestTokens, local_settings, new_wallet
 from tests.crypto.conftest import DEPTH, crypto_settings
@@ -48,7 +48,7 @@ async def running(
             tokens={("local", "USDC"): TokenConfig(tokens.usdc6.address)},
         ),
     )
-    server = await create_server(configured, Deps.build(configured, store), addr="127.0.0.1:0")
+    server = await create_server(configured, build_deps(configured, store), addr="127.0.0.1:0")
     await server.server.start()
     await server.set_serving(True)
     try:
@@ -192,7 +192,7 @@ async def test_without_a_receiving_address_quotes_are_refused_as_failed_precondi
         chains=local_settings(anvil),
         crypto=crypto_settings(tokens, "0x" + "00" * 20, pay_to_address=None),
     )
-    server = await create_server(configured, Deps.build(configured, store), addr="127.0.0.1:0")
+    server = await create_server(configured, build_deps(configured, store), addr="127.0.0.1:0")
     await server.server.start()
     try:
         assert server.deps.crypto is not None and server.deps.crypto.watchers == []

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from entitlements.config import Settings
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.records import SubscriptionRecord
 from entitlements.store.repository import Store
@@ -46,7 +46,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 async def _start(settings: Settings, store: Store) -> Running:
-    running = await create_server(settings, Deps.build(settings, store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
     await running.server.start()
     await running.set_serving(True)
     return running

@@ -9,7 +9,7 @@ from nchat.entitlements.v1 import entitlements_service_pb2 as pb
 from nchat.entitlements.v1 import entitlements_service_pb2_grpc as pb_grpc
 
 from entitlements.config import Settings
-from entitlements.server.app import Deps, create_server
+from entitlements.server.app import build_deps, create_server
 from entitlements.store.repository import Store
 from tests.server.conftest import CHAT, MESSAGES
 from tests.server.helpers import details
@@ -82,7 +82,7 @@ async def test_health_needs_no_token(lone_channel: grpc.aio.Channel) -> None:
 
 async def test_dev_mode_needs_no_token(sqlite_store: Store) -> None:
     settings = Settings.from_env({"ENTITLEMENTS_DEV_MODE": "1"})
-    running = await create_server(settings, Deps.build(settings, sqlite_store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, sqlite_store), addr="127.0.0.1:0")
     await running.server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:

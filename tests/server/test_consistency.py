@@ -16,7 +16,7 @@ from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 
 from entitlements.config import Settings
 from entitlements.observability.metrics import render
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
 from tests.server.conftest import CALLERS_TOML, OPS, subscription
@@ -57,7 +57,7 @@ async def replicas(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[Rep
     started: list[Replica] = []
     for _ in range(2):
         store = Store.open(database_url)
-        running = await create_server(settings, Deps.build(settings, store), addr="127.0.0.1:0")
+        running = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
         running.deps.closers.insert(0, store.close)
         await running.server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")

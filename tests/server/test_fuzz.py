@@ -46,7 +46,7 @@ from adapters.chains.config import NETWORKS, rpc_url_variable
 from adapters.stripe.prices import INTERVALS, PAID_PLANS
 from entitlements.config import Settings
 from entitlements.policies import default_catalog
-from entitlements.server.app import SERVICE_NAMES, Deps, Running, create_server
+from entitlements.server.app import SERVICE_NAMES, Running, build_deps, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.models import Base
 from entitlements.store.repository import Store
@@ -194,7 +194,7 @@ def fuzz_settings(directory: Path, setup: Setup) -> Settings:
 
 
 async def _start(settings: Settings, store: Store) -> Running:
-    running = await create_server(settings, Deps.build(settings, store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
     await running.server.start()
     await running.set_serving(True)
     return running

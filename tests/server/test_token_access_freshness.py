@@ -14,7 +14,7 @@ from nchat.entitlements.v1 import token_gate_service_pb2 as pb
 from nchat.entitlements.v1 import token_gate_service_pb2_grpc as pb_grpc
 
 from entitlements.config import Settings
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
 from tests.chain_fixtures import (
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 
 async def start(settings: Settings, url: str) -> Running:
     store = Store.open(url)
-    running = await create_server(settings, Deps.build(settings, store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
     running.deps.closers.insert(0, store.close)
     await running.server.start()
     await running.set_serving(True)

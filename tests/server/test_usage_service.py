@@ -17,7 +17,7 @@ from nchat.entitlements.v1 import usage_service_pb2 as pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as pb_grpc
 
 from entitlements.config import Settings
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.usage.periods import current_period
 from tests.server.conftest import CALLERS_TOML, OPS, subscription
 from tests.server.helpers import details
@@ -110,7 +110,7 @@ async def test_a_reused_key_with_another_payload_fails_the_batch_and_writes_noth
         ([event("ws", "x" * 201)], "events[0].idempotency_key"),
         ([event("", "a")], "events[0].account_id"),
         (
-            [event("ws", "a", occurred_at=at(datetime.now(UTC) + timedelta(minutes=10)))],
+            [event("ws", "a", occurred_at=at(datetime.now(UTC) + timedelta(hours=2)))],
             "events[0].occurred_at",
         ),
         (
@@ -149,7 +149,7 @@ async def long_memory_stub(tmp_path, sqlite_store) -> AsyncIterator[pb_grpc.Usag
             "ENTITLEMENTS_USAGE_KEY_RETENTION_DAYS": "40",
         }
     )
-    running = await create_server(settings, Deps.build(settings, sqlite_store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, sqlite_store), addr="127.0.0.1:0")
     await running.server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
