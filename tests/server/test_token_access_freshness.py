@@ -29,8 +29,9 @@ from tests.chain_fixtures import (
     tokens,
 )
 from tests.server.conftest import CHAT, OPS
+from tests.server.test_token_gate_service import TRUSTED, settings
 
-__all__ = ["anvil", "chain", "tokens"]
+__all__ = ["anvil", "chain", "settings", "tokens"]
 
 pytestmark = pytest.mark.slow
 
@@ -85,13 +86,13 @@ async def test_min_revision_makes_channel_access_read_the_chain_now(
                 metadata=OPS,
             )
             ask = pb.CheckChannelAccessRequest(channel_id="fresh-club", wallet_addresses=[holder])
-            first = await gate.CheckChannelAccess(ask, metadata=OPS)
+            first = await gate.CheckChannelAccess(ask, metadata=TRUSTED)
             assert first.granted and first.as_of.seconds > 0
             await give_away(chain, tokens, holder, token_id)
-            cached = await gate.CheckChannelAccess(ask, metadata=OPS)
+            cached = await gate.CheckChannelAccess(ask, metadata=TRUSTED)
             assert cached.granted  # the balance is cached (the verify cache TTL)
             ask.min_revision = 1
-            fresh = await gate.CheckChannelAccess(ask, metadata=OPS)
+            fresh = await gate.CheckChannelAccess(ask, metadata=TRUSTED)
             assert not fresh.granted
             assert fresh.as_of.ToDatetime() >= first.as_of.ToDatetime()
     finally:
@@ -129,7 +130,7 @@ async def test_an_access_change_found_on_one_replica_reaches_the_others_watchers
             )
             access = await gate.CheckChannelAccess(
                 pb.CheckChannelAccessRequest(channel_id="far-lounge", wallet_addresses=[holder]),
-                metadata=OPS,
+                metadata=TRUSTED,
             )
             assert access.granted
             watches = [
