@@ -24,6 +24,7 @@ SCOPES = frozenset(
         "tokengate:read",
         "tokengate:write",
         "billing:write",
+        "crypto:read",
         "crypto:write",
         "admin",
     }

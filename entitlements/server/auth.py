@@ -53,10 +53,9 @@ METHOD_SCOPES: Mapping[str, str] = {
             "ResumeSubscription",
         )
     },
-    **{
-        f"{_PKG}CryptoPaymentService/{m}": "crypto:write"
-        for m in ("CreateCryptoPayment", "GetCryptoPayment", "GetTransactionStatus")
-    },
+    f"{_PKG}CryptoPaymentService/CreateCryptoPayment": "crypto:write",
+    f"{_PKG}CryptoPaymentService/GetCryptoPayment": "crypto:read",
+    f"{_PKG}CryptoPaymentService/GetTransactionStatus": "crypto:read",
     **{
         f"{_PKG}AdminService/{m}": "admin"
         for m in ("GetRevenueMetrics", "ListSubscriptions", "SetAccountOverrides")
