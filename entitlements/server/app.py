@@ -38,6 +38,7 @@ from entitlements.server.auth import AuthInterceptor
 from entitlements.server.billing_setup import install_billing, webhook_server
 from entitlements.server.crypto_setup import CryptoRuntime, install_crypto
 from entitlements.server.entitlements_servicer import EntitlementsServicer
+from entitlements.server.guard import RequestGuard
 from entitlements.server.ops_setup import install_observability
 from entitlements.server.status import InFlight
 from entitlements.server.token_gate_setup import TokenGateRuntime, install_token_gate
@@ -179,6 +180,8 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
         )
     else:
         interceptors.append(AuthInterceptor(settings.callers))
+    # After authentication: a stranger's request is never decoded.
+    interceptors.append(RequestGuard())
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

@@ -133,7 +133,8 @@ async def test_crypto_reads_need_crypto_read_and_writes_crypto_write(
                 response_deserializer=lambda raw: raw,
             )
             needed = "crypto:read" if method.name in CRYPTO_READS else "crypto:write"
-            for metadata, holds in ((CRYPTO_READER, "crypto:read"), (CRYPTO_WRITER, "crypto:write")):
+            callers = ((CRYPTO_READER, "crypto:read"), (CRYPTO_WRITER, "crypto:write"))
+            for metadata, holds in callers:
                 try:
                     await rpc(request_cls(), metadata=metadata)
                     code = grpc.StatusCode.OK
