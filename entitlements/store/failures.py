@@ -11,7 +11,7 @@ from sqlalchemy.engine import URL
 from entitlements.errors import Unavailable
 from entitlements.store.engine import safe_url
 
-__all__ = ["is_unavailable", "translate_errors"]
+__all__ = ["is_unavailable", "is_unstorable_value", "translate_errors"]
 
 # SQLite result codes that mean the file cannot be used right now, as opposed to SQLITE_ERROR
 # (a bad statement, a missing table), which is a bug to surface rather than retry.
@@ -49,6 +49,22 @@ def is_unavailable(error: BaseException) -> bool:
             return True
     # PostgreSQL's other OperationalErrors (statement timeouts, cancelled queries) are transient.
     return isinstance(error, sa_exc.OperationalError)
+
+
+def is_unstorable_value(error: BaseException) -> bool:
+    """True if `error` says a value handed to the database cannot be stored (PostgreSQL's data
+    exceptions, SQLSTATE class 22: a NUL in text, a number out of range; the drivers' own
+    refusals of a value, raised as ValueError or OverflowError before it is sent): the
+    statement's input was wrong, not the database or the statement."""
+    for cause in _causes(error):
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith("22"):
+            return True
+        if isinstance(cause, OverflowError):  # sqlite3: an int past 64 bits
+            return True
+        if isinstance(cause, ValueError) and type(cause).__module__.startswith("asyncpg"):
+            return True  # asyncpg's DataError: "invalid input for query argument"
+    return False
 
 
 @contextmanager
