@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -9,9 +10,18 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
 from entitlements.errors import Unavailable
+from entitlements.observability.throttle import Throttle
 from entitlements.store.engine import safe_url
 
-__all__ = ["is_unavailable", "is_unstorable_value", "translate_errors"]
+__all__ = ["UNAVAILABLE_MESSAGE", "is_unavailable", "is_unstorable_value", "translate_errors"]
+
+log = logging.getLogger(__name__)
+
+#: What a caller is told when the database cannot be reached.
+UNAVAILABLE_MESSAGE = "the database is unavailable; retry with backoff"
+
+# During an outage every call fails alike: the log says so a few times a minute, not per call.
+_throttle = Throttle(burst=5, per_minute=6)
 
 # SQLite result codes that mean the file cannot be used right now, as opposed to SQLITE_ERROR
 # (a bad statement, a missing table), which is a bug to surface rather than retry.
@@ -74,10 +84,14 @@ def translate_errors(url: str | URL) -> Iterator[None]:
         yield
     except Exception as error:
         if is_unavailable(error):
-            detail = error.orig if isinstance(error, sa_exc.DBAPIError) else error
-            raise Unavailable(
-                f"database {safe_url(url)} unavailable: {type(detail).__name__}: {detail}"
-            ) from error
+            cause = error.orig if isinstance(error, sa_exc.DBAPIError) else error
+            detail = f"database {safe_url(url)} unavailable: {type(cause).__name__}: {cause}"
+            held_back = _throttle.allow()
+            if held_back is not None:
+                more = f" ({held_back} more not logged)" if held_back else ""
+                log.warning("%s%s", detail, more)
+            # Callers learn that the database is away, not where it is (user, host, port, name).
+            raise Unavailable(UNAVAILABLE_MESSAGE, detail=detail) from error
         raise
 
 
