@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf.message import Message
 from google.rpc import status_pb2
 
+from entitlements.errors import InvalidArgument
 from entitlements.observability.logs import log_rpc
 from entitlements.observability.metrics import rpc_metrics_for_path
 from entitlements.observability.throttle import Throttle
 from entitlements.server.status import abort, error_status, status_proto
-from entitlements.server.validation import text_violation
+from entitlements.server.validation import MAX_TEXT_LENGTH, text_violation
 
 __all__ = ["RequestGuard"]
 
@@ -46,6 +46,15 @@ class _Undecodable:
     def __init__(self, size: int, why: str) -> None:
         self.size = size
         self.why = why
+
+
+class _Refused:
+    """A decoded request with text no store can hold."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
 
 
 class RequestGuard(grpc.aio.ServerInterceptor):
@@ -83,9 +92,16 @@ class RequestGuard(grpc.aio.ServerInterceptor):
 
         def safe_decode(raw: bytes) -> Any:
             try:
-                return decode(raw)
+                request = decode(raw)
             except Exception as exc:  # DecodeError, and whatever a deserializer may raise
                 return _Undecodable(len(raw), str(exc) or type(exc).__name__)
+            # A NUL in a string is a 0x00 byte on the wire and an overlong string makes a long
+            # request, so most requests are cleared without walking their fields.
+            if check_text and (b"\x00" in raw or len(raw) > MAX_TEXT_LENGTH):
+                bad = text_violation(request)
+                if bad is not None:
+                    return _Refused(bad)
+            return request
 
         def refusal(request: Any, context: Ctx) -> status_pb2.Status | None:
             if isinstance(request, _Undecodable):
@@ -96,18 +112,16 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                     f"the request is not a valid {type_name} message: {request.why}",
                     reason="ERROR_REASON_INVALID_ARGUMENT",
                 )
-            if check_text and isinstance(request, Message):
-                bad = text_violation(request)
-                if bad is not None:
-                    metrics.observe("INVALID_ARGUMENT", 0.0)
-                    log_rpc(
-                        metrics.service,
-                        metrics.method,
-                        "INVALID_ARGUMENT",
-                        0.0,
-                        context.invocation_metadata(),
-                    )
-                    return error_status(bad)
+            if isinstance(request, _Refused):
+                metrics.observe("INVALID_ARGUMENT", 0.0)
+                log_rpc(
+                    metrics.service,
+                    metrics.method,
+                    "INVALID_ARGUMENT",
+                    0.0,
+                    context.invocation_metadata(),
+                )
+                return error_status(request.error)
             return None
 
         kwargs: dict[str, Any] = {

@@ -75,6 +75,10 @@ def _text_problem(value: str) -> str | None:
     return None
 
 
+#: Where a bad string was found: the path's parts, innermost first, and what is wrong.
+_Found = tuple[list[str], str]
+
+
 @cache
 def _is_map(field: FieldDescriptor) -> bool:
     entry = field.message_type
@@ -82,6 +86,15 @@ def _is_map(field: FieldDescriptor) -> bool:
 
 
 def _walk(message: Message, prefix: str) -> InvalidArgument | None:
+    found = _find(message)
+    if found is None:
+        return None
+    parts, problem = found
+    return InvalidArgument(prefix + "".join(reversed(parts)).removeprefix("."), problem)
+
+
+def _find(message: Message) -> _Found | None:
+    # The path is only built on the way out of a find: a clean request costs no strings.
     for field, value in message.ListFields():
         kind = field.type
         if kind == _STRING:
@@ -89,38 +102,44 @@ def _walk(message: Message, prefix: str) -> InvalidArgument | None:
                 for i, item in enumerate(value):
                     problem = _text_problem(item)
                     if problem is not None:
-                        return InvalidArgument(f"{prefix}{field.name}[{i}]", problem)
+                        return [f"[{i}]", f".{field.name}"], problem
             else:
                 problem = _text_problem(value)
                 if problem is not None:
-                    return InvalidArgument(f"{prefix}{field.name}", problem)
+                    return [f".{field.name}"], problem
         elif kind == _MESSAGE:
             if _is_map(field):
                 for key in value:
-                    found = _map_entry(f"{prefix}{field.name}", key, value[key])
+                    found = _map_entry(key, value[key])
                     if found is not None:
+                        found[0].append(f".{field.name}")
                         return found
             elif field.is_repeated:
                 for i, item in enumerate(value):
-                    found = _walk(item, f"{prefix}{field.name}[{i}].")
+                    found = _find(item)
                     if found is not None:
+                        found[0].extend((f"[{i}]", f".{field.name}"))
                         return found
             else:
-                found = _walk(value, f"{prefix}{field.name}.")
+                found = _find(value)
                 if found is not None:
+                    found[0].append(f".{field.name}")
                     return found
     return None
 
 
-def _map_entry(name: str, key: object, item: object) -> InvalidArgument | None:
+def _map_entry(key: object, item: object) -> _Found | None:
     if isinstance(key, str):
         problem = _text_problem(key)
         if problem is not None:
-            return InvalidArgument(name, f"keys {problem}")
+            return [], f"keys {problem}"
     if isinstance(item, str):
         problem = _text_problem(item)
         if problem is not None:
-            return InvalidArgument(f"{name}[{key!r}]", problem)
+            return [f"[{key!r}]"], problem
     elif isinstance(item, Message):
-        return _walk(item, f"{name}[{key!r}].")
+        found = _find(item)
+        if found is not None:
+            found[0].append(f"[{key!r}]")
+            return found
     return None
