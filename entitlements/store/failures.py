@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 #: What a caller is told when the database cannot be reached.
 UNAVAILABLE_MESSAGE = "the database is unavailable; retry with backoff"
 
-# During an outage every call fails alike: the log says so a few times a minute, not per call.
-_throttle = Throttle(burst=5, per_minute=6)
+# During an outage every call fails alike: the log says so a few times a minute per database,
+# not per call.
+_throttles: dict[str, Throttle] = {}
 
 # SQLite result codes that mean the file cannot be used right now, as opposed to SQLITE_ERROR
 # (a bad statement, a missing table), which is a bug to surface rather than retry.
@@ -85,8 +86,12 @@ def translate_errors(url: str | URL) -> Iterator[None]:
     except Exception as error:
         if is_unavailable(error):
             cause = error.orig if isinstance(error, sa_exc.DBAPIError) else error
-            detail = f"database {safe_url(url)} unavailable: {type(cause).__name__}: {cause}"
-            held_back = _throttle.allow()
+            where = safe_url(url)
+            detail = f"database {where} unavailable: {type(cause).__name__}: {cause}"
+            throttle = _throttles.get(where)
+            if throttle is None:
+                throttle = _throttles[where] = Throttle(burst=5, per_minute=6)
+            held_back = throttle.allow()
             if held_back is not None:
                 more = f" ({held_back} more not logged)" if held_back else ""
                 log.warning("%s%s", detail, more)
