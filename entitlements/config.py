@@ -26,6 +26,7 @@ SCOPES = frozenset(
         "tokengate:write",
         "tokengate:trusted-wallets",
         "billing:write",
+        "crypto:read",
         "crypto:write",
         "admin",
     }

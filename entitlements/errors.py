@@ -112,9 +112,23 @@ class FailedPrecondition(EntitlementsError):
 
 
 class Unavailable(EntitlementsError):
-    """A dependency is down; the caller may retry."""
+    """A dependency is down; the caller may retry.
+
+    `message` is what a caller is told; `detail`, when given, is what an operator needs (which
+    database, where, the driver's error) and goes only to logs and the command line: `str()`
+    of the error is the detail.
+    """
 
     reason = "ERROR_REASON_DEPENDENCY_UNAVAILABLE"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail or self.message
 
 
 class CatalogError(EntitlementsError):

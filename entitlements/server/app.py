@@ -38,6 +38,7 @@ from entitlements.server.billing_setup import install_billing, webhook_server
 from entitlements.server.crypto_setup import install_crypto
 from entitlements.server.deps import Deps
 from entitlements.server.entitlements_servicer import EntitlementsServicer
+from entitlements.server.guard import RequestGuard
 from entitlements.server.ops_setup import install_observability
 from entitlements.server.reflection import enable_reflection
 from entitlements.server.schema import check_schema
@@ -184,6 +185,8 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
         )
     else:
         interceptors.append(AuthInterceptor(settings.callers))
+    # After authentication: a stranger's request is never decoded.
+    interceptors.append(RequestGuard())
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

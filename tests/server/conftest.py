@@ -30,7 +30,7 @@ scopes = ["usage:write"]
 name = "ops"
 tokens = ["ops-token-0000000000001", "ops-token-rotated-00002"]
 scopes = ["entitlements:read", "usage:write", "usage:read", "tokengate:read",
-          "tokengate:write", "billing:write", "crypto:write", "admin"]
+          "tokengate:write", "billing:write", "crypto:read", "crypto:write", "admin"]
 """
 
 CHAT = (("authorization", "Bearer chat-backend-token-0001"),)
