@@ -219,7 +219,7 @@ async def _check(probe: Probe, timeout_seconds: float) -> tuple[str, str | None]
     except TimeoutError:
         return name, f"no answer within {timeout_seconds:g} s"
     except Exception as exc:
-        detail = exc.message if isinstance(exc, EntitlementsError) else type(exc).__name__
+        detail = str(exc) if isinstance(exc, EntitlementsError) else type(exc).__name__
         return name, detail[:300]
     log.debug("probe %s answered in %.1f ms", name, (time.perf_counter() - started) * 1000)
     return name, None
