@@ -107,8 +107,12 @@ class StripeEvents:
         if not session.subscription_id:
             result = await billing.apply(self._checkout_change(ref, session, account_id, None))
             return _outcome(result.duplicate, account_id, f"checkout {session.payment_status}")
-        async with billing.turn(session.subscription_id) as turn:
-            sub, observed, fresh = await self._fresh(session.subscription_id, None, created)
+        subscription_id = session.subscription_id
+        async with billing.turn(subscription_id) as turn:
+            # The session too as Stripe has it now: a `completed` copy saying "unpaid" may
+            # arrive after `async_payment_succeeded`.
+            session = await self._fresh_session(session)
+            sub, observed, fresh = await self._fresh(subscription_id, None, created)
             record = subscription_record(
                 sub, account_id=account_id, prices=billing.prices, observed_at=observed
             )
@@ -258,6 +262,13 @@ class StripeEvents:
             sub, account_id=account_id, prices=self._billing.prices, observed_at=observed
         )
         return account_id, record, fresh
+
+    async def _fresh_session(self, given: CheckoutSession) -> CheckoutSession:
+        try:
+            session = await self._billing.gateway.retrieve_checkout_session(given.id)
+        except NotFound:
+            return given
+        return session if session.subscription_id == given.subscription_id else given
 
     async def _fresh(
         self, subscription_id: str, given: StripeSubscription | None, created: datetime

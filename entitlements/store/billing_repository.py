@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import case, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -51,6 +51,7 @@ STRIPE = "stripe"
 #: Outcomes recorded for an event; "failed" ones are applied again when Stripe retries.
 DONE_STATUSES = ("processed", "ignored")
 _GRANTING = ("active", "trialing")
+_PAID = ("paid", "no_payment_required")
 
 # Fields whose change is a change of the subscription (not bookkeeping of the mirror itself).
 _COMPARED = tuple(
@@ -419,11 +420,12 @@ class BillingStore(Sessions):
         return ApplyResult(changed=changed, stale=stale, revision=revision, subscription=saved)
 
     async def _update_checkout(self, session: AsyncSession, update_: CheckoutUpdate) -> None:
-        values: dict[str, Any] = {
-            "status": update_.status,
-            "payment_status": update_.payment_status,
-            "updated_at": utcnow(),
-        }
+        values: dict[str, Any] = {"status": update_.status, "updated_at": utcnow()}
+        # A session once paid stays paid (a late copy saying "unpaid" is older, not news).
+        values["payment_status"] = case(
+            (StripeCheckoutSession.payment_status.in_(_PAID), StripeCheckoutSession.payment_status),
+            else_=update_.payment_status,
+        )
         if update_.stripe_customer_id:
             values["stripe_customer_id"] = update_.stripe_customer_id
         if update_.stripe_subscription_id:
@@ -470,7 +472,7 @@ class BillingStore(Sessions):
                 )
             )
         )
-        return "unpaid" in statuses and not statuses & {"paid", "no_payment_required"}
+        return "unpaid" in statuses and not statuses & set(_PAID)
 
     async def _merge_subscription(
         self,
