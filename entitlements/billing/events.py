@@ -246,10 +246,19 @@ class StripeEvents:
 
     async def _invoice_subject(
         self, turn: BillingTurn, invoice: StripeInvoice, created: datetime
-    ) -> tuple[str, SubscriptionRecord, bool]:
-        """(account, the subscription as Stripe has it now, whether that was read fresh)."""
+    ) -> tuple[str, SubscriptionRecord | None, bool]:
+        """(account, the subscription as Stripe has it now, whether that was read fresh); no
+        subscription if Stripe no longer has it (the invoice is recorded all the same)."""
         assert invoice.subscription_id is not None
-        sub, observed, fresh = await self._fresh(invoice.subscription_id, None, created)
+        try:
+            sub, observed, fresh = await self._fresh(invoice.subscription_id, None, created)
+        except NotFound:
+            account_id = await turn.store_turn.find_account(
+                stripe_subscription_id=invoice.subscription_id, customer_id=invoice.customer_id
+            )
+            if account_id is None:
+                raise
+            return account_id, None, False
         account_id = await turn.account_of(sub) or await turn.store_turn.find_account(
             customer_id=invoice.customer_id
         )

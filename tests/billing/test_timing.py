@@ -7,6 +7,7 @@ import time
 from entitlements.admin.service import AdminService
 from entitlements.policies import default_catalog
 from entitlements.store.admin_repository import AdminStore
+from entitlements.store.billing_repository import BillingStore
 from tests.billing.conftest import Harness
 from tests.billing.helpers import checkout_request, deliver, subscribe
 from tests.stripe_double import event
@@ -53,3 +54,20 @@ async def test_a_late_cancellation_of_the_old_subscription_does_not_hide_the_new
         AdminStore(h.store), h.billing.service, default_catalog()
     ).revenue_metrics()
     assert dict(metrics.plan_distribution)["business"] == 1
+
+
+async def test_an_invoice_paid_for_a_subscription_stripe_no_longer_has_is_still_counted(
+    harness: Harness,
+) -> None:
+    # Money received is recorded even when its subscription is gone by the time the event
+    # arrives (deleted with its customer): a 4xx would be retried for three days, then lost.
+    h = harness
+    _, sub = await subscribe(h, "acct-gone", "pro")
+    invoice = h.double.invoice(sub["id"], paid=True)
+    del h.double.subscriptions[sub["id"]]
+
+    status, body = await deliver(h, "invoice.paid", invoice)
+
+    assert (status, body["outcome"]) == (200, "processed")
+    paid = await BillingStore(h.store).paid_invoices("acct-gone")
+    assert [p.stripe_invoice_id for p in paid] == [invoice["id"]]
