@@ -98,6 +98,8 @@ class StripeDouble:
         self.requests: list[tuple[str, str, dict[str, Any], str | None]] = []
         #: True: every request answers 500 (Stripe down).
         self.outage = False
+        #: Stripe's clock (`created`, `canceled_at`, ...); a simulation sets its own.
+        self.clock: Callable[[], float] = time.time
         #: Pending delays, used by the first matching request each (see `delay`).
         self._delays: list[Delay] = []
         #: Called with (method, path) for every request without a pending delay: a delay in
@@ -131,6 +133,10 @@ class StripeDouble:
         self._delays.append(pending)
         return pending
 
+    def clear_delays(self) -> None:
+        """Forget the delays no request has used yet."""
+        self._delays.clear()
+
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_test_{next(self._ids):06d}"
 
@@ -163,7 +169,7 @@ class StripeDouble:
         status: str = "active",
         metadata: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        now = int(time.time())
+        now = int(self.clock())
         sub_id = self.new_id("sub")
         sub = {
             "id": sub_id,
@@ -233,7 +239,7 @@ class StripeDouble:
     ) -> dict[str, Any]:
         sub = self.subscriptions[sub_id]
         price = sub["items"]["data"][0]["price"]
-        now = int(time.time())
+        now = int(self.clock())
         invoice = {
             "id": self.new_id("in"),
             "object": "invoice",
@@ -319,7 +325,7 @@ class StripeDouble:
                 if method == "POST":
                     return self._update_subscription(sub, params)
                 if method == "DELETE":
-                    now = int(time.time())
+                    now = int(self.clock())
                     sub.update(status="canceled", canceled_at=now, ended_at=now)
                     return 200, self.public(sub)
         except _Missing as missing:
@@ -406,7 +412,7 @@ class StripeDouble:
         if "cancel_at_period_end" in params:
             flag = params["cancel_at_period_end"] == "true"
             sub["cancel_at_period_end"] = flag
-            sub["canceled_at"] = int(time.time()) if flag else None
+            sub["canceled_at"] = int(self.clock()) if flag else None
         if "metadata" in params:
             sub["metadata"].update(params["metadata"])
         return 200, self.public(sub)
