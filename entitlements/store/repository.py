@@ -9,7 +9,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, cast
 
-from sqlalchemy import ColumnElement, delete, func, insert, or_, select, text, update
+from sqlalchemy import ColumnElement, case, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -26,6 +26,7 @@ from entitlements.store.models import (
     Subscription,
 )
 from entitlements.store.records import (
+    ENDED_STATUSES,
     AccountSnapshot,
     OverrideKind,
     OverrideRecord,
@@ -303,6 +304,9 @@ class Store(Sessions):
                 partition_by=Subscription.account_id,
                 order_by=(
                     Subscription.created_at.desc(),
+                    # Stripe's `created` has one-second precision: of two subscriptions created
+                    # in the same second, one that has ended is not the latest.
+                    case((Subscription.status.in_(ENDED_STATUSES), 1), else_=0),
                     Subscription.updated_at.desc(),
                     Subscription.id.desc(),
                 ),
