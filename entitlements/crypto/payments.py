@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from eth_utils.address import is_address, to_checksum_address
+
 from adapters.chains import ChainError, ChainSettings
 from adapters.chains.payments import PaymentReads
 from entitlements.crypto.amounts import MAX_SLOT, format_amount, scheme_for
@@ -49,6 +51,7 @@ __all__ = [
     "TransactionInfo",
     "add_interval",
     "block_time",
+    "excess_cents",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,13 +71,18 @@ class QuoteRequest:
     interval: SubscriptionInterval
     network: str
     currency: str
+    #: When given, only a transfer from this wallet pays the quote.
+    payer_address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ChainEvent:
-    """A transfer to the receiving address seen on chain (log_index -1: native coin)."""
+    """A transfer to the receiving address seen on chain. `log_position` is its position among
+    its transaction's logs (-1: native coin), the identity a reorg cannot change; `log_index`
+    its index in the block."""
 
     tx_hash: str
+    log_position: int
     log_index: int
     block_number: int
     block_hash: str
@@ -146,6 +154,13 @@ class CryptoPayments:
                 "interval", f"plan {plan.id!r} has no {request.interval}ly list price"
             )
         reads = self._reads(request.network, "network")
+        payer = None
+        if request.payer_address:
+            if not is_address(request.payer_address):
+                raise InvalidArgument(
+                    "payer_address", "must be a 0x-prefixed 20-byte address (or empty)"
+                )
+            payer = to_checksum_address(request.payer_address)
         currency = request.currency
         if currency not in CURRENCIES:
             raise UnsupportedCurrency(
@@ -216,6 +231,7 @@ class CryptoPayments:
             created_at=now,
             expires_at=now + timedelta(seconds=self.settings.quote_ttl_seconds),
             updated_at=now,
+            payer_address=payer,
         )
         return await self.repo.create_payment(
             draft, lambda slot: scheme.amount(base, slot), MAX_SLOT
@@ -304,13 +320,20 @@ class CryptoPayments:
         ]
 
     async def record(self, network: str, event: ChainEvent) -> str | None:
-        """Record a transfer once; return the payment it was matched to (None: unmatched)."""
+        """Record a transfer once; return the payment it was matched to (None: unmatched).
+
+        A transfer is (network, tx hash, position among the transaction's logs): seen again,
+        however a reorg moved it, it is the same transfer, back on chain if it had left. Its
+        amount's digits name at most one open quote (slots are unique across currencies); it
+        pays that quote only in the quote's currency and, when the quote names a payer, only
+        from that wallet. Anything else is kept unmatched, with its kind, for an admin."""
         reads = self.reads[network]
         chain_id = reads.chain_id
-        existing = await self.repo.transfer(chain_id, event.tx_hash, event.log_index)
+        existing = await self.repo.transfer(chain_id, event.tx_hash, event.log_position)
         if existing is not None:
-            if existing.status == "reorged":
-                # Re-mined in another block after a reorg: the same transfer pays again.
+            if existing.status == "reorged" or existing.block_hash != event.block_hash:
+                # Re-mined in another block after a reorg: the same transfer, its confirmations
+                # counted from its new block.
                 await self.repo.update_transfer(
                     replace(
                         existing,
@@ -318,49 +341,37 @@ class CryptoPayments:
                         block_number=event.block_number,
                         block_hash=event.block_hash,
                         block_time=event.block_time,
+                        log_index=event.log_index,
                         confirmed_at=None,
                     )
                 )
                 log.warning("%s: transfer %s is back on chain", network, event.tx_hash)
             return existing.payment_id
-        if await self.repo.known_transfer(chain_id, event.tx_hash, event.log_index):
-            return None
-        currency = self.currency_of(network, event.token_contract)
-        reason = ""
-        payment: PaymentRecord | None = None
-        if currency is None:
-            info = self.chains.network(network)
-            currency = "native" if info is None else _native_symbol(network)
-            reason = f"{currency} on {network} is not accepted"
-        else:
-            decimals = await reads.decimals(event.token_contract) if event.token_contract else 18
-            slot = scheme_for(currency, decimals).slot_of(event.value)
-            if slot is None:
-                reason = "the amount carries no payment's unique digits"
-            else:
-                payment = next(
-                    (
-                        p
-                        for p in await self.repo.payments(network)
-                        if p.currency == currency
-                        and p.open_slot == slot
-                        and p.pay_to_address.lower() == event.to_address.lower()
-                    ),
-                    None,
+        known = await self.repo.unmatched_transfer(chain_id, event.tx_hash, event.log_position)
+        if known is not None:
+            if known.reorged or known.block_hash != event.block_hash:
+                await self.repo.update_unmatched(
+                    replace(
+                        known,
+                        reorged=False,
+                        block_number=event.block_number,
+                        block_hash=event.block_hash,
+                        log_index=event.log_index,
+                    )
                 )
-                if payment is None:
-                    reason = f"no open payment holds the amount's slot {slot}"
-                else:
-                    paid = await self.repo.payment_of_transaction(chain_id, event.tx_hash)
-                    if paid is not None and paid != payment.id:
-                        reason = f"the transaction already paid payment {paid}"
-                        payment = None
+            return None
+        payment, kind, reason = await self._match(network, event)
         if payment is None:
+            info = self.chains.network(network)
+            currency = self.currency_of(network, event.token_contract)
+            if currency is None:
+                currency = "native" if info is None else _native_symbol(network)
             await self.repo.add_unmatched(
                 UnmatchedRecord(
                     network=network,
                     chain_id=chain_id,
                     tx_hash=event.tx_hash,
+                    log_position=event.log_position,
                     log_index=event.log_index,
                     block_number=event.block_number,
                     block_hash=event.block_hash,
@@ -371,13 +382,15 @@ class CryptoPayments:
                     value_base_units=str(event.value),
                     reason=reason,
                     seen_at=self.clock(),
+                    kind=kind.kind,
+                    named_payment_id=kind.payment_id,
                 )
             )
             log.warning(
                 "%s: unmatched transfer %s/%d of %d base units: %s",
                 network,
                 event.tx_hash,
-                event.log_index,
+                event.log_position,
                 event.value,
                 reason,
             )
@@ -388,6 +401,7 @@ class CryptoPayments:
                 network=network,
                 chain_id=chain_id,
                 tx_hash=event.tx_hash,
+                log_position=event.log_position,
                 log_index=event.log_index,
                 block_number=event.block_number,
                 block_hash=event.block_hash,
@@ -400,12 +414,55 @@ class CryptoPayments:
         )
         return payment.id
 
+    async def _match(
+        self, network: str, event: ChainEvent
+    ) -> tuple[PaymentRecord | None, _Unmatched, str]:
+        """The open payment `event` pays, or None with why (kind, reason)."""
+        currency = self.currency_of(network, event.token_contract)
+        if currency is None:
+            coin = _native_symbol(network)
+            return None, _Unmatched("unsupported"), f"{coin} on {network} is not accepted"
+        reads = self.reads[network]
+        decimals = await reads.decimals(event.token_contract) if event.token_contract else 18
+        slot = scheme_for(currency, decimals).slot_of(event.value)
+        if slot is None:
+            return None, _Unmatched("unmatched"), "the amount carries no payment's unique digits"
+        payment = await self.repo.open_payment(network, event.to_address, slot)
+        if payment is None:
+            return None, _Unmatched("unmatched"), f"no open payment holds the amount's slot {slot}"
+        if payment.currency != currency:
+            return (
+                None,
+                _Unmatched("wrong_currency", payment.id),
+                f"sent in {currency}; its digits name payment {payment.id}, quoted in "
+                f"{payment.currency}",
+            )
+        payer = payment.payer_address
+        if payer is not None and payer.lower() != event.from_address.lower():
+            return (
+                None,
+                _Unmatched("wrong_payer", payment.id),
+                f"sent from {event.from_address}; payment {payment.id} is to be paid from {payer}",
+            )
+        return payment, _Unmatched("unmatched"), ""
+
     # -- settling --
 
-    async def settle(self, payment: PaymentRecord, head: int) -> PaymentRecord:
+    async def settle(
+        self, payment: PaymentRecord, head: int, scanned_until: datetime | None = None
+    ) -> PaymentRecord:
         """Recompute a payment from its transfers at chain head `head`, then activate or revoke
-        its plan as needed. Idempotent: calling it again changes nothing."""
+        its plan as needed. Idempotent: calling it again changes nothing.
+
+        `scanned_until` is the time of the last block the watcher has read (default: now, a
+        watcher at the head): a quote's slot is released only once the chain has been read
+        past its late window, so a watcher catching up after downtime still matches a transfer
+        made in time. A payment an admin resolved is no longer changed by the chain."""
         now = self.clock()
+        if payment.resolution is not None:
+            if payment.activation == "pending":  # a credit cut short by a crash
+                return await self._activate(payment)
+            return payment
         depth = payment.required_confirmations
         transfers = [t for t in await self.repo.transfers_of(payment.id) if t.status != "reorged"]
         received = sum(int(t.value_base_units) for t in transfers)
@@ -438,7 +495,8 @@ class CryptoPayments:
                 f"{format_amount(int(payment.amount_base_units), payment.decimals)}",
             )
         late_end = payment.expires_at + timedelta(seconds=self.settings.late_window_seconds)
-        if status in _CLOSED or (status != "processing" and now > late_end):
+        read_until = now if scanned_until is None else min(now, scanned_until)
+        if status in _CLOSED or (status != "processing" and read_until > late_end):
             open_slot = None
         else:
             open_slot = payment.slot
@@ -450,6 +508,7 @@ class CryptoPayments:
             confirmations=confirmations,
             open_slot=open_slot,
             admin_note=note,
+            excess_cents=excess_cents(payment, received) if status == "overpaid" else 0,
         )
         if status in _PAID and payment.activation in ("none", "revoked"):
             return await self._activate(replace(updated, confirmed_at=now))
@@ -557,7 +616,23 @@ class CryptoPayments:
         )
         current = await self._current_subscription(payment.account_id)
         if current is not None and current.id == payment.subscription_id:
-            if payment.previous_period_end is None:
+            # The period is what the subscription's other payments still pay for, each from
+            # its confirmation or the end of the one before (a later payment that extended
+            # this one keeps its own month).
+            others = sorted(
+                (
+                    p
+                    for p in await self.repo.applied_payments(current.id)
+                    if p.id != payment.id and p.confirmed_at is not None
+                ),
+                key=lambda p: (p.confirmed_at, p.id),
+            )
+            end: datetime | None = None
+            for other in others:
+                assert other.confirmed_at is not None
+                start = end if end is not None and end > other.confirmed_at else other.confirmed_at
+                end = add_interval(start, other.interval)
+            if end is None:
                 record = replace(
                     current,
                     status="canceled",
@@ -566,7 +641,7 @@ class CryptoPayments:
                     current_period_end=now,
                 )
             else:
-                record = replace(current, current_period_end=payment.previous_period_end)
+                record = replace(current, current_period_end=end)
             await self.service.save_subscription(record)
         else:
             log.error(
@@ -589,6 +664,21 @@ class CryptoPayments:
     async def _current_subscription(self, account_id: str) -> SubscriptionRecord | None:
         snapshot = await self.service.store.get_account_snapshot(account_id)
         return None if snapshot is None else snapshot.subscription
+
+
+@dataclass(frozen=True, slots=True)
+class _Unmatched:
+    kind: str
+    payment_id: str | None = None
+
+
+def excess_cents(payment: PaymentRecord, received: int) -> int:
+    """What `received` holds beyond the payment's amount, in US cents (rounded down) at the
+    quote's rate: a stablecoin is a dollar, ETH is valued at the rate locked in the quote."""
+    extra = Decimal(received - int(payment.amount_base_units)) / Decimal(10) ** payment.decimals
+    if payment.currency == "ETH":
+        extra *= Decimal(payment.eth_usd_rate or "0")
+    return max(0, int(extra * 100))
 
 
 def block_time(timestamp: int) -> datetime:
