@@ -5,6 +5,7 @@ All on anvil with real ERC-20 contracts and a real store."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -227,3 +228,57 @@ async def test_the_wrong_currency_is_refused_on_each_backend(pg_rig: Rig) -> Non
     await confirm(rig)
     assert (await rig.get(usdt)).status == "pending"
     assert await rig.plan_of("v") == "free"
+
+
+# -- the rest of the class --
+
+
+async def test_a_reorg_of_the_first_payment_keeps_the_plan_a_later_payment_pays_for(
+    rig: Rig,
+) -> None:
+    first = await rig.quote("USDC")
+    second = await rig.quote("USDC")
+    wallet = await funded_wallet(rig, rig.tokens.usdc6, int(second.amount_base_units))
+    await rig.poll()
+    snapshot = await rig.snapshot()
+    await rig.pay(first)
+    await confirm(rig)
+    raw = await signed_transfer(
+        rig, wallet, rig.tokens.usdc6, rig.pay_to, int(second.amount_base_units)
+    )
+    await rig.kit.w3.eth.send_raw_transaction(raw)
+    await confirm(rig)
+    assert (await rig.get(second)).status == "confirmed"
+    # A reorg drops the first payment; the second is re-mined on the new chain.
+    await rig.revert(snapshot)
+    await rig.kit.w3.eth.send_raw_transaction(raw)
+    await rig.mine(DEPTH + 1)
+    await rig.poll()
+    assert (await rig.get(first)).status == "pending"
+    assert (await rig.get(second)).status == "confirmed"
+    assert await rig.plan_of("acme") == "pro"
+    snapshot_after = await rig.store.get_account_snapshot("acme")
+    assert snapshot_after is not None and snapshot_after.subscription is not None
+    assert snapshot_after.subscription.status == "active"
+    assert [r.payment_id for r in await rig.repo.revenue()] == [second.id]
+
+
+async def test_a_watcher_back_after_the_late_window_still_credits_a_transfer_made_in_time(
+    anvil: AnvilNode, chain: ChainKit, tokens: TestTokens, sqlite_store: Store
+) -> None:
+    rig, close = await make_rig(anvil, chain, tokens, sqlite_store, max_blocks_per_poll=2)
+    try:
+        payment = await rig.quote("USDC")
+        await rig.poll()
+        await rig.mine(4)
+        await rig.pay(payment)  # in time: a few seconds after the quote
+        await rig.mine(DEPTH)
+        # The watcher was down for two days: it catches up two blocks per poll.
+        rig.clock_offset = timedelta(days=2)
+        await rig.new_watcher().catch_up()
+        done = await rig.get(payment)
+        assert done.status == "confirmed"
+        assert await rig.plan_of("acme") == "pro"
+        assert await rig.repo.unmatched() == []
+    finally:
+        await close()
