@@ -92,6 +92,8 @@ BAD = [
     ({"currency": "usdc"}, "currency", "ERROR_REASON_UNSUPPORTED_CURRENCY"),
     ({"currency": "USDT"}, "currency", "ERROR_REASON_UNSUPPORTED_CURRENCY"),
     ({"currency": ""}, "currency", "ERROR_REASON_INVALID_ARGUMENT"),
+    ({"payer_address": "0x1234"}, "payer_address", "ERROR_REASON_INVALID_ARGUMENT"),
+    ({"payer_address": "not an address"}, "payer_address", "ERROR_REASON_INVALID_ARGUMENT"),
 ]
 
 
@@ -138,7 +140,14 @@ async def test_a_quote_over_grpc_is_paid_confirmed_and_seen_by_entitlement_watch
     assert quote.amount.startswith("25.00") and len(quote.amount) == len("25.000001")
     assert quote.amount_base_units == str(25_000_000 + int(quote.amount[-4:]))
     assert quote.expires_at.ToSeconds() - quote.created_at.ToSeconds() == 900
-    assert quote.required_confirmations == DEPTH
+    assert quote.required_confirmations == DEPTH and quote.payer_address == ""
+    payer = new_wallet().address
+    bound = (
+        await stub.CreateCryptoPayment(
+            request(account_id="bound", payer_address=payer.lower()), metadata=OPS
+        )
+    ).payment
+    assert bound.payer_address == payer and bound.amount != quote.amount
     deps = running.deps
     assert deps.crypto is not None
     (watcher,) = deps.crypto.watchers
