@@ -460,8 +460,8 @@ class CryptoPayments:
         made in time. A payment an admin resolved is no longer changed by the chain."""
         now = self.clock()
         if payment.resolution is not None:
-            if payment.activation == "pending":  # a credit cut short by a crash
-                return await self._activate(payment)
+            if payment.resolution == "admin_credit" and payment.activation in ("none", "pending"):
+                return await self._activate(payment)  # a credit cut short by a crash
             return payment
         depth = payment.required_confirmations
         transfers = [t for t in await self.repo.transfers_of(payment.id) if t.status != "reorged"]
@@ -523,6 +523,10 @@ class CryptoPayments:
             if updated.status != payment.status:
                 log.info("crypto payment %s: %s -> %s", payment.id, payment.status, status)
         return updated
+
+    async def activate(self, payment: PaymentRecord) -> PaymentRecord:
+        """Activate the plan a stored payment pays for (an admin's credit), with its revenue."""
+        return await self._activate(payment)
 
     async def _activate(self, payment: PaymentRecord) -> PaymentRecord:
         confirmed_at = payment.confirmed_at or self.clock()

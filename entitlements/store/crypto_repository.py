@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, literal, select, text, update
+from sqlalchemy import Select, and_, delete, literal, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from entitlements.errors import FailedPrecondition
@@ -248,11 +248,19 @@ class CryptoStore(Sessions):
             return [_payment(r) for r in rows]
 
     async def payments_to_apply(self, network: str) -> list[PaymentRecord]:
-        """Payments whose activation was decided but not yet written (a crash in between)."""
+        """Payments whose activation was decided but not yet written (a crash in between),
+        and admin credits not yet activated."""
         async with self._transaction() as session:
             rows = await session.scalars(
                 select(CryptoPaymentRow).where(
-                    CryptoPaymentRow.network == network, CryptoPaymentRow.activation == "pending"
+                    CryptoPaymentRow.network == network,
+                    or_(
+                        CryptoPaymentRow.activation == "pending",
+                        and_(
+                            CryptoPaymentRow.resolution == "admin_credit",
+                            CryptoPaymentRow.activation == "none",
+                        ),
+                    ),
                 )
             )
             return [_payment(r) for r in rows]

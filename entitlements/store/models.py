@@ -428,6 +428,8 @@ CRYPTO_TRANSFER_STATUSES = ("seen", "confirmed", "reorged")
 
 
 CRYPTO_RESOLUTIONS = ("credited", "refunded")
+#: On a payment, also "admin_credit": the payment an admin's credit activated through.
+CRYPTO_PAYMENT_RESOLUTIONS = (*CRYPTO_RESOLUTIONS, "admin_credit")
 CRYPTO_UNMATCHED_KINDS = ("unmatched", "wrong_currency", "wrong_payer", "unsupported")
 
 
@@ -441,7 +443,7 @@ class CryptoPaymentRow(Base):
     __table_args__ = (
         UniqueConstraint("network", "pay_to_address", "open_slot"),
         CheckConstraint(_one_of("status", CRYPTO_PAYMENT_STATUSES), name="status"),
-        CheckConstraint(_one_of("resolution", CRYPTO_RESOLUTIONS), name="resolution"),
+        CheckConstraint(_one_of("resolution", CRYPTO_PAYMENT_RESOLUTIONS), name="resolution"),
     )
 
     id: Mapped[str] = mapped_column(primary_key=True)
@@ -483,7 +485,9 @@ class CryptoPaymentRow(Base):
     payer_address: Mapped[str | None]
     #: What arrived beyond the amount, in US cents at the quote's rate (0 unless overpaid).
     excess_cents: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-    #: An admin's decision ("credited", "refunded"); the chain no longer changes the payment.
+    #: An admin's decision on this payment's money ("credited", "refunded"), or
+    #: "admin_credit" for the payment a credit activated through; the chain no longer changes
+    #: a resolved payment.
     resolution: Mapped[str | None]
 
 

@@ -71,7 +71,10 @@ def upgrade() -> None:
             sa.Column("excess_cents", sa.BigInteger(), server_default="0", nullable=False)
         )
         batch.add_column(sa.Column("resolution", sa.String(), nullable=True))
-        batch.create_check_constraint(op.f("ck_crypto_payments_resolution"), _RESOLUTION)
+        batch.create_check_constraint(
+            op.f("ck_crypto_payments_resolution"),
+            "resolution IN ('credited', 'refunded', 'admin_credit')",
+        )
 
     for table in ("crypto_transfers", "crypto_unmatched_transfers"):
         op.add_column(table, sa.Column("log_position", sa.Integer(), nullable=True))
