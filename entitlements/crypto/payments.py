@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -449,7 +449,12 @@ class CryptoPayments:
     # -- settling --
 
     async def settle(
-        self, payment: PaymentRecord, head: int, scanned_until: datetime | None = None
+        self,
+        payment: PaymentRecord,
+        head: int,
+        scanned_until: datetime | None = None,
+        *,
+        transfers: Sequence[TransferRecord] | None = None,
     ) -> PaymentRecord:
         """Recompute a payment from its transfers at chain head `head`, then activate or revoke
         its plan as needed. Idempotent: calling it again changes nothing.
@@ -464,7 +469,9 @@ class CryptoPayments:
                 return await self._activate(payment)  # a credit cut short by a crash
             return payment
         depth = payment.required_confirmations
-        transfers = [t for t in await self.repo.transfers_of(payment.id) if t.status != "reorged"]
+        if transfers is None:
+            transfers = await self.repo.transfers_of(payment.id)
+        transfers = [t for t in transfers if t.status != "reorged"]
         received = sum(int(t.value_base_units) for t in transfers)
         note = payment.admin_note
         if not transfers:

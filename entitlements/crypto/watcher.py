@@ -20,7 +20,7 @@ from adapters.chains import ChainUnavailable
 from adapters.chains.payments import Block, PaymentReads, Receipt, TokenTransfer
 from entitlements.crypto.payments import ChainEvent, CryptoPayments, block_time
 from entitlements.errors import Unavailable
-from entitlements.store.crypto_repository import Cursor
+from entitlements.store.crypto_repository import Cursor, TransferRecord
 
 __all__ = ["PaymentWatcher", "PollResult"]
 
@@ -64,6 +64,8 @@ class PaymentWatcher:
         self.failures = 0
         #: Told (network, head block, last processed block) after each poll (the lag metric).
         self._on_poll = on_poll
+        #: Payments with a transfer a reorg could still undo, as of this poll's check.
+        self._recent: set[str] = set()
 
     def __repr__(self) -> str:
         return f"PaymentWatcher({self.network!r})"
@@ -118,7 +120,12 @@ class PaymentWatcher:
     async def poll_once(self) -> PollResult:
         head = await self.reads.block_number()
         self._watch_stall(head)
-        reorged, affected = await self._check_transfers(head)
+        stored = await self.repo.cursor(self.network)
+        # What a reorg could still undo is judged from the last block this watcher read, not
+        # from the head: a chain that reorganised and then grew while nobody watched must
+        # still have its orphaned transfers found.
+        seen_until = head if stored is None else min(head, stored.block_number)
+        reorged, affected = await self._check_transfers(seen_until - 2 * self.depth)
         cursor = await self._cursor(head)
         start = cursor.block_number + 1
         end = min(head, cursor.block_number + self.max_blocks)
@@ -143,7 +150,7 @@ class PaymentWatcher:
             if cursor.block_number < head:
                 # Mid catch-up: the chain is read up to this block's time, not up to now.
                 scanned_until = block_time(last.timestamp)
-        await self._settle(head, affected, scanned_until)
+        await self._settle(head, affected, self._recent, scanned_until)
         if self._on_poll is not None:
             self._on_poll(self.network, head, cursor.block_number)
         return PollResult(
@@ -248,13 +255,15 @@ class PaymentWatcher:
         await self.repo.set_cursor(self.network, self.reads.chain_id, cursor)
         return cursor
 
-    async def _check_transfers(self, head: int) -> tuple[int, set[str]]:
-        """Re-check the transfers a reorg could still undo (up to twice the depth): one whose
+    async def _check_transfers(self, floor: int) -> tuple[int, set[str]]:
+        """Re-check the transfers a reorg could still undo (from block `floor`: twice the depth
+        below the last block read): one whose
         block was replaced either moved (its transaction was re-mined elsewhere and its log at
         the same position is the same transfer: it keeps its identity, its confirmations start
         over) or left the chain (marked reorged: it no longer counts)."""
-        recent = await self.repo.recent_transfers(self.network, head - 2 * self.depth)
-        unmatched = await self.repo.recent_unmatched(self.network, head - 2 * self.depth)
+        recent = await self.repo.recent_transfers(self.network, floor)
+        unmatched = await self.repo.recent_unmatched(self.network, floor)
+        self._recent = {t.payment_id for t in recent}
         if not recent and not unmatched:
             return 0, set()
         numbers = sorted({t.block_number for t in recent} | {u.block_number for u in unmatched})
@@ -335,14 +344,19 @@ class PaymentWatcher:
             return None
         return receipt.block_number, receipt.block_hash, transfer.log_index
 
-    async def _settle(self, head: int, affected: set[str], scanned_until: datetime | None) -> None:
-        payments = {p.id: p for p in await self.repo.payments(self.network)}
-        payments.update({p.id: p for p in await self.repo.payments_to_apply(self.network)})
-        recent = await self.repo.recent_transfers(self.network, head - 2 * self.depth)
-        wanted = (affected | {t.payment_id for t in recent}) - payments.keys()
-        payments.update({p.id: p for p in await self.repo.payments_by_id(wanted)})
-        for payment in payments.values():
-            await self.payments.settle(payment, head, scanned_until)
+    async def _settle(
+        self, head: int, affected: set[str], recent: set[str], scanned_until: datetime | None
+    ) -> None:
+        """Settle every payment that can change: open ones (expiry, late window), those with a
+        recent or affected transfer (confirmations, reorgs), unapplied activations."""
+        payments, transfers = await self.repo.payments_to_settle(self.network, affected | recent)
+        by_payment: dict[str, list[TransferRecord]] = {}
+        for t in transfers:
+            by_payment.setdefault(t.payment_id, []).append(t)
+        for payment in payments:
+            await self.payments.settle(
+                payment, head, scanned_until, transfers=by_payment.get(payment.id, [])
+            )
 
     def _watch_stall(self, head: int) -> None:
         now = time.monotonic()

@@ -226,6 +226,38 @@ class CryptoStore(Sessions):
             rows = await session.scalars(query.order_by(CryptoPaymentRow.created_at))
             return [_payment(r) for r in rows]
 
+    async def payments_to_settle(
+        self, network: str, ids: Iterable[str]
+    ) -> tuple[list[PaymentRecord], list[TransferRecord]]:
+        """In one transaction: the payments a watcher settles each poll (those holding a slot,
+        those whose activation is still to be applied, and `ids`) and all their transfers."""
+        wanted = sorted(set(ids))
+        condition = or_(
+            CryptoPaymentRow.open_slot.is_not(None),
+            CryptoPaymentRow.activation == "pending",
+            and_(
+                CryptoPaymentRow.resolution == "admin_credit",
+                CryptoPaymentRow.activation == "none",
+            ),
+        )
+        if wanted:
+            condition = or_(condition, CryptoPaymentRow.id.in_(wanted))
+        async with self._transaction() as session:
+            rows = await session.scalars(
+                select(CryptoPaymentRow)
+                .where(CryptoPaymentRow.network == network, condition)
+                .order_by(CryptoPaymentRow.created_at)
+            )
+            payments = [_payment(r) for r in rows]
+            if not payments:
+                return [], []
+            transfers = await session.scalars(
+                select(CryptoTransferRow)
+                .where(CryptoTransferRow.payment_id.in_([p.id for p in payments]))
+                .order_by(CryptoTransferRow.block_number, CryptoTransferRow.log_index)
+            )
+            return payments, [_transfer(r) for r in transfers]
+
     async def payments_by_id(self, ids: Iterable[str]) -> list[PaymentRecord]:
         wanted = sorted(set(ids))
         if not wanted:

@@ -282,3 +282,21 @@ async def test_a_watcher_back_after_the_late_window_still_credits_a_transfer_mad
         assert await rig.repo.unmatched() == []
     finally:
         await close()
+
+
+async def test_a_payment_orphaned_while_the_watcher_was_away_is_revoked(rig: Rig) -> None:
+    payment = await rig.quote("USDC")
+    await rig.poll()
+    snapshot = await rig.snapshot()
+    await rig.pay(payment)
+    await confirm(rig)
+    assert await rig.plan_of("acme") == "pro"
+    # A reorg drops the payment, and the new chain grows well past the reorg window before
+    # the watcher polls again.
+    await rig.revert(snapshot)
+    await rig.mine(3 * DEPTH)
+    await rig.poll()
+    back = await rig.get(payment)
+    assert back.status == "pending" and back.activation == "revoked"
+    assert await rig.plan_of("acme") == "free"
+    assert await rig.repo.revenue() == []

@@ -1,0 +1,649 @@
+"""A deterministic, seeded simulation of crypto payments: the REAL payment code (quotes, the
+watcher, settling, activation through EntitlementService, the admin's unsettled-funds listing
+and resolutions, revenue analytics) on a real store (SQLite and PostgreSQL), against a
+simulated chain the real adapter reads through web3's provider interface (tests/simulation/
+chain_sim.py), driven through random payments (exact, short, long, late, in the wrong
+currency, from the wrong wallet, in a fake token, batched), reorgs that drop transactions or
+re-mine them at other positions, clock jumps, watcher restarts part-way through a catch-up,
+and admin resolutions.
+
+The model is the simulated chain itself (what is on the canonical chain, at which depth) plus
+the quotes made. After every step:
+- no transfer is counted twice: each payment's received total is the sum of its own live
+  transfers; revenue facts are one per settled payment;
+- an account has a paid plan exactly when a settled, unreversed payment (or an admin credit)
+  grants it; crypto revenue, as analytics reports it, is the sum of settled payments' prices;
+and once the watcher has caught up with the chain:
+- every live transfer row is on the canonical chain, every canonical transfer the watcher has
+  read has exactly one row, a matched one is in its quote's currency, carries its digits and
+  comes from its payer (when the quote names one);
+- a payment's status is what the canonical chain says (recomputed here from the chain);
+- every transfer at the confirmation depth either settles its one quote or is listed by
+  ListUnsettledFunds (or was resolved by an admin).
+
+A failing seed prints its steps and how to replay it (`Trace.failure`).
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_utils.address import to_checksum_address
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from web3 import AsyncWeb3
+
+from adapters.chains import ChainReader, ChainSettings
+from adapters.chains.payments import PaymentReads
+from entitlements.crypto import CryptoPayments, CryptoSettings, PaymentWatcher, QuoteRequest
+from entitlements.crypto.amounts import scheme_for
+from entitlements.crypto.config import TokenConfig
+from entitlements.crypto.funds import Credit, FundsFilter, Refund, UnsettledFunds
+from entitlements.errors import FailedPrecondition
+from entitlements.policies import default_catalog
+from entitlements.service import EntitlementService
+from entitlements.store import models
+from entitlements.store.admin_repository import AdminStore
+from entitlements.store.crypto_funds_repository import FundsStore, unmatched_item_id
+from entitlements.store.crypto_repository import (
+    CryptoStore,
+    PaymentRecord,
+    TransferRecord,
+    UnmatchedRecord,
+    crypto_revenue,
+)
+from entitlements.store.migrate import upgrade
+from entitlements.store.repository import Store
+from entitlements.watch import WatchHub
+from tests.conftest import PostgresServer
+from tests.simulation.chain_sim import Log, SimChain, SimProvider, SimTx
+from tests.simulation.seeds import Trace, seeds
+
+CHAIN_ID = 31337
+DEPTH = 3
+#: The deepest reorg simulated: past the confirmation depth, so activations get revoked.
+MAX_REORG = DEPTH + 1
+TTL = 900
+LATE = 1800
+TOLERANCE_CENTS = 100
+PAY_TO = to_checksum_address("0x" + "70" * 20)
+USDC = to_checksum_address("0x" + "a6" * 20)  # 6 decimals
+USDT = to_checksum_address("0x" + "b1" * 20)  # 18 decimals (as on BSC)
+FAKE = to_checksum_address("0x" + "fa" * 20)  # calls itself USDC; never configured
+TOKENS = {"USDC": USDC, "USDT": USDT}
+DECIMALS = {"USDC": 6, "USDT": 18, "ETH": 18}
+ACCOUNTS = ("a0", "a1", "a2", "a3")
+WALLETS = tuple(to_checksum_address("0x" + f"{i:02x}" * 20) for i in range(0x11, 0x15))
+STRANGER = to_checksum_address("0x" + "5e" * 20)
+START = datetime(2026, 11, 1, tzinfo=UTC)
+STEPS = 10
+FAR = datetime(9000, 1, 1, tzinfo=UTC)
+#: Tables a seed writes, children first: emptied between seeds.
+TABLES = (
+    models.CryptoResolution,
+    models.CryptoRevenue,
+    models.CryptoTransferRow,
+    models.CryptoUnmatchedTransfer,
+    models.CryptoWatchCursor,
+    models.CryptoPaymentRow,
+    models.EntitlementChange,
+    models.OverrideAudit,
+    models.Subscription,
+    models.Account,
+)
+
+
+class Violation(AssertionError):
+    pass
+
+
+def settings() -> CryptoSettings:
+    return CryptoSettings(
+        pay_to_address=PAY_TO,
+        tokens={("local", c): TokenConfig(a, DECIMALS[c]) for c, a in TOKENS.items()},
+        confirmations={"local": DEPTH},
+        eth_usd_price=Decimal("2500"),
+        quote_ttl_seconds=TTL,
+        late_window_seconds=LATE,
+        max_blocks_per_poll=3,  # catch-ups take several polls: restarts land mid-way
+        overpay_tolerance_cents=TOLERANCE_CENTS,
+    )
+
+
+@dataclass
+class World:
+    """One seed: a simulated chain, the real payment code on the shared store, and the trace."""
+
+    seed: int
+    store: Store
+    rng: random.Random
+    trace: Trace
+    chain: SimChain
+    reader: ChainReader
+    payments: CryptoPayments
+    watcher: PaymentWatcher
+    funds: UnsettledFunds
+    now: datetime = START
+    quotes: list[PaymentRecord] = field(default_factory=list)
+    #: The chain changed since the watcher last caught up.
+    dirty: bool = True
+
+    @property
+    def repo(self) -> CryptoStore:
+        return self.payments.repo
+
+    def clock(self) -> datetime:
+        return self.now
+
+    def tick(self, seconds: int) -> None:
+        self.now += timedelta(seconds=seconds)
+
+    def stamp(self) -> int:
+        return int(self.now.timestamp())
+
+
+async def make_world(seed: int, store: Store) -> World:
+    chain = SimChain(CHAIN_ID, {USDC: 6, USDT: 18})
+    reader = ChainReader("local", CHAIN_ID, "sim://chain", timeout_seconds=5)
+    provider = SimProvider(chain)
+    # The adapter's own code over the simulated node: only the transport is swapped.
+    reader._provider = provider  # type: ignore[assignment]
+    reader.w3 = AsyncWeb3(provider)
+    world_ref: list[World] = []
+    catalog = default_catalog()
+    service = EntitlementService(store, catalog, WatchHub(), clock=lambda: world_ref[0].now)
+    payments = CryptoPayments(
+        CryptoStore(store.engine),
+        service,
+        catalog,
+        ChainSettings(rpc_urls={"local": "sim://chain"}, local_chain_id=CHAIN_ID),
+        settings(),
+        {"local": PaymentReads(reader)},
+        clock=lambda: world_ref[0].now,
+    )
+    world = World(
+        seed=seed,
+        store=store,
+        rng=random.Random(seed),
+        trace=Trace("crypto", seed),
+        chain=chain,
+        reader=reader,
+        payments=payments,
+        watcher=PaymentWatcher(payments, "local"),
+        funds=UnsettledFunds(payments, FundsStore(store.engine)),
+    )
+    world_ref.append(world)
+    return world
+
+
+# -- actions --
+
+
+async def quote(w: World) -> None:
+    account = w.rng.choice(ACCOUNTS)
+    currency = w.rng.choice(("USDC", "USDT", "ETH"))
+    payer = w.rng.choice(WALLETS) if w.rng.random() < 0.5 else None
+    try:
+        made = await w.payments.create(
+            QuoteRequest(account, "pro", "month", "local", currency, payer_address=payer)
+        )
+    except FailedPrecondition:
+        return
+    w.quotes.append(made)
+    w.trace.step(
+        f"quote {made.id} {account} {currency} slot {made.slot} amount "
+        f"{made.amount_base_units} payer {payer}"
+    )
+
+
+def _value_for(w: World, q: PaymentRecord, variant: str, currency: str) -> int:
+    amount = int(q.amount_base_units)
+    unit = 10 ** (DECIMALS[q.currency] - 2)  # a cent of a stablecoin
+    if q.currency == "ETH":
+        unit = 4 * 10**12  # about a cent of ETH at $2500
+    if variant == "short":
+        return amount - 500 * unit
+    if variant == "long":
+        return amount + 1000 * unit
+    if variant == "long_within_tolerance":
+        return amount + unit
+    if variant == "round":
+        return 7 * 10 ** DECIMALS[currency]
+    if variant == "wrong_currency":
+        scheme = scheme_for(currency, DECIMALS[currency])
+        base = 25 * 10 ** DECIMALS[currency] if currency != "ETH" else 10**16
+        return base + q.slot * scheme.quantum
+    return amount
+
+
+def _transfer(currency: str, sender: str, value: int, token: str | None = None) -> Log | int:
+    if currency == "ETH" and token is None:
+        return value
+    return Log(token or TOKENS[currency], sender, PAY_TO, value)
+
+
+async def pay(w: World) -> None:
+    if not w.quotes:
+        return await quote(w)
+    q = w.rng.choice(w.quotes)
+    variant = w.rng.choice(
+        (
+            "exact",
+            "exact",
+            "exact",
+            "short",
+            "long",
+            "long_within_tolerance",
+            "wrong_currency",
+            "stranger",
+            "round",
+            "fake_token",
+            "batch",
+        )
+    )
+    if w.rng.random() < 0.2:
+        w.tick(TTL + w.rng.randint(0, LATE))  # late (maybe past the late window)
+        variant = "exact"
+    sender = q.payer_address or w.rng.choice(WALLETS)
+    if variant == "stranger":
+        sender = STRANGER
+    currency = q.currency
+    if variant == "wrong_currency":
+        currency = w.rng.choice([c for c in ("USDC", "USDT", "ETH") if c != q.currency])
+    value = _value_for(w, q, variant, currency)
+    logs: list[Log] = []
+    native = 0
+    moved = _transfer(currency, sender, value, FAKE if variant == "fake_token" else None)
+    if isinstance(moved, int):
+        native = moved
+    else:
+        logs.append(moved)
+    if variant == "batch":
+        others = [o for o in w.quotes if o.id != q.id and o.currency != "ETH"]
+        if others and q.currency != "ETH":
+            other = w.rng.choice(others)
+            logs.append(Log(TOKENS[other.currency], sender, PAY_TO, int(other.amount_base_units)))
+    tx = SimTx(
+        w.chain.new_tx_hash(), sender, PAY_TO if native else (logs[0].token), native, tuple(logs)
+    )
+    txs = [tx]
+    if w.rng.random() < 0.3:  # another transaction with a log first: the payment's index moves
+        txs.insert(0, _filler(w))
+    w.tick(w.rng.randint(1, 30))
+    block = w.chain.mine(w.stamp(), txs)
+    w.dirty = True
+    w.trace.step(
+        f"pay {variant} for {q.id} ({q.currency}) in {currency}: {value} from {sender} "
+        f"tx {tx.hash[:10]} logs {len(logs)} block {block.number}"
+    )
+
+
+def _filler(w: World) -> SimTx:
+    return SimTx(
+        w.chain.new_tx_hash(),
+        STRANGER,
+        USDC,
+        0,
+        (Log(USDC, STRANGER, WALLETS[0], 1),),
+    )
+
+
+async def mine(w: World) -> None:
+    n = w.rng.randint(1, DEPTH)
+    for _ in range(n):
+        w.tick(w.rng.randint(5, 15))
+        w.chain.mine(w.stamp())
+    w.dirty = True
+    w.trace.step(f"mine {n} -> head {w.chain.head.number}")
+
+
+async def reorg(w: World) -> None:
+    depth = w.rng.randint(1, MAX_REORG)
+    dropped = w.chain.reorg(depth)
+    # Payments (not the fillers) may be re-mined.
+    kept = [tx for tx in dropped if tx.value or any(log.to == PAY_TO for log in tx.logs)]
+    again = [tx for tx in kept if w.rng.random() < 0.6]
+    w.rng.shuffle(again)
+    blocks = w.rng.randint(1, depth + 1)
+    per_block: list[list[SimTx]] = [[] for _ in range(blocks)]
+    for tx in again:
+        per_block[w.rng.randrange(blocks)].append(tx)
+    for txs in per_block:
+        if txs and w.rng.random() < 0.5:
+            txs.insert(0, _filler(w))
+        w.tick(w.rng.randint(5, 15))
+        w.chain.mine(w.stamp(), txs)
+    w.dirty = True
+    w.trace.step(
+        f"reorg {depth} blocks: {len(dropped)} txs dropped, re-mined "
+        f"{[t.hash[:10] for t in again]} over {blocks} blocks -> head {w.chain.head.number}"
+    )
+
+
+async def wait(w: World) -> None:
+    seconds = w.rng.choice((60, 300, TTL, LATE))
+    w.tick(seconds)
+    w.trace.step(f"clock +{seconds} s")
+
+
+async def poll(w: World) -> None:
+    result = await w.watcher.catch_up()
+    w.dirty = result.head != w.chain.head.number
+    w.trace.step(f"watcher catches up to {result.cursor}")
+
+
+async def restart(w: World) -> None:
+    """A new watcher (the old process died); it runs one poll of its catch-up, then the step
+    ends: the next poll or restart goes on from the stored cursor."""
+    w.watcher = PaymentWatcher(w.payments, "local")
+    result = await w.watcher.poll_once()
+    w.dirty = w.dirty or result.cursor < result.head
+    if result.cursor >= result.head and result.head == w.chain.head.number:
+        w.dirty = False
+    w.trace.step(f"watcher restarted, one poll to {result.cursor} of {result.head}")
+
+
+async def resolve(w: World) -> None:
+    """An admin credits or refunds a listed item, once it is beyond any simulated reorg."""
+    rows, _ = await w.funds.list()
+    final = [
+        r for r in rows if r.block_number and w.chain.head.number - r.block_number >= MAX_REORG
+    ]
+    if not final:
+        return
+    row = w.rng.choice(final)
+    if w.rng.random() < 0.5:
+        account = row.payment.account_id if row.payment else w.rng.choice(ACCOUNTS)
+        await w.funds.resolve(
+            row.item_id, credit=Credit(account, "pro", "month"), actor="sim", reason="simulated"
+        )
+        w.trace.step(f"admin credits {row.item_id} ({row.kind}) to {account}")
+    else:
+        await w.funds.resolve(row.item_id, refund=Refund("0x" + "ee" * 32), actor="sim")
+        w.trace.step(f"admin refunds {row.item_id} ({row.kind})")
+
+
+ACTIONS = (
+    (quote, 18),
+    (pay, 30),
+    (mine, 14),
+    (reorg, 8),
+    (wait, 6),
+    (poll, 16),
+    (restart, 6),
+    (resolve, 4),
+)
+
+
+# -- invariants --
+
+
+@dataclass
+class Seen:
+    payments: dict[str, PaymentRecord]
+    transfers: list[TransferRecord]
+    unmatched: list[UnmatchedRecord]
+    revenue: list[Any]
+    plans: dict[str, str]
+
+
+async def observe(w: World) -> Seen:
+    """What the service stored, read in one transaction; revenue as analytics reports it; each
+    account's plan through EntitlementService (its cache, as callers see it)."""
+    async with AsyncSession(w.store.engine) as session, session.begin():
+        payments = {
+            r.id: PaymentRecord(**{k: getattr(r, k) for k in _PAYMENT_KEYS})
+            for r in await session.scalars(select(models.CryptoPaymentRow))
+        }
+        transfers = [
+            TransferRecord(**{k: getattr(r, k) for k in _TRANSFER_KEYS})
+            for r in await session.scalars(select(models.CryptoTransferRow))
+        ]
+        unmatched = [
+            UnmatchedRecord(**{k: getattr(r, k) for k in _UNMATCHED_KEYS})
+            for r in await session.scalars(select(models.CryptoUnmatchedTransfer))
+        ]
+    revenue = [
+        f
+        for f in await AdminStore(w.store, revenue_sources=[crypto_revenue]).revenue_facts(FAR)
+        if f.payment_method == "crypto"
+    ]
+    plans = {a: (await w.payments.service.get(a)).plan_id for a in ACCOUNTS}
+    return Seen(payments, transfers, unmatched, revenue, plans)
+
+
+_PAYMENT_KEYS = tuple(PaymentRecord.__dataclass_fields__)
+_UNMATCHED_KEYS = tuple(UnmatchedRecord.__dataclass_fields__)
+_TRANSFER_KEYS = tuple(TransferRecord.__dataclass_fields__)
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise Violation(message)
+
+
+def _settled(p: PaymentRecord) -> bool:
+    """Settled and unreversed, as stored: a paid status whose activation is applied, or an
+    admin's credit."""
+    if p.resolution == "admin_credit":
+        return p.activation == "applied"
+    return p.status in ("confirmed", "overpaid") and p.activation == "applied"
+
+
+def check_books(w: World, seen: Seen) -> None:
+    """Invariants that hold after every step."""
+    live = [t for t in seen.transfers if t.status != "reorged"]
+    for p in seen.payments.values():
+        mine_ = [t for t in live if t.payment_id == p.id]
+        check(
+            int(p.received_base_units) == sum(int(t.value_base_units) for t in mine_)
+            or p.resolution is not None
+            or p.status in ("pending", "expired"),
+            f"{p.id} received {p.received_base_units} but its live transfers sum "
+            f"{sum(int(t.value_base_units) for t in mine_)}",
+        )
+    keys = [(t.tx_hash, t.log_position) for t in live] + [
+        (u.tx_hash, u.log_position) for u in seen.unmatched if not u.reorged
+    ]
+    check(len(keys) == len(set(keys)), f"a transfer is recorded twice: {sorted(keys)}")
+    settled = [p for p in seen.payments.values() if _settled(p)]
+    check(
+        sorted(f.amount_cents for f in seen.revenue) == sorted(p.price_cents for p in settled),
+        f"crypto revenue {[f.amount_cents for f in seen.revenue]} is not the settled payments' "
+        f"{[(p.id, p.price_cents) for p in settled]}",
+    )
+    for account in ACCOUNTS:
+        granted = any(p.account_id == account for p in settled)
+        check(
+            (seen.plans[account] == "pro") == granted,
+            f"{account} is on {seen.plans[account]} but settled payments say "
+            f"{'pro' if granted else 'free'}",
+        )
+
+
+def check_chain(w: World, seen: Seen, cursor: int) -> None:
+    """Invariants against the canonical chain, once the watcher has caught up with it."""
+    head = w.chain.head.number
+    canonical = {(t.tx_hash, t.position): t for t in w.chain.transfers(PAY_TO)}
+    live = [t for t in seen.transfers if t.status != "reorged"]
+    unmatched = [u for u in seen.unmatched if not u.reorged]
+    for t in live:
+        c = canonical.get((t.tx_hash, t.log_position))
+        check(
+            c is not None and c.block_hash == t.block_hash and str(c.value) == t.value_base_units,
+            f"transfer {t.tx_hash[:10]}/{t.log_position} of {t.payment_id} counts but is not "
+            f"on the chain as recorded",
+        )
+        assert c is not None
+        p = seen.payments[t.payment_id]
+        currency = "ETH" if not c.token else next(k for k, v in TOKENS.items() if v == c.token)
+        check(currency == p.currency, f"a {currency} transfer pays {p.id} quoted in {p.currency}")
+        slot = scheme_for(currency, DECIMALS[currency]).slot_of(c.value)
+        check(slot == p.slot, f"{t.tx_hash[:10]} carries slot {slot}, pays {p.id} (slot {p.slot})")
+        if p.payer_address:
+            check(c.sender == p.payer_address, f"{p.id} paid from {c.sender}, not its payer")
+    for u in unmatched:
+        c = canonical.get((u.tx_hash, u.log_position))
+        check(
+            c is not None and c.block_hash == u.block_hash,
+            f"unmatched {u.tx_hash[:10]}/{u.log_position} is listed but not on the chain",
+        )
+    recorded = {(t.tx_hash, t.log_position) for t in live} | {
+        (u.tx_hash, u.log_position) for u in unmatched
+    }
+    for key, c in canonical.items():
+        if c.block_number <= cursor:
+            check(key in recorded, f"transfer {key[0][:10]}/{key[1]} on chain was never recorded")
+    # Each payment's status is what the chain says of its transfers.
+    for p in seen.payments.values():
+        if p.resolution is not None:
+            continue
+        mine_ = [canonical[(t.tx_hash, t.log_position)] for t in live if t.payment_id == p.id]
+        if not mine_:
+            expected = {"pending", "expired"}
+        elif min(head - c.block_number + 1 for c in mine_) < DEPTH:
+            expected = {"processing"}
+        elif min(c.timestamp for c in mine_) > p.expires_at.timestamp():
+            expected = {"paid_late"}
+        else:
+            total, amount = sum(c.value for c in mine_), int(p.amount_base_units)
+            expected = {
+                "underpaid" if total < amount else "confirmed" if total == amount else "overpaid"
+            }
+        check(p.status in expected, f"{p.id} is {p.status}; its chain transfers say {expected}")
+
+
+async def check_accounted(w: World, seen: Seen) -> None:
+    """Every transfer at the confirmation depth settles one quote or is listed for an admin."""
+    head = w.chain.head.number
+    listed: set[str] = set()
+    token = ""
+    while True:
+        rows, token = await w.funds.list(page_size=7, page_token=token)
+        listed |= {r.item_id for r in rows}
+        if not token:
+            break
+    resolved, _ = await w.funds.list(page_size=500, filters=FundsFilter(include_resolved=True))
+    done = {r.item_id for r in resolved if r.resolution is not None}
+    for t in (t for t in seen.transfers if t.status != "reorged"):
+        if head - t.block_number + 1 < DEPTH:
+            continue
+        p = seen.payments[t.payment_id]
+        if p.status == "processing":
+            continue
+        ok = p.status == "confirmed" or (
+            p.status == "overpaid" and p.excess_cents <= TOLERANCE_CENTS
+        )
+        check(
+            ok or p.id in listed or p.id in done,
+            f"{t.tx_hash[:10]} pays {p.id} ({p.status}) yet is neither settled nor listed",
+        )
+    for u in seen.unmatched:
+        if u.reorged or head - u.block_number + 1 < DEPTH:
+            continue
+        item = unmatched_item_id(u.id or 0)
+        check(item in listed or item in done, f"unmatched {item} is not listed")
+
+
+async def run_seed(seed: int, store: Store) -> None:
+    w = await make_world(seed, store)
+    await w.reader.connect()
+    actions = [a for a, _ in ACTIONS]
+    weights = [n for _, n in ACTIONS]
+    try:
+        for _ in range(STEPS):
+            await w.rng.choices(actions, weights)[0](w)
+            await verify(w)
+        # The end: the chain goes quiet, the watcher catches up, everything is final.
+        for _ in range(MAX_REORG + 1):
+            w.tick(12)
+            w.chain.mine(w.stamp())
+        w.trace.step("mine to finality; watcher catches up")
+        await w.watcher.catch_up()
+        w.dirty = False
+        await verify(w, final=True)
+    except Violation as exc:
+        pytest.fail(w.trace.failure(str(exc)), pytrace=False)
+    except Exception as exc:
+        pytest.fail(w.trace.failure(f"{type(exc).__name__}: {exc}"))
+    finally:
+        await w.reader.close()
+
+
+async def verify(w: World, *, final: bool = False) -> None:
+    seen = await observe(w)
+    check_books(w, seen)
+    if not w.dirty:
+        cursor = await w.repo.cursor("local")
+        check_chain(w, seen, cursor.block_number if cursor else -1)
+        if final:
+            await check_accounted(w, seen)
+
+
+async def reset(store: Store) -> None:
+    async with store.engine.begin() as connection:
+        for table in TABLES:
+            await connection.execute(delete(table))
+
+
+async def run_all(store: Store) -> int:
+    ran = 0
+    for seed in seeds():
+        await reset(store)
+        await run_seed(seed, store)
+        ran += 1
+    return ran
+
+
+def _scratch_dir() -> str | None:
+    """Memory-backed /dev/shm when there is one: a real SQLite file whose fsyncs cost nothing."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() else None
+
+
+@pytest.fixture
+async def sim_sqlite() -> AsyncIterator[Store]:
+    with tempfile.TemporaryDirectory(dir=_scratch_dir()) as directory:
+        url = f"sqlite+aiosqlite:///{directory}/sim.db"
+        await upgrade(url)
+        store = Store.open(url)
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+@pytest.fixture
+async def sim_postgres(postgres_server: PostgresServer) -> AsyncIterator[Store]:
+    url = await postgres_server.create_database()
+    try:
+        await upgrade(url)
+        store = Store.open(url)
+        try:
+            yield store
+        finally:
+            await store.close()
+    finally:
+        await postgres_server.drop_database(url)
+
+
+async def test_crypto_simulation_sqlite(sim_sqlite: Store) -> None:
+    started = time.perf_counter()
+    ran = await run_all(sim_sqlite)
+    print(f"crypto simulation: {ran} seeds on SQLite in {time.perf_counter() - started:.1f} s")
+
+
+@pytest.mark.postgres
+async def test_crypto_simulation_postgres(sim_postgres: Store) -> None:
+    started = time.perf_counter()
+    ran = await run_all(sim_postgres)
+    print(f"crypto simulation: {ran} seeds on PostgreSQL in {time.perf_counter() - started:.1f} s")
