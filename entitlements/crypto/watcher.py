@@ -225,8 +225,8 @@ class PaymentWatcher:
         return events
 
     async def _cursor(self, head: int) -> Cursor:
-        """The stored cursor, rewound when its block was replaced (a reorg under it); a first
-        start begins at the oldest open payment's quote block (or the head)."""
+        """The stored cursor, rewound twice the depth when its block was replaced (a reorg under
+        it); a first start begins at the oldest open payment's quote block (or the head)."""
         cursor = await self.repo.cursor(self.network)
         if cursor is None:
             open_payments = await self.repo.payments(self.network)
@@ -237,7 +237,10 @@ class PaymentWatcher:
         actual = (await self.reads.block_hashes([cursor.block_number]))[cursor.block_number]
         if actual == cursor.block_hash:
             return cursor
-        back = min(head, cursor.block_number - self.depth)
+        # The fork point is unknown (only the cursor's hash is stored): go back the whole
+        # window followed for reorgs, twice the depth, so a transfer re-mined anywhere after
+        # the fork is read again (one block deeper than the depth was missed before).
+        back = min(head, cursor.block_number - 2 * self.depth)
         log.warning(
             "crypto watcher %s: block %d changed (reorg); rescanning from block %d",
             self.network,
@@ -257,8 +260,7 @@ class PaymentWatcher:
 
     async def _check_transfers(self, floor: int) -> tuple[int, set[str]]:
         """Re-check the transfers a reorg could still undo (from block `floor`: twice the depth
-        below the last block read): one whose
-        block was replaced either moved (its transaction was re-mined elsewhere and its log at
+        below the last block read): one whose block was replaced either moved (its transaction was re-mined elsewhere and its log at
         the same position is the same transfer: it keeps its identity, its confirmations start
         over) or left the chain (marked reorged: it no longer counts)."""
         recent = await self.repo.recent_transfers(self.network, floor)

@@ -300,3 +300,26 @@ async def test_a_payment_orphaned_while_the_watcher_was_away_is_revoked(rig: Rig
     assert back.status == "pending" and back.activation == "revoked"
     assert await rig.plan_of("acme") == "free"
     assert await rig.repo.revenue() == []
+
+
+async def test_a_payment_remined_below_the_rewound_cursor_after_a_deep_reorg_is_seen(
+    rig: Rig,
+) -> None:
+    payment = await rig.quote("USDC")
+    wallet = await funded_wallet(rig, rig.tokens.usdc6, int(payment.amount_base_units))
+    await rig.poll()
+    snapshot = await rig.snapshot()
+    await rig.mine(DEPTH + 1)
+    await rig.poll()  # the watcher has read DEPTH + 1 blocks past the fork point
+    raw = await signed_transfer(
+        rig, wallet, rig.tokens.usdc6, rig.pay_to, int(payment.amount_base_units)
+    )
+    await rig.kit.w3.eth.send_raw_transaction(raw)  # mined, not yet seen by the watcher
+    # A reorg one block deeper than the confirmation depth re-mines the payment in the first
+    # block after the fork.
+    await rig.revert(snapshot)
+    await rig.kit.w3.eth.send_raw_transaction(raw)
+    await rig.mine(DEPTH + 2)
+    await rig.poll()
+    assert (await rig.get(payment)).status == "confirmed"
+    assert await rig.plan_of("acme") == "pro"
