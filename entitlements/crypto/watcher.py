@@ -126,7 +126,7 @@ class PaymentWatcher:
         # still have its orphaned transfers found.
         seen_until = head if stored is None else min(head, stored.block_number)
         reorged, affected = await self._check_transfers(seen_until - 2 * self.depth)
-        cursor = await self._cursor(head)
+        cursor = await self._cursor(head, stored)
         start = cursor.block_number + 1
         end = min(head, cursor.block_number + self.max_blocks)
         found = 0
@@ -224,7 +224,7 @@ class PaymentWatcher:
         events.sort(key=lambda e: (e.block_number, e.log_index))
         return events
 
-    async def _cursor(self, head: int) -> Cursor:
+    async def _cursor(self, head: int, cursor: Cursor | None) -> Cursor:
         """The stored cursor, rewound twice the depth when its block was replaced (a reorg under
         it); a first start begins at the oldest open payment's quote block (or the head)."""
         cursor = await self.repo.cursor(self.network)
@@ -260,11 +260,11 @@ class PaymentWatcher:
 
     async def _check_transfers(self, floor: int) -> tuple[int, set[str]]:
         """Re-check the transfers a reorg could still undo (from block `floor`: twice the depth
-        below the last block read): one whose block was replaced either moved (its transaction was re-mined elsewhere and its log at
-        the same position is the same transfer: it keeps its identity, its confirmations start
-        over) or left the chain (marked reorged: it no longer counts)."""
-        recent = await self.repo.recent_transfers(self.network, floor)
-        unmatched = await self.repo.recent_unmatched(self.network, floor)
+        below the last block read). One whose block was replaced either moved (its transaction
+        was re-mined elsewhere and its log at the same position is the same transfer: it keeps
+        its identity, its confirmations start over) or left the chain (marked reorged: it no
+        longer counts)."""
+        recent, unmatched = await self.repo.recent(self.network, floor)
         self._recent = {t.payment_id for t in recent}
         if not recent and not unmatched:
             return 0, set()

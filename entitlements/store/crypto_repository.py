@@ -425,17 +425,28 @@ class CryptoStore(Sessions):
             )
             return [_transfer(r) for r in rows]
 
-    async def recent_transfers(self, network: str, min_block: int) -> list[TransferRecord]:
-        """Not-reorged transfers at or above `min_block`: the ones a reorg could still undo."""
+    async def recent(
+        self, network: str, min_block: int
+    ) -> tuple[list[TransferRecord], list[UnmatchedRecord]]:
+        """In one transaction: the matched and the unmatched transfers at or above `min_block`
+        not known to be reorged (what a reorg could still undo)."""
         async with self._transaction() as session:
-            rows = await session.scalars(
+            matched = await session.scalars(
                 select(CryptoTransferRow).where(
                     CryptoTransferRow.network == network,
                     CryptoTransferRow.status != "reorged",
                     CryptoTransferRow.block_number >= min_block,
                 )
             )
-            return [_transfer(r) for r in rows]
+            transfers = [_transfer(r) for r in matched]
+            unmatched = await session.scalars(
+                select(CryptoUnmatchedTransfer).where(
+                    CryptoUnmatchedTransfer.network == network,
+                    CryptoUnmatchedTransfer.reorged.is_(False),
+                    CryptoUnmatchedTransfer.block_number >= min_block,
+                )
+            )
+            return transfers, [_unmatched(r) for r in unmatched]
 
     async def unmatched(self, network: str | None = None) -> list[UnmatchedRecord]:
         query = select(CryptoUnmatchedTransfer).order_by(CryptoUnmatchedTransfer.id)
@@ -443,18 +454,6 @@ class CryptoStore(Sessions):
             query = query.where(CryptoUnmatchedTransfer.network == network)
         async with self._transaction() as session:
             rows = await session.scalars(query)
-            return [_unmatched(r) for r in rows]
-
-    async def recent_unmatched(self, network: str, min_block: int) -> list[UnmatchedRecord]:
-        """Unmatched transfers at or above `min_block` not yet known to be reorged."""
-        async with self._transaction() as session:
-            rows = await session.scalars(
-                select(CryptoUnmatchedTransfer).where(
-                    CryptoUnmatchedTransfer.network == network,
-                    CryptoUnmatchedTransfer.reorged.is_(False),
-                    CryptoUnmatchedTransfer.block_number >= min_block,
-                )
-            )
             return [_unmatched(r) for r in rows]
 
     async def update_unmatched(self, record: UnmatchedRecord) -> None:
