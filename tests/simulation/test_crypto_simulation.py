@@ -5,10 +5,12 @@ simulated chain the real adapter reads through web3's provider interface (tests/
 chain_sim.py), driven through random payments (exact, short, long, late, in the wrong
 currency, from the wrong wallet, in a fake token, batched), reorgs that drop transactions or
 re-mine them at other positions, clock jumps, watcher restarts part-way through a catch-up,
-and admin resolutions.
+crashes at a random database statement of a catch-up (mid-block, mid-activation), and admin
+resolutions (credit or refund).
 
 The model is the simulated chain itself (what is on the canonical chain, at which depth) plus
-the quotes made. After every step:
+the quotes made. After every step that runs the service's code (the other steps change only the
+chain or the clock; right after a crash the service is down until the next step restarts it):
 - no transfer is counted twice: each payment's received total is the sum of its own live
   transfers; revenue facts are one per settled payment;
 - an account has a paid plan exactly when a settled, unreversed payment (or an admin credit)
@@ -39,7 +41,7 @@ from typing import Any
 
 import pytest
 from eth_utils.address import to_checksum_address
-from sqlalchemy import delete, select
+from sqlalchemy import delete, event, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from web3 import AsyncWeb3
 
@@ -86,7 +88,7 @@ ACCOUNTS = ("a0", "a1", "a2", "a3")
 WALLETS = tuple(to_checksum_address("0x" + f"{i:02x}" * 20) for i in range(0x11, 0x15))
 STRANGER = to_checksum_address("0x" + "5e" * 20)
 START = datetime(2026, 11, 1, tzinfo=UTC)
-STEPS = 8
+STEPS = 6
 FAR = datetime(9000, 1, 1, tzinfo=UTC)
 #: Tables a seed writes, children first: emptied between seeds.
 TABLES = (
@@ -141,6 +143,7 @@ class World:
     payments: CryptoPayments
     watcher: PaymentWatcher
     funds: UnsettledFunds
+    crasher: Crasher
     now: datetime = START
     quotes: list[PaymentRecord] = field(default_factory=list)
     #: The chain changed since the watcher last caught up.
@@ -160,7 +163,7 @@ class World:
         return int(self.now.timestamp())
 
 
-async def make_world(seed: int, store: Store) -> World:
+async def make_world(seed: int, store: Store, crasher: Crasher) -> World:
     chain = SimChain(CHAIN_ID, {USDC: 6, USDT: 18})
     reader = ChainReader("local", CHAIN_ID, "sim://chain", timeout_seconds=5)
     provider = SimProvider(chain)
@@ -189,6 +192,7 @@ async def make_world(seed: int, store: Store) -> World:
         payments=payments,
         watcher=PaymentWatcher(payments, "local"),
         funds=UnsettledFunds(payments, FundsStore(store.engine)),
+        crasher=crasher,
     )
     world_ref.append(world)
     return world
@@ -361,6 +365,51 @@ async def restart(w: World) -> None:
     w.trace.step(f"watcher restarted, one poll to {result.cursor} of {result.head}")
 
 
+class SimulatedCrash(Exception):
+    """The process died: raised in place of the k-th database statement of a step."""
+
+
+class Crasher:
+    """Kills a step at its k-th database statement (the statement never runs, its transaction
+    rolls back), as a process dying mid-step would; deterministic, unlike a timer."""
+
+    def __init__(self, store: Store) -> None:
+        self.countdown = 0
+        event.listen(store.engine.sync_engine, "before_cursor_execute", self._statement)
+
+    def _statement(self, *args: Any) -> None:
+        if self.countdown > 0:
+            self.countdown -= 1
+            if self.countdown == 0:
+                raise SimulatedCrash("the process died here")
+
+
+def _crashed(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, SimulatedCrash):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+async def crash(w: World) -> None:
+    """The watcher's process dies part-way through a catch-up (at a random database statement:
+    mid-block, mid-activation); a new process starts from what was committed."""
+    k = w.rng.randint(1, 30)
+    w.crasher.countdown = k
+    try:
+        await w.watcher.catch_up()
+        w.trace.step(f"crash armed at statement {k}: the catch-up finished first")
+    except Exception as exc:
+        if not _crashed(exc):
+            raise
+        w.trace.step(f"watcher crashes at its database statement {k}; restarted")
+    finally:
+        w.crasher.countdown = 0
+    w.watcher = PaymentWatcher(w.payments, "local")
+    w.dirty = True
+
+
 async def resolve(w: World) -> None:
     """An admin credits or refunds a listed item, once it is beyond any simulated reorg."""
     rows, _ = await w.funds.list()
@@ -382,14 +431,15 @@ async def resolve(w: World) -> None:
 
 
 ACTIONS = (
-    (quote, 18),
-    (pay, 30),
-    (mine, 14),
-    (reorg, 8),
+    (quote, 16),
+    (pay, 34),
+    (mine, 10),
+    (reorg, 9),
     (wait, 6),
-    (poll, 16),
-    (restart, 6),
-    (resolve, 4),
+    (poll, 14),
+    (restart, 4),
+    (crash, 5),
+    (resolve, 2),
 )
 #: The steps that run the service's code (the others change only the chain or the clock).
 TOUCHES_SERVICE = frozenset({quote, poll, restart, resolve})
@@ -536,15 +586,10 @@ def check_chain(w: World, seen: Seen, cursor: int) -> None:
 async def check_accounted(w: World, seen: Seen) -> None:
     """Every transfer at the confirmation depth settles one quote or is listed for an admin."""
     head = w.chain.head.number
-    listed: set[str] = set()
-    token = ""
-    while True:
-        rows, token = await w.funds.list(page_size=7, page_token=token)
-        listed |= {r.item_id for r in rows}
-        if not token:
-            break
-    resolved, _ = await w.funds.list(page_size=500, filters=FundsFilter(include_resolved=True))
-    done = {r.item_id for r in resolved if r.resolution is not None}
+    everything, more = await w.funds.list(page_size=500, filters=FundsFilter(include_resolved=True))
+    check(not more, "more than 500 items: the simulation is not meant to make so many")
+    listed = {r.item_id for r in everything if r.resolution is None}
+    done = {r.item_id for r in everything if r.resolution is not None}
     for t in (t for t in seen.transfers if t.status != "reorged"):
         if head - t.block_number + 1 < DEPTH:
             continue
@@ -565,8 +610,8 @@ async def check_accounted(w: World, seen: Seen) -> None:
         check(item in listed or item in done, f"unmatched {item} is not listed")
 
 
-async def run_seed(seed: int, store: Store) -> None:
-    w = await make_world(seed, store)
+async def run_seed(seed: int, store: Store, crasher: Crasher) -> None:
+    w = await make_world(seed, store, crasher)
     await w.reader.connect()
     actions = [a for a, _ in ACTIONS]
     weights = [n for _, n in ACTIONS]
@@ -585,6 +630,10 @@ async def run_seed(seed: int, store: Store) -> None:
         w.trace.step("mine to finality; watcher catches up")
         await w.watcher.catch_up()
         w.dirty = False
+        await verify(w, final=True)
+        # An admin works through what is listed; everything stays accounted for.
+        for _ in range(2):
+            await resolve(w)
         await verify(w, final=True)
     except Violation as exc:
         raise SeedFailed(seed, w.trace.failure(str(exc))) from None
@@ -617,10 +666,11 @@ LANES = 4
 
 async def run_lane(store: Store, lane: list[int]) -> SeedFailed | None:
     """Run a lane's seeds in order; stop at (and return) the first that fails."""
+    crasher = Crasher(store)
     for seed in lane:
         await reset(store)
         try:
-            await run_seed(seed, store)
+            await run_seed(seed, store, crasher)
         except SeedFailed as failed:
             return failed
     return None
@@ -677,12 +727,14 @@ async def sim_postgres(postgres_server: PostgresServer) -> AsyncIterator[list[St
             await postgres_server.drop_database(url)
 
 
+@pytest.mark.slow
 async def test_crypto_simulation_sqlite(sim_sqlite: list[Store]) -> None:
     started = time.perf_counter()
     ran = await run_all(sim_sqlite)
     print(f"crypto simulation: {ran} seeds on SQLite in {time.perf_counter() - started:.1f} s")
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 async def test_crypto_simulation_postgres(sim_postgres: list[Store]) -> None:
     started = time.perf_counter()
