@@ -29,174 +29,51 @@ A failing seed prints its steps and how to replay it (`Trace.failure`).
 from __future__ import annotations
 
 import asyncio
-import random
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
-from eth_utils.address import to_checksum_address
-from sqlalchemy import delete, event, select
-from sqlalchemy.ext.asyncio import AsyncSession
-from web3 import AsyncWeb3
+from sqlalchemy import delete
 
-from adapters.chains import ChainReader, ChainSettings
-from adapters.chains.payments import PaymentReads
-from entitlements.crypto import CryptoPayments, CryptoSettings, PaymentWatcher, QuoteRequest
+from entitlements.crypto import PaymentWatcher, QuoteRequest
 from entitlements.crypto.amounts import scheme_for
-from entitlements.crypto.config import TokenConfig
-from entitlements.crypto.funds import Credit, FundsFilter, Refund, UnsettledFunds
+from entitlements.crypto.funds import Credit, Refund
 from entitlements.errors import FailedPrecondition
-from entitlements.policies import default_catalog
-from entitlements.service import EntitlementService
-from entitlements.store import models
-from entitlements.store.admin_repository import AdminStore
-from entitlements.store.crypto_funds_repository import FundsStore, unmatched_item_id
 from entitlements.store.crypto_repository import (
-    CryptoStore,
     PaymentRecord,
-    TransferRecord,
-    UnmatchedRecord,
-    crypto_revenue,
 )
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
-from entitlements.watch import WatchHub
 from tests.conftest import PostgresServer
-from tests.simulation.chain_sim import Log, SimChain, SimProvider, SimTx
-from tests.simulation.seeds import Trace, seeds
-
-CHAIN_ID = 31337
-DEPTH = 3
-#: The deepest reorg simulated: past the confirmation depth, so activations get revoked.
-MAX_REORG = DEPTH + 1
-TTL = 900
-LATE = 1800
-TOLERANCE_CENTS = 100
-PAY_TO = to_checksum_address("0x" + "70" * 20)
-USDC = to_checksum_address("0x" + "a6" * 20)  # 6 decimals
-USDT = to_checksum_address("0x" + "b1" * 20)  # 18 decimals (as on BSC)
-FAKE = to_checksum_address("0x" + "fa" * 20)  # calls itself USDC; never configured
-TOKENS = {"USDC": USDC, "USDT": USDT}
-DECIMALS = {"USDC": 6, "USDT": 18, "ETH": 18}
-ACCOUNTS = ("a0", "a1", "a2", "a3")
-WALLETS = tuple(to_checksum_address("0x" + f"{i:02x}" * 20) for i in range(0x11, 0x15))
-STRANGER = to_checksum_address("0x" + "5e" * 20)
-START = datetime(2026, 11, 1, tzinfo=UTC)
-STEPS = 6
-FAR = datetime(9000, 1, 1, tzinfo=UTC)
-#: Tables a seed writes, children first: emptied between seeds.
-TABLES = (
-    models.CryptoResolution,
-    models.CryptoRevenue,
-    models.CryptoTransferRow,
-    models.CryptoUnmatchedTransfer,
-    models.CryptoWatchCursor,
-    models.CryptoPaymentRow,
-    models.EntitlementChange,
-    models.OverrideAudit,
-    models.Subscription,
-    models.Account,
+from tests.simulation.chain_sim import Log, SimTx
+from tests.simulation.crypto_invariants import (
+    verify,
 )
-
-
-class Violation(AssertionError):
-    """An invariant does not hold."""
-
-
-class SeedFailed(Exception):
-    """A seed failed; the message is its replayable trace."""
-
-    def __init__(self, seed: int, trace: str) -> None:
-        super().__init__(trace)
-        self.seed = seed
-
-
-def settings() -> CryptoSettings:
-    return CryptoSettings(
-        pay_to_address=PAY_TO,
-        tokens={("local", c): TokenConfig(a, DECIMALS[c]) for c, a in TOKENS.items()},
-        confirmations={"local": DEPTH},
-        eth_usd_price=Decimal("2500"),
-        quote_ttl_seconds=TTL,
-        late_window_seconds=LATE,
-        max_blocks_per_poll=4,  # catch-ups take several polls: restarts land mid-way
-        overpay_tolerance_cents=TOLERANCE_CENTS,
-    )
-
-
-@dataclass
-class World:
-    """One seed: a simulated chain, the real payment code on the shared store, and the trace."""
-
-    seed: int
-    store: Store
-    rng: random.Random
-    trace: Trace
-    chain: SimChain
-    reader: ChainReader
-    payments: CryptoPayments
-    watcher: PaymentWatcher
-    funds: UnsettledFunds
-    crasher: Crasher
-    now: datetime = START
-    quotes: list[PaymentRecord] = field(default_factory=list)
-    #: The chain changed since the watcher last caught up.
-    dirty: bool = True
-
-    @property
-    def repo(self) -> CryptoStore:
-        return self.payments.repo
-
-    def clock(self) -> datetime:
-        return self.now
-
-    def tick(self, seconds: int) -> None:
-        self.now += timedelta(seconds=seconds)
-
-    def stamp(self) -> int:
-        return int(self.now.timestamp())
-
-
-async def make_world(seed: int, store: Store, crasher: Crasher) -> World:
-    chain = SimChain(CHAIN_ID, {USDC: 6, USDT: 18})
-    reader = ChainReader("local", CHAIN_ID, "sim://chain", timeout_seconds=5)
-    provider = SimProvider(chain)
-    # The adapter's own code over the simulated node: only the transport is swapped.
-    reader._provider = provider  # type: ignore[assignment]
-    reader.w3 = AsyncWeb3(provider)
-    world_ref: list[World] = []
-    catalog = default_catalog()
-    service = EntitlementService(store, catalog, WatchHub(), clock=lambda: world_ref[0].now)
-    payments = CryptoPayments(
-        CryptoStore(store.engine),
-        service,
-        catalog,
-        ChainSettings(rpc_urls={"local": "sim://chain"}, local_chain_id=CHAIN_ID),
-        settings(),
-        {"local": PaymentReads(reader)},
-        clock=lambda: world_ref[0].now,
-    )
-    world = World(
-        seed=seed,
-        store=store,
-        rng=random.Random(seed),
-        trace=Trace("crypto", seed),
-        chain=chain,
-        reader=reader,
-        payments=payments,
-        watcher=PaymentWatcher(payments, "local"),
-        funds=UnsettledFunds(payments, FundsStore(store.engine)),
-        crasher=crasher,
-    )
-    world_ref.append(world)
-    return world
-
+from tests.simulation.crypto_world import (
+    ACCOUNTS,
+    DECIMALS,
+    DEPTH,
+    FAKE,
+    LATE,
+    MAX_REORG,
+    PAY_TO,
+    STEPS,
+    STRANGER,
+    TABLES,
+    TOKENS,
+    TTL,
+    USDC,
+    WALLETS,
+    Crasher,
+    SeedFailed,
+    Violation,
+    World,
+    _crashed,
+    make_world,
+)
+from tests.simulation.seeds import seeds
 
 # -- actions --
 
@@ -365,33 +242,6 @@ async def restart(w: World) -> None:
     w.trace.step(f"watcher restarted, one poll to {result.cursor} of {result.head}")
 
 
-class SimulatedCrash(Exception):
-    """The process died: raised in place of the k-th database statement of a step."""
-
-
-class Crasher:
-    """Kills a step at its k-th database statement (the statement never runs, its transaction
-    rolls back), as a process dying mid-step would; deterministic, unlike a timer."""
-
-    def __init__(self, store: Store) -> None:
-        self.countdown = 0
-        event.listen(store.engine.sync_engine, "before_cursor_execute", self._statement)
-
-    def _statement(self, *args: Any) -> None:
-        if self.countdown > 0:
-            self.countdown -= 1
-            if self.countdown == 0:
-                raise SimulatedCrash("the process died here")
-
-
-def _crashed(exc: BaseException) -> bool:
-    while exc is not None:
-        if isinstance(exc, SimulatedCrash):
-            return True
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return False
-
-
 async def crash(w: World) -> None:
     """The watcher's process dies part-way through a catch-up (at a random database statement:
     mid-block, mid-activation); a new process starts from what was committed."""
@@ -445,171 +295,6 @@ ACTIONS = (
 TOUCHES_SERVICE = frozenset({quote, poll, restart, resolve})
 
 
-# -- invariants --
-
-
-@dataclass
-class Seen:
-    payments: dict[str, PaymentRecord]
-    transfers: list[TransferRecord]
-    unmatched: list[UnmatchedRecord]
-    revenue: list[Any]
-    plans: dict[str, str]
-
-
-async def observe(w: World) -> Seen:
-    """What the service stored, read in one transaction; revenue as analytics reports it; each
-    account's plan through EntitlementService (its cache, as callers see it)."""
-    async with AsyncSession(w.store.engine) as session, session.begin():
-        payments = {
-            r.id: PaymentRecord(**{k: getattr(r, k) for k in _PAYMENT_KEYS})
-            for r in await session.scalars(select(models.CryptoPaymentRow))
-        }
-        transfers = [
-            TransferRecord(**{k: getattr(r, k) for k in _TRANSFER_KEYS})
-            for r in await session.scalars(select(models.CryptoTransferRow))
-        ]
-        unmatched = [
-            UnmatchedRecord(**{k: getattr(r, k) for k in _UNMATCHED_KEYS})
-            for r in await session.scalars(select(models.CryptoUnmatchedTransfer))
-        ]
-    revenue = [
-        f
-        for f in await AdminStore(w.store, revenue_sources=[crypto_revenue]).revenue_facts(FAR)
-        if f.payment_method == "crypto"
-    ]
-    plans = {a: (await w.payments.service.get(a)).plan_id for a in ACCOUNTS}
-    return Seen(payments, transfers, unmatched, revenue, plans)
-
-
-_PAYMENT_KEYS = tuple(PaymentRecord.__dataclass_fields__)
-_UNMATCHED_KEYS = tuple(UnmatchedRecord.__dataclass_fields__)
-_TRANSFER_KEYS = tuple(TransferRecord.__dataclass_fields__)
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise Violation(message)
-
-
-def _settled(p: PaymentRecord) -> bool:
-    """Settled and unreversed, as stored: a paid status whose activation is applied, or an
-    admin's credit."""
-    if p.resolution == "admin_credit":
-        return p.activation == "applied"
-    return p.status in ("confirmed", "overpaid") and p.activation == "applied"
-
-
-def check_books(w: World, seen: Seen) -> None:
-    """Invariants that hold after every step."""
-    live = [t for t in seen.transfers if t.status != "reorged"]
-    for p in seen.payments.values():
-        mine_ = [t for t in live if t.payment_id == p.id]
-        check(
-            int(p.received_base_units) == sum(int(t.value_base_units) for t in mine_)
-            or p.resolution is not None
-            or p.status in ("pending", "expired"),
-            f"{p.id} received {p.received_base_units} but its live transfers sum "
-            f"{sum(int(t.value_base_units) for t in mine_)}",
-        )
-    keys = [(t.tx_hash, t.log_position) for t in live] + [
-        (u.tx_hash, u.log_position) for u in seen.unmatched if not u.reorged
-    ]
-    check(len(keys) == len(set(keys)), f"a transfer is recorded twice: {sorted(keys)}")
-    settled = [p for p in seen.payments.values() if _settled(p)]
-    check(
-        sorted(f.amount_cents for f in seen.revenue) == sorted(p.price_cents for p in settled),
-        f"crypto revenue {[f.amount_cents for f in seen.revenue]} is not the settled payments' "
-        f"{[(p.id, p.price_cents) for p in settled]}",
-    )
-    for account in ACCOUNTS:
-        granted = any(p.account_id == account for p in settled)
-        check(
-            (seen.plans[account] == "pro") == granted,
-            f"{account} is on {seen.plans[account]} but settled payments say "
-            f"{'pro' if granted else 'free'}",
-        )
-
-
-def check_chain(w: World, seen: Seen, cursor: int) -> None:
-    """Invariants against the canonical chain, once the watcher has caught up with it."""
-    head = w.chain.head.number
-    canonical = {(t.tx_hash, t.position): t for t in w.chain.transfers(PAY_TO)}
-    live = [t for t in seen.transfers if t.status != "reorged"]
-    unmatched = [u for u in seen.unmatched if not u.reorged]
-    for t in live:
-        c = canonical.get((t.tx_hash, t.log_position))
-        check(
-            c is not None and c.block_hash == t.block_hash and str(c.value) == t.value_base_units,
-            f"transfer {t.tx_hash[:10]}/{t.log_position} of {t.payment_id} counts but is not "
-            f"on the chain as recorded",
-        )
-        assert c is not None
-        p = seen.payments[t.payment_id]
-        currency = "ETH" if not c.token else next(k for k, v in TOKENS.items() if v == c.token)
-        check(currency == p.currency, f"a {currency} transfer pays {p.id} quoted in {p.currency}")
-        slot = scheme_for(currency, DECIMALS[currency]).slot_of(c.value)
-        check(slot == p.slot, f"{t.tx_hash[:10]} carries slot {slot}, pays {p.id} (slot {p.slot})")
-        if p.payer_address:
-            check(c.sender == p.payer_address, f"{p.id} paid from {c.sender}, not its payer")
-    for u in unmatched:
-        c = canonical.get((u.tx_hash, u.log_position))
-        check(
-            c is not None and c.block_hash == u.block_hash,
-            f"unmatched {u.tx_hash[:10]}/{u.log_position} is listed but not on the chain",
-        )
-    recorded = {(t.tx_hash, t.log_position) for t in live} | {
-        (u.tx_hash, u.log_position) for u in unmatched
-    }
-    for key, c in canonical.items():
-        if c.block_number <= cursor:
-            check(key in recorded, f"transfer {key[0][:10]}/{key[1]} on chain was never recorded")
-    # Each payment's status is what the chain says of its transfers.
-    for p in seen.payments.values():
-        if p.resolution is not None:
-            continue
-        mine_ = [canonical[(t.tx_hash, t.log_position)] for t in live if t.payment_id == p.id]
-        if not mine_:
-            expected = {"pending", "expired"}
-        elif min(head - c.block_number + 1 for c in mine_) < DEPTH:
-            expected = {"processing"}
-        elif min(c.timestamp for c in mine_) > p.expires_at.timestamp():
-            expected = {"paid_late"}
-        else:
-            total, amount = sum(c.value for c in mine_), int(p.amount_base_units)
-            expected = {
-                "underpaid" if total < amount else "confirmed" if total == amount else "overpaid"
-            }
-        check(p.status in expected, f"{p.id} is {p.status}; its chain transfers say {expected}")
-
-
-async def check_accounted(w: World, seen: Seen) -> None:
-    """Every transfer at the confirmation depth settles one quote or is listed for an admin."""
-    head = w.chain.head.number
-    everything, more = await w.funds.list(page_size=500, filters=FundsFilter(include_resolved=True))
-    check(not more, "more than 500 items: the simulation is not meant to make so many")
-    listed = {r.item_id for r in everything if r.resolution is None}
-    done = {r.item_id for r in everything if r.resolution is not None}
-    for t in (t for t in seen.transfers if t.status != "reorged"):
-        if head - t.block_number + 1 < DEPTH:
-            continue
-        p = seen.payments[t.payment_id]
-        if p.status == "processing":
-            continue
-        ok = p.status == "confirmed" or (
-            p.status == "overpaid" and p.excess_cents <= TOLERANCE_CENTS
-        )
-        check(
-            ok or p.id in listed or p.id in done,
-            f"{t.tx_hash[:10]} pays {p.id} ({p.status}) yet is neither settled nor listed",
-        )
-    for u in seen.unmatched:
-        if u.reorged or head - u.block_number + 1 < DEPTH:
-            continue
-        item = unmatched_item_id(u.id or 0)
-        check(item in listed or item in done, f"unmatched {item} is not listed")
-
-
 async def run_seed(seed: int, store: Store, crasher: Crasher) -> None:
     w = await make_world(seed, store, crasher)
     await w.reader.connect()
@@ -641,16 +326,6 @@ async def run_seed(seed: int, store: Store, crasher: Crasher) -> None:
         raise SeedFailed(seed, w.trace.failure(f"{type(exc).__name__}: {exc}")) from exc
     finally:
         await w.reader.close()
-
-
-async def verify(w: World, *, final: bool = False) -> None:
-    seen = await observe(w)
-    check_books(w, seen)
-    if not w.dirty:
-        cursor = await w.repo.cursor("local")
-        check_chain(w, seen, cursor.block_number if cursor else -1)
-        if final:
-            await check_accounted(w, seen)
 
 
 async def reset(store: Store) -> None:
