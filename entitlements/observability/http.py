@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from entitlements.admin.dashboard import render_html
+from entitlements.admin.dashboard import FundsLine, render_html
 from entitlements.config import Caller, token_digest
+from entitlements.crypto.amounts import format_amount
 from entitlements.errors import EntitlementsError, InvalidArgument
 from entitlements.observability.metrics import (
     CONTENT_TYPE,
@@ -191,13 +192,14 @@ def install_routes(app: web.Application, ops: OpsRoutes) -> None:
         try:
             as_of, window = _dashboard_params(request)
             figures = await ops.admin.revenue_metrics(as_of=as_of, churn_window_days=window)
+            funds, more = await _unsettled_funds(ops.admin)
         except InvalidArgument as exc:
             return web.json_response({"error": exc.message}, status=400)
         except EntitlementsError as exc:
             log.warning("admin dashboard: %s", exc)
             return web.json_response({"error": exc.message}, status=503)
         return web.Response(
-            text=render_html(figures),
+            text=render_html(figures, funds, more_funds=more),
             content_type="text/html",
             headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
         )
@@ -206,6 +208,31 @@ def install_routes(app: web.Application, ops: OpsRoutes) -> None:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/admin", admin)
+
+
+async def _unsettled_funds(admin: AdminService) -> tuple[list[FundsLine] | None, bool]:
+    """The first page of crypto money received without access, for the dashboard's panel."""
+    if admin.funds is None:
+        return None, False
+    rows, token = await admin.funds.list(page_size=20)
+    lines = []
+    for r in rows:
+        if r.payment is not None:
+            p = r.payment
+            amount = format_amount(int(p.received_base_units), p.decimals)
+            lines.append(
+                FundsLine(r.item_id, r.kind, amount, p.currency, p.account_id, p.tx_hash or "")
+            )
+        elif r.transfer is not None:
+            t = r.transfer
+            decimals = await admin.funds.decimals(r)
+            amount = (
+                format_amount(int(t.value_base_units), decimals)
+                if decimals is not None
+                else (f"{t.value_base_units} base units")
+            )
+            lines.append(FundsLine(r.item_id, r.kind, amount, t.currency, "", t.tx_hash))
+    return lines, bool(token)
 
 
 async def _check(probe: Probe, timeout_seconds: float) -> tuple[str, str | None]:

@@ -58,7 +58,13 @@ METHOD_SCOPES: Mapping[str, str] = {
     f"{_PKG}CryptoPaymentService/GetTransactionStatus": "crypto:read",
     **{
         f"{_PKG}AdminService/{m}": "admin"
-        for m in ("GetRevenueMetrics", "ListSubscriptions", "SetAccountOverrides")
+        for m in (
+            "GetRevenueMetrics",
+            "ListSubscriptions",
+            "SetAccountOverrides",
+            "ListUnsettledFunds",
+            "ResolveUnsettledFunds",
+        )
     },
 }
 

@@ -27,8 +27,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService gives operators revenue analytics and per-account overrides. Every RPC needs the
-    `admin` scope.
+    """AdminService gives operators revenue analytics, per-account overrides and the crypto money
+    that needs a decision. Every RPC needs the `admin` scope.
     """
 
     @_typing.overload
@@ -41,11 +41,21 @@ class AdminServiceStub:
     """ListSubscriptions pages through subscriptions, optionally filtered."""
     SetAccountOverrides: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetAccountOverridesRequest, _admin_service_pb2.SetAccountOverridesResponse]
     """SetAccountOverrides replaces an account's custom limits and feature grants; audited."""
+    ListUnsettledFunds: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListUnsettledFundsRequest, _admin_service_pb2.ListUnsettledFundsResponse]
+    """ListUnsettledFunds pages through crypto money received that gave no access, or more than
+    the access it gave: underpaid, overpaid beyond the tolerance, paid late, sent in the wrong
+    currency or from the wrong wallet, and transfers that match no quote. Newest first.
+    """
+    ResolveUnsettledFunds: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ResolveUnsettledFundsRequest, _admin_service_pb2.ResolveUnsettledFundsResponse]
+    """ResolveUnsettledFunds decides one listed item once: credit it to an account and plan (the
+    plan is activated as a confirmed payment activates it, and counts as crypto revenue) or
+    record its refund with the refund's transaction hash. Audited like SetAccountOverrides.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService gives operators revenue analytics and per-account overrides. Every RPC needs the
-    `admin` scope.
+    """AdminService gives operators revenue analytics, per-account overrides and the crypto money
+    that needs a decision. Every RPC needs the `admin` scope.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -55,10 +65,20 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """ListSubscriptions pages through subscriptions, optionally filtered."""
     SetAccountOverrides: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetAccountOverridesRequest, _admin_service_pb2.SetAccountOverridesResponse]  # type: ignore[assignment]
     """SetAccountOverrides replaces an account's custom limits and feature grants; audited."""
+    ListUnsettledFunds: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListUnsettledFundsRequest, _admin_service_pb2.ListUnsettledFundsResponse]  # type: ignore[assignment]
+    """ListUnsettledFunds pages through crypto money received that gave no access, or more than
+    the access it gave: underpaid, overpaid beyond the tolerance, paid late, sent in the wrong
+    currency or from the wrong wallet, and transfers that match no quote. Newest first.
+    """
+    ResolveUnsettledFunds: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ResolveUnsettledFundsRequest, _admin_service_pb2.ResolveUnsettledFundsResponse]  # type: ignore[assignment]
+    """ResolveUnsettledFunds decides one listed item once: credit it to an account and plan (the
+    plan is activated as a confirmed payment activates it, and counts as crypto revenue) or
+    record its refund with the refund's transaction hash. Audited like SetAccountOverrides.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService gives operators revenue analytics and per-account overrides. Every RPC needs the
-    `admin` scope.
+    """AdminService gives operators revenue analytics, per-account overrides and the crypto money
+    that needs a decision. Every RPC needs the `admin` scope.
     """
 
     @_abc_1.abstractmethod
@@ -84,5 +104,27 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.SetAccountOverridesResponse, _abc.Awaitable[_admin_service_pb2.SetAccountOverridesResponse]]:
         """SetAccountOverrides replaces an account's custom limits and feature grants; audited."""
+
+    @_abc_1.abstractmethod
+    def ListUnsettledFunds(
+        self,
+        request: _admin_service_pb2.ListUnsettledFundsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListUnsettledFundsResponse, _abc.Awaitable[_admin_service_pb2.ListUnsettledFundsResponse]]:
+        """ListUnsettledFunds pages through crypto money received that gave no access, or more than
+        the access it gave: underpaid, overpaid beyond the tolerance, paid late, sent in the wrong
+        currency or from the wrong wallet, and transfers that match no quote. Newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveUnsettledFunds(
+        self,
+        request: _admin_service_pb2.ResolveUnsettledFundsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ResolveUnsettledFundsResponse, _abc.Awaitable[_admin_service_pb2.ResolveUnsettledFundsResponse]]:
+        """ResolveUnsettledFunds decides one listed item once: credit it to an account and plan (the
+        plan is activated as a confirmed payment activates it, and counts as crypto revenue) or
+        record its refund with the refund's transaction hash. Audited like SetAccountOverrides.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
