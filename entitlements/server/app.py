@@ -38,6 +38,7 @@ from entitlements.server.auth import AuthInterceptor
 from entitlements.server.billing_setup import install_billing, webhook_server
 from entitlements.server.crypto_setup import CryptoRuntime, install_crypto
 from entitlements.server.entitlements_servicer import EntitlementsServicer
+from entitlements.server.events_setup import EventsRuntime, install_events
 from entitlements.server.ops_setup import install_observability
 from entitlements.server.reflection import enable_reflection
 from entitlements.server.status import InFlight
@@ -90,6 +91,8 @@ class Deps:
     admin: AdminService | None = None
     #: The HTTP shim's operations routes (/metrics, /readyz, /admin).
     ops: OpsRoutes | None = None
+    #: Outbound events: the dispatcher and the renewal scan.
+    events: EventsRuntime | None = None
 
     async def close(self) -> None:
         for close in reversed(self.closers):
@@ -131,6 +134,7 @@ class Deps:
         deps.billing = install_billing(settings, deps)
         deps.token_gate = install_token_gate(settings, deps)
         deps.crypto = install_crypto(settings, deps)
+        deps.events = install_events(settings, deps)
         deps.admin = install_admin(settings, deps)
         deps.ops = install_observability(settings, deps, admin=deps.admin)
         return deps
@@ -222,6 +226,8 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
         deps.ledger.start()
     if deps.feed is not None:
         deps.feed.start()
+    if deps.events is not None:
+        deps.events.start()
     running = Running(server=server, port=port, health=health_servicer, deps=deps)
     await running.set_serving(False)
     return running
