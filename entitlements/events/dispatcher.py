@@ -47,6 +47,7 @@ class Dispatcher:
         self._breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
         self._rng = rng or random.Random()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         #: Failed attempts by endpoint, since start (this replica).
         self.attempt_failures: dict[str, int] = {e.name: 0 for e in self._endpoints}
@@ -62,29 +63,37 @@ class Dispatcher:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name="event-dispatcher")
 
     async def close(self) -> None:
+        """Stop after the round in flight (its sends get their deadline to finish)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            grace = max((e.timeout_s for e in self._endpoints), default=0.0) + 1.0
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         if self._http is not None:
             await self._http.close()
             self._http = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 sent = await self.run_once()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("event dispatch failed; trying again")
                 sent = 0
             if not sent:
-                await asyncio.sleep(self._settings.poll_interval_seconds)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._stopping.wait(), self._settings.poll_interval_seconds
+                    )
 
     async def run_once(self) -> int:
         """One round: fan out new events, send what is due. Returns the attempts made."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from entitlements.policies.thresholds import UPGRADE_PROMPT_PERCENT, WARNING_PERCENT, UsageLevel
+
 __all__ = [
     "EVENT_TYPES",
     "THRESHOLD_LEVELS",
@@ -38,6 +40,13 @@ EVENT_TYPES = (
 WIRED_EVENT_TYPES = frozenset({"usage.threshold_crossed", "subscription.renewal_upcoming"})
 
 THRESHOLD_LEVELS = (75, 90, 100)
+
+#: The usage levels that are thresholds, as the percentage an event reports.
+_PERCENT = {
+    UsageLevel.WARNING: WARNING_PERCENT,
+    UsageLevel.UPGRADE_PROMPT: UPGRADE_PROMPT_PERCENT,
+    UsageLevel.EXCEEDED: 100,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +99,9 @@ def new_event(
 def threshold_crossed(
     account_id: str, metric: str, period: str, level: int, total: int, limit: int, *, now: datetime
 ) -> Event:
-    """`usage.threshold_crossed`: once per account, metric, period and level."""
+    """`usage.threshold_crossed`: once per account, metric, period and level (a `UsageLevel`,
+    reported as its percentage: 75, 90 or 100)."""
+    level = _PERCENT[UsageLevel(level)]
     return new_event(
         "usage.threshold_crossed",
         account_id,

@@ -326,15 +326,14 @@ class EventsRepository(Sessions):
                     )
                 )
             ).one()
-            failed: dict[str, int] = dict(
-                (
-                    await session.execute(
-                        select(_D.c.endpoint, func.count())
-                        .where(_D.c.status == "failed")
-                        .group_by(_D.c.endpoint)
-                    )
-                ).tuples()
-            )
+            failed: dict[str, int] = {
+                endpoint: int(count)
+                for endpoint, count in await session.execute(
+                    select(_D.c.endpoint, func.count())
+                    .where(_D.c.status == "failed")
+                    .group_by(_D.c.endpoint)
+                )
+            }
         oldest = min((t for t in (oldest_delivery, oldest_new) if t is not None), default=None)
         age = max(0.0, (_now_ms() - oldest) / 1000) if oldest is not None else 0.0
         return OutboxStats(depth=int(pending) + int(new), oldest_age_s=age, failed=failed)
