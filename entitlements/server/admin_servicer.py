@@ -19,6 +19,7 @@ from entitlements.config import Caller
 from entitlements.errors import InvalidArgument
 from entitlements.server import convert
 from entitlements.server.auth import AuthInterceptor
+from entitlements.server.events_admin_servicer import EventsAdminMethods
 from entitlements.server.status import unary
 from entitlements.server.validation import require_id
 from entitlements.store.admin_repository import AdminStore
@@ -94,7 +95,7 @@ def _time(value: Timestamp, field: str) -> datetime:
         ) from None
 
 
-class AdminServicer(pb_grpc.AdminServiceServicer):
+class AdminServicer(EventsAdminMethods, pb_grpc.AdminServiceServicer):
     """Thin: validate the request's shape, call `AdminService`, convert the answer."""
 
     def __init__(self, admin: AdminService, callers: Mapping[bytes, Caller] | None) -> None:

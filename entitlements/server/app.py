@@ -134,8 +134,8 @@ class Deps:
         deps.billing = install_billing(settings, deps)
         deps.token_gate = install_token_gate(settings, deps)
         deps.crypto = install_crypto(settings, deps)
-        deps.events = install_events(settings, deps)
         deps.admin = install_admin(settings, deps)
+        deps.events = install_events(settings, deps)
         deps.ops = install_observability(settings, deps, admin=deps.admin)
         return deps
 

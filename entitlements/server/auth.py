@@ -59,7 +59,14 @@ METHOD_SCOPES: Mapping[str, str] = {
     },
     **{
         f"{_PKG}AdminService/{m}": "admin"
-        for m in ("GetRevenueMetrics", "ListSubscriptions", "SetAccountOverrides")
+        for m in (
+            "GetRevenueMetrics",
+            "ListSubscriptions",
+            "SetAccountOverrides",
+            "ListEventDeliveries",
+            "ReplayEvent",
+            "ReplayFailedEvents",
+        )
     },
 }
 

@@ -1,14 +1,17 @@
 """Wiring outbound events into the server: the dispatcher and the renewal scan on every replica
-(started with the server, stopped at shutdown) and their figures in /metrics."""
+(started with the server, stopped at shutdown), their figures in /metrics and AdminService's
+event RPCs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from entitlements.events.admin import EventsAdmin
 from entitlements.events.dispatcher import Dispatcher
 from entitlements.events.metrics import register_dispatcher
 from entitlements.events.renewals import RenewalScan
+from entitlements.server.events_admin_servicer import EventsAdminMethods
 from entitlements.store.events_repository import EventsRepository
 
 if TYPE_CHECKING:
@@ -46,6 +49,9 @@ def install_events(settings: Settings, deps: Deps) -> EventsRuntime:
             interval_seconds=settings.events.renewal_scan_interval_seconds,
         ),
     )
+    admin = deps.servicers.get("AdminService")
+    if isinstance(admin, EventsAdminMethods):
+        admin.events_admin = EventsAdmin(repository, settings.events.endpoints)
     unregister = register_dispatcher(runtime.dispatcher)
 
     async def close() -> None:

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from nchat.entitlements.v1 import admin_service_pb2 as _admin_service_pb2
+from nchat.entitlements.v1 import event_delivery_pb2 as _event_delivery_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -41,6 +42,14 @@ class AdminServiceStub:
     """ListSubscriptions pages through subscriptions, optionally filtered."""
     SetAccountOverrides: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetAccountOverridesRequest, _admin_service_pb2.SetAccountOverridesResponse]
     """SetAccountOverrides replaces an account's custom limits and feature grants; audited."""
+    ListEventDeliveries: _grpc.UnaryUnaryMultiCallable[_event_delivery_pb2.ListEventDeliveriesRequest, _event_delivery_pb2.ListEventDeliveriesResponse]
+    """ListEventDeliveries pages through outbound event deliveries (status, attempts, last
+    error), filtered by endpoint, status or account.
+    """
+    ReplayEvent: _grpc.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayEventRequest, _event_delivery_pb2.ReplayEventResponse]
+    """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown)."""
+    ReplayFailedEvents: _grpc.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayFailedEventsRequest, _event_delivery_pb2.ReplayFailedEventsResponse]
+    """ReplayFailedEvents sends every failed delivery of an endpoint again."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -55,6 +64,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """ListSubscriptions pages through subscriptions, optionally filtered."""
     SetAccountOverrides: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetAccountOverridesRequest, _admin_service_pb2.SetAccountOverridesResponse]  # type: ignore[assignment]
     """SetAccountOverrides replaces an account's custom limits and feature grants; audited."""
+    ListEventDeliveries: _aio.UnaryUnaryMultiCallable[_event_delivery_pb2.ListEventDeliveriesRequest, _event_delivery_pb2.ListEventDeliveriesResponse]  # type: ignore[assignment]
+    """ListEventDeliveries pages through outbound event deliveries (status, attempts, last
+    error), filtered by endpoint, status or account.
+    """
+    ReplayEvent: _aio.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayEventRequest, _event_delivery_pb2.ReplayEventResponse]  # type: ignore[assignment]
+    """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown)."""
+    ReplayFailedEvents: _aio.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayFailedEventsRequest, _event_delivery_pb2.ReplayFailedEventsResponse]  # type: ignore[assignment]
+    """ReplayFailedEvents sends every failed delivery of an endpoint again."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService gives operators revenue analytics and per-account overrides. Every RPC needs the
@@ -84,5 +101,31 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.SetAccountOverridesResponse, _abc.Awaitable[_admin_service_pb2.SetAccountOverridesResponse]]:
         """SetAccountOverrides replaces an account's custom limits and feature grants; audited."""
+
+    @_abc_1.abstractmethod
+    def ListEventDeliveries(
+        self,
+        request: _event_delivery_pb2.ListEventDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_delivery_pb2.ListEventDeliveriesResponse, _abc.Awaitable[_event_delivery_pb2.ListEventDeliveriesResponse]]:
+        """ListEventDeliveries pages through outbound event deliveries (status, attempts, last
+        error), filtered by endpoint, status or account.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplayEvent(
+        self,
+        request: _event_delivery_pb2.ReplayEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_delivery_pb2.ReplayEventResponse, _abc.Awaitable[_event_delivery_pb2.ReplayEventResponse]]:
+        """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown)."""
+
+    @_abc_1.abstractmethod
+    def ReplayFailedEvents(
+        self,
+        request: _event_delivery_pb2.ReplayFailedEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_delivery_pb2.ReplayFailedEventsResponse, _abc.Awaitable[_event_delivery_pb2.ReplayFailedEventsResponse]]:
+        """ReplayFailedEvents sends every failed delivery of an endpoint again."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
