@@ -21,7 +21,12 @@ from entitlements.events.endpoints import Endpoint
 from entitlements.events.retry import CircuitBreaker
 from entitlements.events.settings import EventSettings
 from entitlements.events.signing import signed_headers
-from entitlements.store.events_repository import ClaimedDelivery, EventsRepository, OutboxStats
+from entitlements.store.events_repository import (
+    ClaimedDelivery,
+    EventsRepository,
+    OutboxStats,
+    Outcome,
+)
 
 __all__ = ["Dispatcher"]
 
@@ -117,15 +122,18 @@ class Dispatcher:
         )
         if not claimed:
             return 0
-        await asyncio.gather(*(self._deliver(endpoint, d) for d in claimed))
+        errors = await asyncio.gather(*(self._post(endpoint, d) for d in claimed))
+        outcomes: list[Outcome] = []
+        for delivery, error in zip(claimed, errors, strict=True):
+            self._breaker.record(endpoint.name, error is None, time.monotonic())
+            outcomes.append(self._outcome(endpoint, delivery, error))
+        # One transaction for the batch: one commit (fsync) rather than one per delivery.
+        await self._repository.record(outcomes)
         return len(claimed)
 
-    async def _deliver(self, endpoint: Endpoint, delivery: ClaimedDelivery) -> None:
-        error = await self._post(endpoint, delivery)
-        self._breaker.record(endpoint.name, error is None, time.monotonic())
+    def _outcome(self, endpoint: Endpoint, delivery: ClaimedDelivery, error: str | None) -> Outcome:
         if error is None:
-            await self._repository.delivered(delivery.id)
-            return
+            return Outcome(delivery.id, "delivered")
         self.attempt_failures[endpoint.name] = self.attempt_failures.get(endpoint.name, 0) + 1
         age_s = time.time() - delivery.occurred_at_ms / 1000
         if self._backoff.gives_up(age_s):
@@ -136,11 +144,9 @@ class Dispatcher:
                 delivery.attempts,
                 error,
             )
-            await self._repository.failed(delivery.id, error)
-            return
+            return Outcome(delivery.id, "failed", error=error)
         delay = self._backoff.delay_s(delivery.attempts, self._rng)
-        next_ms = int((time.time() + delay) * 1000)
-        await self._repository.retry_at(delivery.id, next_ms, error)
+        return Outcome(delivery.id, "retry", int((time.time() + delay) * 1000), error)
 
     async def _post(self, endpoint: Endpoint, delivery: ClaimedDelivery) -> str | None:
         """None when the receiver took it (2xx), else why not."""

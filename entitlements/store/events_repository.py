@@ -30,6 +30,7 @@ __all__ = [
     "DeliveryRow",
     "EventsRepository",
     "OutboxStats",
+    "Outcome",
     "RenewalDue",
     "append_event",
     "append_event_sqlite",
@@ -89,6 +90,16 @@ class ClaimedDelivery:
     event_type: str
     body: str
     occurred_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one attempt: "delivered", "retry" (at `next_attempt_ms`) or "failed"."""
+
+    delivery_id: int
+    status: str
+    next_attempt_ms: int = 0
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +198,8 @@ class EventsRepository(Sessions):
             .with_for_update(skip_locked=True)
         )
         if ordered:
+            # Nor while an earlier event of the account is not fanned out yet (another
+            # replica's fan-out still in flight).
             query = query.where(
                 ~exists().where(
                     and_(
@@ -195,7 +208,14 @@ class EventsRepository(Sessions):
                         earlier.status == "pending",
                         earlier.event_seq < _D.c.event_seq,
                     )
-                )
+                ),
+                ~exists().where(
+                    and_(
+                        _E.c.account_id == _D.c.account_id,
+                        _E.c.fanned_out.is_(False),
+                        _E.c.seq < _D.c.event_seq,
+                    )
+                ),
             )
         async with self._transaction(write=True) as session:
             ids = list((await session.execute(query)).scalars())
@@ -222,29 +242,27 @@ class EventsRepository(Sessions):
             )
             return [ClaimedDelivery(*r) for r in rows]
 
-    async def delivered(self, delivery_id: int) -> None:
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        """The outcomes of a batch of attempts, in one transaction."""
+        now = _now_ms()
         async with self._transaction(write=True) as session:
-            await session.execute(
-                update(_D)
-                .where(_D.c.id == delivery_id)
-                .values(status="delivered", delivered_at_ms=_now_ms(), last_error="")
-            )
-
-    async def retry_at(self, delivery_id: int, next_attempt_ms: int, error: str) -> None:
-        async with self._transaction(write=True) as session:
-            await session.execute(
-                update(_D)
-                .where(_D.c.id == delivery_id, _D.c.status == "pending")
-                .values(next_attempt_ms=next_attempt_ms, last_error=error[:1000])
-            )
-
-    async def failed(self, delivery_id: int, error: str) -> None:
-        async with self._transaction(write=True) as session:
-            await session.execute(
-                update(_D)
-                .where(_D.c.id == delivery_id, _D.c.status == "pending")
-                .values(status="failed", last_error=error[:1000])
-            )
+            for o in sorted(outcomes, key=lambda o: o.delivery_id):  # a stable lock order
+                query = update(_D).where(_D.c.id == o.delivery_id)
+                if o.status == "delivered":
+                    values: dict[str, Any] = {
+                        "status": "delivered",
+                        "delivered_at_ms": now,
+                        "last_error": "",
+                    }
+                else:
+                    # A replay may have moved it on meanwhile; only a pending one is updated.
+                    query = query.where(_D.c.status == "pending")
+                    values = {"last_error": o.error[:1000]}
+                    if o.status == "failed":
+                        values["status"] = "failed"
+                    else:
+                        values["next_attempt_ms"] = o.next_attempt_ms
+                await session.execute(query.values(**values))
 
     async def list_deliveries(
         self,
