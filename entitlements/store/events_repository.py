@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, exists, func, select, text, update
+from sqlalchemy import Table, and_, bindparam, exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -243,26 +243,43 @@ class EventsRepository(Sessions):
             return [ClaimedDelivery(*r) for r in rows]
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
-        """The outcomes of a batch of attempts, in one transaction."""
+        """The outcomes of a batch of attempts, in one transaction (a statement per kind)."""
         now = _now_ms()
+        delivered = sorted(o.delivery_id for o in outcomes if o.status == "delivered")
+        retries = [
+            {"b_id": o.delivery_id, "b_next": o.next_attempt_ms, "b_error": o.error[:1000]}
+            for o in sorted(outcomes, key=lambda o: o.delivery_id)
+            if o.status == "retry"
+        ]
+        failures = [
+            {"b_id": o.delivery_id, "b_error": o.error[:1000]}
+            for o in sorted(outcomes, key=lambda o: o.delivery_id)
+            if o.status == "failed"
+        ]
+        # A replay may have moved a delivery on meanwhile: only a pending one is retried or
+        # failed.
+        pending = and_(_D.c.id == bindparam("b_id"), _D.c.status == "pending")
         async with self._transaction(write=True) as session:
-            for o in sorted(outcomes, key=lambda o: o.delivery_id):  # a stable lock order
-                query = update(_D).where(_D.c.id == o.delivery_id)
-                if o.status == "delivered":
-                    values: dict[str, Any] = {
-                        "status": "delivered",
-                        "delivered_at_ms": now,
-                        "last_error": "",
-                    }
-                else:
-                    # A replay may have moved it on meanwhile; only a pending one is updated.
-                    query = query.where(_D.c.status == "pending")
-                    values = {"last_error": o.error[:1000]}
-                    if o.status == "failed":
-                        values["status"] = "failed"
-                    else:
-                        values["next_attempt_ms"] = o.next_attempt_ms
-                await session.execute(query.values(**values))
+            if delivered:
+                await session.execute(
+                    update(_D)
+                    .where(_D.c.id.in_(delivered))
+                    .values(status="delivered", delivered_at_ms=now, last_error="")
+                )
+            if retries:
+                await session.execute(
+                    update(_D)
+                    .where(pending)
+                    .values(next_attempt_ms=bindparam("b_next"), last_error=bindparam("b_error")),
+                    retries,
+                )
+            if failures:
+                await session.execute(
+                    update(_D)
+                    .where(pending)
+                    .values(status="failed", last_error=bindparam("b_error")),
+                    failures,
+                )
 
     async def list_deliveries(
         self,
