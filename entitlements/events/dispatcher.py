@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _FAN_OUT_BATCH = 500
 _STATS_EVERY_S = 5.0
+_PRUNE_EVERY_S = 3600.0
 
 
 class Dispatcher:
@@ -57,7 +59,8 @@ class Dispatcher:
         #: Failed attempts by endpoint, since start (this replica).
         self.attempt_failures: dict[str, int] = {e.name: 0 for e in self._endpoints}
         self.stats: OutboxStats | None = None
-        self._stats_at = 0.0
+        self._stats_at = -math.inf
+        self._pruned_at = -math.inf
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
@@ -105,6 +108,10 @@ class Dispatcher:
         if time.monotonic() - self._stats_at >= _STATS_EVERY_S:
             self.stats = await self._repository.stats()
             self._stats_at = time.monotonic()
+        if time.monotonic() - self._pruned_at >= _PRUNE_EVERY_S:
+            self._pruned_at = time.monotonic()
+            cutoff_ms = int((time.time() - self._settings.retention_seconds) * 1000)
+            await self._repository.prune(cutoff_ms)
         subscribed = [(e.name, e.event_types) for e in self._endpoints]
         while await self._repository.fan_out(subscribed, _FAN_OUT_BATCH) == _FAN_OUT_BATCH:
             pass

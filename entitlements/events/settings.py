@@ -35,6 +35,8 @@ class EventSettings:
     lease_margin_seconds: float = 30.0
     #: Deliveries sent at once per endpoint.
     batch_size: int = 50
+    #: Events are deleted this long after they happened, once no delivery is pending.
+    retention_seconds: float = 30 * 86400.0
     #: `subscription.renewal_upcoming` is written this many days before a period ends.
     renewal_notice_days: float = 7.0
     renewal_scan_interval_seconds: float = 3600.0
@@ -63,6 +65,7 @@ class EventSettings:
             ),
             lease_margin_seconds=_number(env, "ENTITLEMENTS_EVENT_LEASE_MARGIN_SECONDS", 30.0),
             batch_size=int(_number(env, "ENTITLEMENTS_EVENT_BATCH_SIZE", 50, 1)),
+            retention_seconds=86400.0 * _number(env, "ENTITLEMENTS_EVENT_RETENTION_DAYS", 30.0),
             renewal_notice_days=_number(env, "ENTITLEMENTS_RENEWAL_NOTICE_DAYS", 7.0),
             renewal_scan_interval_seconds=_number(
                 env, "ENTITLEMENTS_RENEWAL_SCAN_INTERVAL_SECONDS", 3600.0

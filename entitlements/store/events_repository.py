@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, exists, func, select, text, update
+from sqlalchemy import Table, and_, bindparam, delete, exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -280,6 +280,34 @@ class EventsRepository(Sessions):
                     .values(status="failed", last_error=bindparam("b_error")),
                     failures,
                 )
+
+    async def prune(self, older_than_ms: int, *, batch: int = 1000) -> int:
+        """Delete events older than `older_than_ms` with no delivery still pending (and their
+        deliveries), a batch per transaction; returns how many events."""
+        removed = 0
+        while True:
+            async with self._transaction(write=True) as session:
+                seqs = list(
+                    (
+                        await session.execute(
+                            select(_E.c.seq)
+                            .where(
+                                _E.c.occurred_at_ms < older_than_ms,
+                                _E.c.fanned_out.is_(True),
+                                ~exists().where(
+                                    _D.c.event_seq == _E.c.seq, _D.c.status == "pending"
+                                ),
+                            )
+                            .limit(batch)
+                        )
+                    ).scalars()
+                )
+                if seqs:
+                    await session.execute(delete(_D).where(_D.c.event_seq.in_(seqs)))
+                    await session.execute(delete(_E).where(_E.c.seq.in_(seqs)))
+            removed += len(seqs)
+            if len(seqs) < batch:
+                return removed
 
     async def list_deliveries(
         self,

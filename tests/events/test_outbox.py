@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from entitlements.events.renewals import RenewalScan
 from entitlements.events.types import new_event
 from entitlements.store.engine import create_engine
-from entitlements.store.events_repository import EventsRepository, append_event
+from entitlements.store.events_repository import EventsRepository, Outcome, append_event
 from entitlements.store.models import OutboxEvent
 from entitlements.store.records import SubscriptionRecord
 from entitlements.store.repository import Store
@@ -157,3 +157,25 @@ async def test_two_dispatchers_never_claim_the_same_attempt(store: Store) -> Non
     assert len(ids) == len(set(ids)) == 40
     async with store._transaction() as session:
         assert await session.scalar(select(func.count()).select_from(OutboxEvent)) == 40
+
+
+async def test_old_events_are_pruned_once_no_delivery_is_pending(store: Store) -> None:
+    repository = EventsRepository(store.engine)
+    old = datetime.now(UTC) - timedelta(days=40)
+    done, waiting = (new_event("payment.failed", a, {}, now=old) for a in ("done", "waiting"))
+    recent = new_event("payment.failed", "recent", {}, now=datetime.now(UTC))
+    for event in (done, waiting, recent):
+        await repository.append(event)
+    await repository.fan_out([("hook", frozenset())], 500)
+    claimed = await repository.claim("hook", limit=10, lease_ms=0, ordered=False)
+    by_account = {json.loads(c.body)["account_id"]: c.id for c in claimed}
+    await repository.record(
+        [Outcome(by_account["done"], "delivered"), Outcome(by_account["recent"], "delivered")]
+    )
+
+    cutoff = int((datetime.now(UTC) - timedelta(days=30)).timestamp() * 1000)
+    assert await repository.prune(cutoff) == 1
+
+    assert [e.account_id for e in await events(store)] == ["waiting", "recent"]
+    rows = await repository.list_deliveries()
+    assert [r.account_id for r in rows] == ["waiting", "recent"]
