@@ -36,8 +36,9 @@ def _card(key: str, label: str, value: str) -> str:
     )
 
 
-def render_html(m: RevenueMetrics) -> str:
-    """A read-only page: figure cards, the plan distribution and MRR history charts, tables."""
+def render_html(m: RevenueMetrics, extra: str = "") -> str:
+    """A read-only page: figure cards, the plan distribution and MRR history charts, tables;
+    `extra` is more sections' HTML (already escaped), at the end."""
     cards = "".join(
         (
             _card("total_revenue", "Total revenue", money(m.total_revenue_cents)),
@@ -95,7 +96,7 @@ def render_html(m: RevenueMetrics) -> str:
 <div class="panel"><h3>Upcoming renewals</h3><table id="renewals">
 <tr><th>account</th><th>plan</th><th>interval</th><th>renews</th><th class=n>amount</th></tr>
 {renewals}</table></div></div>
-</body></html>
+{extra}</body></html>
 """
 
 

@@ -52,6 +52,8 @@ class OpsRoutes:
     callers: Mapping[bytes, Caller] = field(default_factory=dict)
     dev_mode: bool = False
     probe_timeout_seconds: float = 2.0
+    #: More sections of the /admin page (HTML), e.g. outbound events; rendered in order.
+    sections: list[Callable[[], Awaitable[str]]] = field(default_factory=list)
 
 
 def chain_probes(readers: ChainReaders, timeout_seconds: float) -> list[Probe]:
@@ -138,13 +140,14 @@ def install_routes(app: web.Application, ops: OpsRoutes) -> None:
         try:
             as_of, window = _dashboard_params(request)
             figures = await ops.admin.revenue_metrics(as_of=as_of, churn_window_days=window)
+            extra = "".join([await section() for section in ops.sections])
         except InvalidArgument as exc:
             return web.json_response({"error": exc.message}, status=400)
         except EntitlementsError as exc:
             log.warning("admin dashboard: %s", exc)
             return web.json_response({"error": exc.message}, status=503)
         return web.Response(
-            text=render_html(figures),
+            text=render_html(figures, extra),
             content_type="text/html",
             headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
         )

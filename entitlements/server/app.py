@@ -137,6 +137,7 @@ class Deps:
         deps.admin = install_admin(settings, deps)
         deps.events = install_events(settings, deps)
         deps.ops = install_observability(settings, deps, admin=deps.admin)
+        deps.ops.sections.append(deps.events.admin_section)
         return deps
 
 

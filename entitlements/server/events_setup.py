@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from entitlements.events.admin import EventsAdmin
+from entitlements.events.dashboard import render_events_section
 from entitlements.events.dispatcher import Dispatcher
 from entitlements.events.metrics import register_dispatcher
 from entitlements.events.renewals import RenewalScan
@@ -32,6 +33,12 @@ class EventsRuntime:
         if self.dispatcher.endpoints:
             self.dispatcher.start()
         self.renewals.start()
+
+    async def admin_section(self) -> str:
+        """The /admin page's section on outbound events."""
+        stats = await self.repository.stats()
+        failed = await self.repository.latest_failed(20)
+        return render_events_section(stats, self.dispatcher.endpoints, failed)
 
     async def close(self) -> None:
         await self.renewals.close()

@@ -347,6 +347,30 @@ class EventsRepository(Sessions):
         async with self._transaction() as session:
             return [DeliveryRow(*r) for r in await session.execute(query)]
 
+    async def latest_failed(self, limit: int) -> list[DeliveryRow]:
+        """The most recently created failed deliveries, newest first."""
+        query = (
+            select(
+                _D.c.id,
+                _E.c.id,
+                _E.c.type,
+                _D.c.account_id,
+                _D.c.endpoint,
+                _D.c.status,
+                _D.c.attempts,
+                _D.c.next_attempt_ms,
+                _D.c.last_error,
+                _D.c.created_at_ms,
+                _D.c.delivered_at_ms,
+            )
+            .join(_E, _E.c.seq == _D.c.event_seq)
+            .where(_D.c.status == "failed")
+            .order_by(_D.c.id.desc())
+            .limit(limit)
+        )
+        async with self._transaction() as session:
+            return [DeliveryRow(*r) for r in await session.execute(query)]
+
     async def event_exists(self, event_id: str) -> bool:
         async with self._transaction() as session:
             return (await session.scalar(select(_E.c.seq).where(_E.c.id == event_id))) is not None
