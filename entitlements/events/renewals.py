@@ -17,6 +17,8 @@ __all__ = ["RenewalScan"]
 
 log = logging.getLogger(__name__)
 
+_STOP_GRACE_S = 10.0
+
 
 class RenewalScan:
     def __init__(
@@ -27,27 +29,34 @@ class RenewalScan:
         self._notice_days = notice_days
         self._interval = interval_seconds
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name="renewal-scan")
 
     async def close(self) -> None:
+        """Stop after the scan in flight: cancelling a query mid-way would strand its
+        connection."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), _STOP_GRACE_S)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.scan()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("renewal scan failed; trying again at the next interval")
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
 
     async def scan(self, now: datetime | None = None) -> int:
         """Write the events now due; returns how many were new."""
