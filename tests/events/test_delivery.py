@@ -16,7 +16,7 @@ from entitlements.events.dispatcher import Dispatcher
 from entitlements.events.endpoints import Endpoint
 from entitlements.events.settings import EventSettings
 from entitlements.events.types import new_event
-from entitlements.store.events_repository import EventsRepository, append_event
+from entitlements.store.events_repository import DeliveryRow, EventsRepository, append_event
 from entitlements.store.repository import Store
 from tests.events.receiver import SECRET, Receiver, wait_for
 
@@ -103,9 +103,12 @@ async def test_a_delivery_past_its_time_fails_and_a_replay_sends_it_again(
     settings = replace(FAST, give_up_seconds=0.0)  # the event is already old enough to give up
 
     async with running(Dispatcher(repository, settings, endpoints=[endpoint(receiver)])):
-        await wait_for(lambda: receiver.requests >= 1)
-        await asyncio.sleep(0.1)
-        [row] = await repository.list_deliveries(status="failed")
+        failed: list[DeliveryRow] = []
+        for _ in range(250):  # until the dispatcher recorded the outcome
+            if failed := await repository.list_deliveries(status="failed"):
+                break
+            await asyncio.sleep(0.02)
+        [row] = failed
         assert (row.event_id, row.attempts, row.last_error) == (event_id, 1, "HTTP 503")
         assert receiver.accepted == []
 
