@@ -13,6 +13,7 @@ from pathlib import Path
 from adapters.chains.config import ChainConfigError, ChainSettings
 from adapters.stripe.config import StripeConfigError, StripeSettings
 from entitlements.crypto.config import CryptoConfigError, CryptoSettings
+from entitlements.events.settings import EventSettings, EventSettingsError
 from entitlements.store.engine import DEFAULT_DATABASE_URL, normalize_url
 
 #: Every scope a caller can hold; an RPC needs exactly one of them (health and reflection none).
@@ -113,6 +114,8 @@ class Settings:
     log_format: str = "text"
     #: An RPC taking at least this long is logged (WARNING) with its caller and duration.
     slow_call_ms: float = 250.0
+    #: Outbound events: endpoints (ENTITLEMENTS_EVENT_ENDPOINTS), retries, renewal notices.
+    events: EventSettings = field(default_factory=EventSettings)
 
     @classmethod
     def from_env(
@@ -194,6 +197,7 @@ class Settings:
             event_loop=_choice(env, "ENTITLEMENTS_EVENT_LOOP", ("uvloop", "asyncio")),
             usage_key_retention_seconds=86400.0
             * _number(env, "ENTITLEMENTS_USAGE_KEY_RETENTION_DAYS", 7.0, minimum=1),
+            events=_events(env),
         )
 
 
@@ -294,4 +298,11 @@ def _chains(env: Mapping[str, str]) -> ChainSettings:
     try:
         return ChainSettings.from_env(env)
     except ChainConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _events(env: Mapping[str, str]) -> EventSettings:
+    try:
+        return EventSettings.from_env(env)
+    except EventSettingsError as exc:
         raise ConfigError(str(exc)) from exc

@@ -75,10 +75,15 @@ def _funds_panel(funds: Sequence[FundsLine] | None, more: bool) -> str:
 
 
 def render_html(
-    m: RevenueMetrics, funds: Sequence[FundsLine] | None = None, *, more_funds: bool = False
+    m: RevenueMetrics,
+    funds: Sequence[FundsLine] | None = None,
+    *,
+    more_funds: bool = False,
+    extra: str = "",
 ) -> str:
     """A read-only page: figure cards, the plan distribution and MRR history charts, tables,
-    and (with crypto payments set up) the crypto money received without access."""
+    (with crypto payments set up) the crypto money received without access, and `extra`: more
+    sections' HTML (already escaped), at the end."""
     cards = "".join(
         (
             _card("total_revenue", "Total revenue", money(m.total_revenue_cents)),

@@ -72,6 +72,8 @@ class OpsRoutes:
     callers: Mapping[bytes, Caller] = field(default_factory=dict)
     dev_mode: bool = False
     probe_timeout_seconds: float = 2.0
+    #: More sections of the /admin page (HTML), e.g. outbound events; rendered in order.
+    sections: list[Callable[[], Awaitable[str]]] = field(default_factory=list)
 
 
 #: How long a public chain's head may stand still before it is reported "stalled".
@@ -193,13 +195,14 @@ def install_routes(app: web.Application, ops: OpsRoutes) -> None:
             as_of, window = _dashboard_params(request)
             figures = await ops.admin.revenue_metrics(as_of=as_of, churn_window_days=window)
             funds, more = await _unsettled_funds(ops.admin)
+            extra = "".join([await section() for section in ops.sections])
         except InvalidArgument as exc:
             return web.json_response({"error": exc.message}, status=400)
         except EntitlementsError as exc:
             log.warning("admin dashboard: %s", exc)
             return web.json_response({"error": exc.message}, status=503)
         return web.Response(
-            text=render_html(figures, funds, more_funds=more),
+            text=render_html(figures, funds, more_funds=more, extra=extra),
             content_type="text/html",
             headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
         )

@@ -21,6 +21,7 @@ from entitlements.crypto.funds import Credit, FundsFilter, Refund, UnsettledFund
 from entitlements.errors import FailedPrecondition, InvalidArgument
 from entitlements.server import convert
 from entitlements.server.auth import AuthInterceptor
+from entitlements.server.events_admin_servicer import EventsAdminMethods
 from entitlements.server.funds_convert import funds_message, interval_of, kind_of
 from entitlements.server.status import unary
 from entitlements.server.validation import require_id
@@ -98,7 +99,7 @@ def _time(value: Timestamp, field: str) -> datetime:
         ) from None
 
 
-class AdminServicer(pb_grpc.AdminServiceServicer):
+class AdminServicer(EventsAdminMethods, pb_grpc.AdminServiceServicer):
     """Thin: validate the request's shape, call `AdminService`, convert the answer."""
 
     def __init__(self, admin: AdminService, callers: Mapping[bytes, Caller] | None) -> None:

@@ -38,6 +38,7 @@ from entitlements.server.billing_setup import install_billing, webhook_server
 from entitlements.server.crypto_setup import install_crypto
 from entitlements.server.deps import Deps
 from entitlements.server.entitlements_servicer import EntitlementsServicer
+from entitlements.server.events_setup import install_events
 from entitlements.server.guard import RequestGuard
 from entitlements.server.ops_setup import install_observability
 from entitlements.server.reflection import enable_reflection
@@ -100,7 +101,9 @@ def build_deps(settings: Settings, store: Store, catalog: Catalog | None = None)
     deps.token_gate = install_token_gate(settings, deps)
     deps.crypto = install_crypto(settings, deps)
     deps.admin = install_admin(settings, deps)
+    deps.events = install_events(settings, deps)
     deps.ops = install_observability(settings, deps, admin=deps.admin)
+    deps.ops.sections.append(deps.events.admin_section)
     return deps
 
 
@@ -229,6 +232,8 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
         deps.ledger.start()
     if deps.feed is not None:
         deps.feed.start()
+    if deps.events is not None:
+        deps.events.start()
     running = Running(server=server, port=port, health=health_servicer, deps=deps)
     await running.set_serving(False)
     return running

@@ -64,6 +64,9 @@ METHOD_SCOPES: Mapping[str, str] = {
             "SetAccountOverrides",
             "ListUnsettledFunds",
             "ResolveUnsettledFunds",
+            "ListEventDeliveries",
+            "ReplayEvent",
+            "ReplayFailedEvents",
         )
     },
 }

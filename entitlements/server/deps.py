@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from entitlements.observability.http import OpsRoutes
     from entitlements.policies import Catalog
     from entitlements.server.crypto_runtime import CryptoRuntime
+    from entitlements.server.events_runtime import EventsRuntime
     from entitlements.server.token_gate_runtime import TokenGateRuntime
     from entitlements.service import EntitlementService
     from entitlements.store.repository import Store
@@ -57,6 +58,8 @@ class Deps:
     admin: AdminService | None = None
     #: The HTTP shim's operations routes (/metrics, /readyz, /admin).
     ops: OpsRoutes | None = None
+    #: Outbound events: the dispatcher and the renewal scan.
+    events: EventsRuntime | None = None
 
     async def close(self) -> None:
         for close in reversed(self.closers):

@@ -37,6 +37,8 @@ __all__ = [
     "AccountOverride",
     "Base",
     "EntitlementChange",
+    "EventDelivery",
+    "OutboxEvent",
     "OverrideAudit",
     "Subscription",
     "TokenAccessChange",
@@ -629,3 +631,48 @@ class CryptoResolution(Base):
     actor: Mapped[str]
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- outbound events (transactional outbox) ---
+
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
+
+class OutboxEvent(Base):
+    """An outbound event, written in the transaction of the change it reports; `seq` orders
+    them, `dedup_key` makes a producer's event unique (a threshold level, a renewal period).
+    `fanned_out` turns true once its deliveries (one per subscribed endpoint) exist."""
+
+    __tablename__ = "outbox_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    id: Mapped[str] = mapped_column(unique=True)
+    type: Mapped[str]
+    account_id: Mapped[str] = mapped_column(index=True)
+    occurred_at_ms: Mapped[int] = mapped_column(BigInteger)
+    #: The JSON body sent, exactly as signed.
+    body: Mapped[str] = mapped_column(Text)
+    dedup_key: Mapped[str | None] = mapped_column(unique=True)
+    fanned_out: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class EventDelivery(Base):
+    """One event to one endpoint: claimed by a dispatcher (a lease in `next_attempt_ms`),
+    retried with backoff until delivered or failed."""
+
+    __tablename__ = "event_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_seq", "endpoint"),
+        CheckConstraint(_one_of("status", DELIVERY_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_seq: Mapped[int] = mapped_column(BigInteger, ForeignKey("outbox_events.seq"))
+    endpoint: Mapped[str]
+    account_id: Mapped[str]
+    status: Mapped[str] = mapped_column(index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    delivered_at_ms: Mapped[int | None] = mapped_column(BigInteger)

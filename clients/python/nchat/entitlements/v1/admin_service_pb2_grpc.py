@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from nchat.entitlements.v1 import admin_service_pb2 as nchat_dot_entitlements_dot_v1_dot_admin__service__pb2
+from nchat.entitlements.v1 import event_delivery_pb2 as nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -61,6 +62,21 @@ class AdminServiceStub:
                 request_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ResolveUnsettledFundsRequest.SerializeToString,
                 response_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ResolveUnsettledFundsResponse.FromString,
                 _registered_method=True)
+        self.ListEventDeliveries = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/ListEventDeliveries',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ListEventDeliveriesRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ListEventDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.ReplayEvent = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/ReplayEvent',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayEventRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayEventResponse.FromString,
+                _registered_method=True)
+        self.ReplayFailedEvents = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/ReplayFailedEvents',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -107,6 +123,28 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEventDeliveries(self, request, context):
+        """ListEventDeliveries pages through outbound event deliveries (status, attempts, last
+        error), filtered by endpoint, status or account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayEvent(self, request, context):
+        """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayFailedEvents(self, request, context):
+        """ReplayFailedEvents sends every failed delivery of an endpoint again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +172,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ResolveUnsettledFunds,
                     request_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ResolveUnsettledFundsRequest.FromString,
                     response_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ResolveUnsettledFundsResponse.SerializeToString,
+            ),
+            'ListEventDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEventDeliveries,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ListEventDeliveriesRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ListEventDeliveriesResponse.SerializeToString,
+            ),
+            'ReplayEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayEvent,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayEventRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayEventResponse.SerializeToString,
+            ),
+            'ReplayFailedEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayFailedEvents,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +326,87 @@ class AdminService:
             '/nchat.entitlements.v1.AdminService/ResolveUnsettledFunds',
             nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ResolveUnsettledFundsRequest.SerializeToString,
             nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ResolveUnsettledFundsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEventDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/ListEventDeliveries',
+            nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ListEventDeliveriesRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ListEventDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/ReplayEvent',
+            nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayEventRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayFailedEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/ReplayFailedEvents',
+            nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

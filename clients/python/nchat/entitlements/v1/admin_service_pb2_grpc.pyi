@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from nchat.entitlements.v1 import admin_service_pb2 as _admin_service_pb2
+from nchat.entitlements.v1 import event_delivery_pb2 as _event_delivery_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -51,6 +52,14 @@ class AdminServiceStub:
     plan is activated as a confirmed payment activates it, and counts as crypto revenue) or
     record its refund with the refund's transaction hash. Audited like SetAccountOverrides.
     """
+    ListEventDeliveries: _grpc.UnaryUnaryMultiCallable[_event_delivery_pb2.ListEventDeliveriesRequest, _event_delivery_pb2.ListEventDeliveriesResponse]
+    """ListEventDeliveries pages through outbound event deliveries (status, attempts, last
+    error), filtered by endpoint, status or account.
+    """
+    ReplayEvent: _grpc.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayEventRequest, _event_delivery_pb2.ReplayEventResponse]
+    """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown)."""
+    ReplayFailedEvents: _grpc.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayFailedEventsRequest, _event_delivery_pb2.ReplayFailedEventsResponse]
+    """ReplayFailedEvents sends every failed delivery of an endpoint again."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -75,6 +84,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     plan is activated as a confirmed payment activates it, and counts as crypto revenue) or
     record its refund with the refund's transaction hash. Audited like SetAccountOverrides.
     """
+    ListEventDeliveries: _aio.UnaryUnaryMultiCallable[_event_delivery_pb2.ListEventDeliveriesRequest, _event_delivery_pb2.ListEventDeliveriesResponse]  # type: ignore[assignment]
+    """ListEventDeliveries pages through outbound event deliveries (status, attempts, last
+    error), filtered by endpoint, status or account.
+    """
+    ReplayEvent: _aio.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayEventRequest, _event_delivery_pb2.ReplayEventResponse]  # type: ignore[assignment]
+    """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown)."""
+    ReplayFailedEvents: _aio.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayFailedEventsRequest, _event_delivery_pb2.ReplayFailedEventsResponse]  # type: ignore[assignment]
+    """ReplayFailedEvents sends every failed delivery of an endpoint again."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService gives operators revenue analytics, per-account overrides and the crypto money
@@ -126,5 +143,31 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         plan is activated as a confirmed payment activates it, and counts as crypto revenue) or
         record its refund with the refund's transaction hash. Audited like SetAccountOverrides.
         """
+
+    @_abc_1.abstractmethod
+    def ListEventDeliveries(
+        self,
+        request: _event_delivery_pb2.ListEventDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_delivery_pb2.ListEventDeliveriesResponse, _abc.Awaitable[_event_delivery_pb2.ListEventDeliveriesResponse]]:
+        """ListEventDeliveries pages through outbound event deliveries (status, attempts, last
+        error), filtered by endpoint, status or account.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplayEvent(
+        self,
+        request: _event_delivery_pb2.ReplayEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_delivery_pb2.ReplayEventResponse, _abc.Awaitable[_event_delivery_pb2.ReplayEventResponse]]:
+        """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown)."""
+
+    @_abc_1.abstractmethod
+    def ReplayFailedEvents(
+        self,
+        request: _event_delivery_pb2.ReplayFailedEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_delivery_pb2.ReplayFailedEventsResponse, _abc.Awaitable[_event_delivery_pb2.ReplayFailedEventsResponse]]:
+        """ReplayFailedEvents sends every failed delivery of an endpoint again."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
