@@ -216,7 +216,7 @@ async def _stop_under_calls(
                         break
                 await asyncio.sleep(0.02)
         callers = [asyncio.create_task(keep_calling(i % 2 == 0)) for i in range(16)]
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)
         sigterm_at = time.monotonic()
         process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.5)
@@ -229,6 +229,8 @@ async def _stop_under_calls(
         await asyncio.gather(*callers)
     codes = Counter(code for _, code in outcomes)
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
-    before = {code for sent, code in outcomes if sent < sigterm_at - 0.05}
+    # Calls the server had surely started before SIGTERM finish (a call sent just before may
+    # still be on the wire, or queued on a loaded machine: it is new to the server, UNAVAILABLE).
+    before = {code for sent, code in outcomes if sent < sigterm_at - 0.5}
     assert before == {grpc.StatusCode.OK}
     assert codes[grpc.StatusCode.UNAVAILABLE] > 0
