@@ -142,7 +142,7 @@ def render_html(
 <tr><th>account</th><th>plan</th><th>interval</th><th>renews</th><th class=n>amount</th></tr>
 {renewals}</table></div></div>
 {_funds_panel(funds, more_funds)}
-</body></html>
+{extra}</body></html>
 """
 
 

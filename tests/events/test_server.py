@@ -16,7 +16,7 @@ from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 
 from entitlements.config import Settings
 from entitlements.observability.metrics import render
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.repository import Store
 from tests.events.receiver import SECRET, Receiver, wait_for
 from tests.server.conftest import CALLERS_TOML, CHAT, OPS
@@ -55,7 +55,7 @@ timeout_seconds = 0.5
             "ENTITLEMENTS_EVENT_RETRY_MAX_SECONDS": "0.02",
         }
     )
-    running = await create_server(settings, Deps.build(settings, store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
     await running.server.start()
     try:
         yield running
