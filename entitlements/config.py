@@ -13,6 +13,7 @@ from pathlib import Path
 from adapters.chains.config import ChainConfigError, ChainSettings
 from adapters.stripe.config import StripeConfigError, StripeSettings
 from entitlements.crypto.config import CryptoConfigError, CryptoSettings
+from entitlements.envparse import env_float
 from entitlements.events.settings import EventSettings, EventSettingsError
 from entitlements.store.engine import DEFAULT_DATABASE_URL, normalize_url
 
@@ -268,16 +269,7 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name}: must be at least {minimum:g}, got {raw!r}")
-    return value
+    return env_float(env, name, default, minimum=minimum, error=ConfigError)
 
 
 def _crypto(env: Mapping[str, str]) -> CryptoSettings:

@@ -183,25 +183,19 @@ class StripeEvents:
         invoice = StripeInvoice.parse(obj)
         if invoice.subscription_id is None:
             return await self._ignore(ref, "the invoice is not for a subscription")
-        async with self._billing.turn(invoice.subscription_id) as turn:
-            account_id, record, fresh = await self._invoice_subject(turn, invoice, created)
-            result = await turn.apply(
-                BillingChange(
-                    account_id=account_id,
-                    event=ref,
-                    customer_id=invoice.customer_id,
-                    subscription=record,
-                    paid_invoice=PaidInvoiceRecord(
-                        stripe_invoice_id=invoice.id,
-                        amount_cents=invoice.amount_paid,
-                        currency=invoice.currency,
-                        paid_at=invoice.paid_at or created,
-                        subscription_id=invoice.subscription_id,
-                        stripe_customer_id=invoice.customer_id,
-                    ),
-                ),
-                fresh=fresh,
-            )
+        result, account_id = await self._apply_invoice(
+            ref,
+            invoice,
+            created,
+            paid_invoice=PaidInvoiceRecord(
+                stripe_invoice_id=invoice.id,
+                amount_cents=invoice.amount_paid,
+                currency=invoice.currency,
+                paid_at=invoice.paid_at or created,
+                subscription_id=invoice.subscription_id,
+                stripe_customer_id=invoice.customer_id,
+            ),
+        )
         return _outcome(result, account_id, f"invoice paid {invoice.amount_paid}")
 
     async def _invoice_failed(
@@ -210,26 +204,20 @@ class StripeEvents:
         invoice = StripeInvoice.parse(obj)
         if invoice.subscription_id is None:
             return await self._ignore(ref, "the invoice is not for a subscription")
-        async with self._billing.turn(invoice.subscription_id) as turn:
-            account_id, record, fresh = await self._invoice_subject(turn, invoice, created)
-            result = await turn.apply(
-                BillingChange(
-                    account_id=account_id,
-                    event=ref,
-                    customer_id=invoice.customer_id,
-                    subscription=record,
-                    failed_payment=FailedPaymentRecord(
-                        stripe_invoice_id=invoice.id,
-                        attempt_count=invoice.attempt_count,
-                        amount_cents=invoice.amount_due,
-                        currency=invoice.currency,
-                        failed_at=created,
-                        next_payment_attempt=invoice.next_payment_attempt,
-                        subscription_id=invoice.subscription_id,
-                    ),
-                ),
-                fresh=fresh,
-            )
+        result, account_id = await self._apply_invoice(
+            ref,
+            invoice,
+            created,
+            failed_payment=FailedPaymentRecord(
+                stripe_invoice_id=invoice.id,
+                attempt_count=invoice.attempt_count,
+                amount_cents=invoice.amount_due,
+                currency=invoice.currency,
+                failed_at=created,
+                next_payment_attempt=invoice.next_payment_attempt,
+                subscription_id=invoice.subscription_id,
+            ),
+        )
         if invoice.next_payment_attempt is None:
             log.warning(
                 "Stripe stopped retrying invoice %s of account %s (attempt %d)",
@@ -247,6 +235,33 @@ class StripeEvents:
         if not await self._billing.store.record_event(ignored):
             return WebhookOutcome("duplicate", f"event {ref.id} was applied before")
         return WebhookOutcome("ignored", why)
+
+    async def _apply_invoice(
+        self,
+        ref: EventRef,
+        invoice: StripeInvoice,
+        created: datetime,
+        *,
+        paid_invoice: PaidInvoiceRecord | None = None,
+        failed_payment: FailedPaymentRecord | None = None,
+    ) -> tuple[ApplyResult, str]:
+        """Applies an invoice event, with the subscription as Stripe has it now, in the
+        subscription's turn; the result and the account."""
+        assert invoice.subscription_id is not None
+        async with self._billing.turn(invoice.subscription_id) as turn:
+            account_id, record, fresh = await self._invoice_subject(turn, invoice, created)
+            result = await turn.apply(
+                BillingChange(
+                    account_id=account_id,
+                    event=ref,
+                    customer_id=invoice.customer_id,
+                    subscription=record,
+                    paid_invoice=paid_invoice,
+                    failed_payment=failed_payment,
+                ),
+                fresh=fresh,
+            )
+        return result, account_id
 
     async def _invoice_subject(
         self, turn: BillingTurn, invoice: StripeInvoice, created: datetime

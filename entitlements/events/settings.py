@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from entitlements.envparse import env_float
 from entitlements.events.endpoints import Endpoint, EndpointsError, load_endpoints
 from entitlements.events.retry import Backoff
 
@@ -74,13 +75,4 @@ class EventSettings:
 
 
 def _number(env: Mapping[str, str], name: str, default: float, minimum: float = 0.001) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise EventSettingsError(f"{name}: expected a number, got {raw!r}") from None
-    if value < minimum:
-        raise EventSettingsError(f"{name}: must be at least {minimum:g}, got {raw!r}")
-    return value
+    return env_float(env, name, default, minimum=minimum, error=EventSettingsError)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, exists, func, select, text, update
+from sqlalchemy import Select, Table, and_, bindparam, delete, exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -129,6 +129,23 @@ class OutboxStats:
 
 _D = cast(Table, EventDelivery.__table__)
 _E = cast(Table, OutboxEvent.__table__)
+
+
+def _delivery_rows() -> Select[Any]:
+    """The columns of a `DeliveryRow`, in its order: each delivery joined to its event."""
+    return select(
+        _D.c.id,
+        _E.c.id,
+        _E.c.type,
+        _D.c.account_id,
+        _D.c.endpoint,
+        _D.c.status,
+        _D.c.attempts,
+        _D.c.next_attempt_ms,
+        _D.c.last_error,
+        _D.c.created_at_ms,
+        _D.c.delivered_at_ms,
+    ).join(_E, _E.c.seq == _D.c.event_seq)
 
 
 class EventsRepository(Sessions):
@@ -319,25 +336,7 @@ class EventsRepository(Sessions):
         limit: int = 50,
     ) -> list[DeliveryRow]:
         """Deliveries by id (oldest first) after `after_id`, with the given filters."""
-        query = (
-            select(
-                _D.c.id,
-                _E.c.id,
-                _E.c.type,
-                _D.c.account_id,
-                _D.c.endpoint,
-                _D.c.status,
-                _D.c.attempts,
-                _D.c.next_attempt_ms,
-                _D.c.last_error,
-                _D.c.created_at_ms,
-                _D.c.delivered_at_ms,
-            )
-            .join(_E, _E.c.seq == _D.c.event_seq)
-            .where(_D.c.id > after_id)
-            .order_by(_D.c.id)
-            .limit(limit)
-        )
+        query = _delivery_rows().where(_D.c.id > after_id).order_by(_D.c.id).limit(limit)
         if endpoint:
             query = query.where(_D.c.endpoint == endpoint)
         if status:
@@ -350,23 +349,7 @@ class EventsRepository(Sessions):
     async def latest_failed(self, limit: int) -> list[DeliveryRow]:
         """The most recently created failed deliveries, newest first."""
         query = (
-            select(
-                _D.c.id,
-                _E.c.id,
-                _E.c.type,
-                _D.c.account_id,
-                _D.c.endpoint,
-                _D.c.status,
-                _D.c.attempts,
-                _D.c.next_attempt_ms,
-                _D.c.last_error,
-                _D.c.created_at_ms,
-                _D.c.delivered_at_ms,
-            )
-            .join(_E, _E.c.seq == _D.c.event_seq)
-            .where(_D.c.status == "failed")
-            .order_by(_D.c.id.desc())
-            .limit(limit)
+            _delivery_rows().where(_D.c.status == "failed").order_by(_D.c.id.desc()).limit(limit)
         )
         async with self._transaction() as session:
             return [DeliveryRow(*r) for r in await session.execute(query)]

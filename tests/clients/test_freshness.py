@@ -3,8 +3,6 @@ change made through another replica is pushed to it (not polled for)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -14,38 +12,11 @@ from nchat.entitlements.client import (
     FailedPrecondition,
 )
 
-from entitlements.config import Settings
 from entitlements.policies import Overrides
-from entitlements.server.app import Running, build_deps, create_server
-from entitlements.store.migrate import upgrade
-from entitlements.store.repository import Store
 from tests.clients.conftest import TOKEN, eventually
 from tests.conftest import PostgresServer
-from tests.server.conftest import CALLERS_TOML, subscription
-
-
-def replica_settings(tmp_path: Path, **env: str) -> Settings:
-    callers = tmp_path / "callers.toml"
-    callers.write_text(CALLERS_TOML)
-    return Settings.from_env({"ENTITLEMENTS_CALLERS_FILE": str(callers), **env})
-
-
-@asynccontextmanager
-async def two_replicas(url: str, settings: Settings) -> AsyncIterator[tuple[Running, Running]]:
-    await upgrade(url)
-    started: list[Running] = []
-    try:
-        for _ in range(2):
-            store = Store.open(url)
-            running = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
-            running.deps.closers.insert(0, store.close)
-            await running.server.start()
-            await running.set_serving(True)
-            started.append(running)
-        yield started[0], started[1]
-    finally:
-        for running in started:
-            await running.stop(0)
+from tests.replicas import replica_settings, two_replicas
+from tests.server.conftest import subscription
 
 
 async def test_local_evaluation_answers_min_revision_locally_only_when_its_copy_is_that_fresh(
@@ -59,7 +30,7 @@ async def test_local_evaluation_answers_min_revision_locally_only_when_its_copy_
         ENTITLEMENTS_CHANGE_FEED_LISTEN="0",
     )
     async with (
-        two_replicas(database_url, settings) as (a, b),
+        two_replicas(database_url, settings, serving=True) as (a, b),
         AsyncEntitlementsClient(
             f"127.0.0.1:{b.port}", token=TOKEN, local_evaluation=True
         ) as client,
@@ -107,7 +78,7 @@ async def test_an_override_made_through_another_replica_is_pushed_to_a_local_cli
     settings = replica_settings(tmp_path, ENTITLEMENTS_CHANGE_FEED_INTERVAL_SECONDS="60")
     try:
         async with (
-            two_replicas(url, settings) as (a, b),
+            two_replicas(url, settings, serving=True) as (a, b),
             AsyncEntitlementsClient(
                 f"127.0.0.1:{b.port}", token=TOKEN, local_evaluation=True
             ) as client,

@@ -4,8 +4,7 @@ polled on SQLite (and on PostgreSQL when a notification is lost)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -14,37 +13,14 @@ from nchat.entitlements.v1 import entitlements_service_pb2 as ent_pb
 from nchat.entitlements.v1 import entitlements_service_pb2_grpc as ent_grpc
 from sqlalchemy.engine import make_url
 
-from entitlements.config import Settings
-from entitlements.server.app import Running, build_deps, create_server
+from entitlements.server.app import Running
 from entitlements.store.listen import ChangeListener
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
 from tests.conftest import PostgresServer
 from tests.faults import FaultyLink
-from tests.server.conftest import CALLERS_TOML, OPS, subscription
-
-
-def feed_settings(tmp_path: Path, **env: str) -> Settings:
-    callers = tmp_path / "callers.toml"
-    callers.write_text(CALLERS_TOML)
-    return Settings.from_env({"ENTITLEMENTS_CALLERS_FILE": str(callers), **env})
-
-
-@asynccontextmanager
-async def two_replicas(url: str, settings: Settings) -> AsyncIterator[tuple[Running, Running]]:
-    await upgrade(url)
-    started: list[Running] = []
-    try:
-        for _ in range(2):
-            store = Store.open(url)
-            running = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
-            running.deps.closers.insert(0, store.close)
-            await running.server.start()
-            started.append(running)
-        yield started[0], started[1]
-    finally:
-        for running in started:
-            await running.stop(0)
+from tests.replicas import replica_settings, two_replicas
+from tests.server.conftest import OPS, subscription
 
 
 async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
@@ -78,7 +54,7 @@ async def test_on_postgres_notify_wakes_every_replica_long_before_the_poll(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
     url = await postgres_server.create_database()
-    settings = feed_settings(tmp_path, ENTITLEMENTS_CHANGE_FEED_INTERVAL_SECONDS="60")
+    settings = replica_settings(tmp_path, ENTITLEMENTS_CHANGE_FEED_INTERVAL_SECONDS="60")
     try:
         async with two_replicas(url, settings) as (a, b):
             assert b.deps.feed is not None and b.deps.feed.listener is not None
@@ -94,7 +70,7 @@ async def test_on_postgres_a_lost_notification_is_delivered_by_the_poll(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
     url = await postgres_server.create_database()
-    settings = feed_settings(tmp_path, ENTITLEMENTS_CHANGE_FEED_INTERVAL_SECONDS="0.2")
+    settings = replica_settings(tmp_path, ENTITLEMENTS_CHANGE_FEED_INTERVAL_SECONDS="0.2")
     try:
         async with two_replicas(url, settings) as (a, b):
             assert b.deps.feed is not None and b.deps.feed.listener is not None
@@ -108,7 +84,7 @@ async def test_on_postgres_a_lost_notification_is_delivered_by_the_poll(
 async def test_on_sqlite_the_poll_brings_a_change_within_a_second_at_the_default_interval(
     tmp_path: Path,
 ) -> None:
-    settings = feed_settings(tmp_path)
+    settings = replica_settings(tmp_path)
     assert settings.change_feed_interval_seconds == 0.25  # the documented figure
     async with two_replicas(f"sqlite+aiosqlite:///{tmp_path / 'feed.db'}", settings) as (a, b):
         assert b.deps.feed is not None and b.deps.feed.listener is None  # nothing to LISTEN on

@@ -14,12 +14,12 @@ from nchat.entitlements.v1 import entitlements_service_pb2_grpc as ent_grpc
 from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 
-from entitlements.config import Settings
 from entitlements.observability.metrics import render
 from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
-from tests.server.conftest import CALLERS_TOML, OPS, subscription
+from tests.replicas import replica_settings
+from tests.server.conftest import OPS, subscription
 from tests.server.helpers import details
 
 
@@ -35,12 +35,6 @@ class Replica:
     @property
     def usage(self) -> usage_grpc.UsageServiceStub:
         return usage_grpc.UsageServiceStub(self.channel)
-
-
-def replica_settings(tmp_path: Path, **env: str) -> Settings:
-    callers = tmp_path / "callers.toml"
-    callers.write_text(CALLERS_TOML)
-    return Settings.from_env({"ENTITLEMENTS_CALLERS_FILE": str(callers), **env})
 
 
 @pytest.fixture
