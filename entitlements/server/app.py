@@ -27,6 +27,7 @@ from nchat.entitlements.v1 import (
     usage_service_pb2_grpc,
 )
 
+from adapters.chains.heads import HeadFollowers
 from entitlements.admin import AdminService
 from entitlements.billing import Billing
 from entitlements.coherence import ChangeFeed
@@ -84,6 +85,9 @@ class Deps:
     billing: Billing | None = None
     #: Token gating (TokenGateService, chain readers, the re-verification task).
     token_gate: TokenGateRuntime | None = None
+    #: Each configured network's head follower (heads.status(): number and age per network,
+    #: for readiness and metrics); started with token gating, closed at shutdown.
+    heads: HeadFollowers | None = None
     #: Crypto payments (CryptoPaymentService, one chain watcher per configured network).
     crypto: CryptoRuntime | None = None
     #: Admin analytics (AdminService, the /admin dashboard).
@@ -129,7 +133,9 @@ class Deps:
         deps.servicers["UsageService"] = UsageServicer(ledger, service, catalog)
         deps.closers.append(ledger.close)
         deps.billing = install_billing(settings, deps)
-        deps.token_gate = install_token_gate(settings, deps)
+        deps.heads = HeadFollowers.from_settings(settings.chains)
+        deps.closers.append(deps.heads.close)
+        deps.token_gate = install_token_gate(settings, deps, heads=deps.heads)
         deps.crypto = install_crypto(settings, deps)
         deps.admin = install_admin(settings, deps)
         deps.ops = install_observability(settings, deps, admin=deps.admin)

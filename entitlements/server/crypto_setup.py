@@ -4,10 +4,12 @@ settings, the servicer, one watcher per configured network, and their shutdown."
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from adapters.chains import ChainMismatch, ChainReaders
+from adapters.chains.heads import HeadUpdate
 from adapters.chains.payments import PaymentReads
 from entitlements.crypto import CryptoPayments, PaymentWatcher
 from entitlements.errors import FailedPrecondition
@@ -49,6 +51,10 @@ class CryptoRuntime:
         await self.readers.close()
 
 
+def _waker(watcher: PaymentWatcher) -> Callable[[HeadUpdate], None]:
+    return lambda _update: watcher.wake()
+
+
 def install_crypto(
     settings: Settings, deps: Deps, *, readers: ChainReaders | None = None
 ) -> CryptoRuntime:
@@ -78,6 +84,10 @@ def install_crypto(
             )
             for network in readers.networks
         ]
+    for watcher in watchers:
+        follower = deps.heads.get(watcher.network) if deps.heads is not None else None
+        if follower is not None:  # a new head wakes the watcher; its interval is the backstop
+            follower.subscribe(_waker(watcher))
     runtime = CryptoRuntime(payments, readers, watchers)
     deps.servicers["CryptoPaymentService"] = CryptoPaymentServicer(payments)
     deps.closers.append(runtime.close)
