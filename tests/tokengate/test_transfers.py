@@ -73,7 +73,9 @@ class Gated:
         """Wait until the listener has handled the node's latest block."""
         head = await self.kit.w3.eth.block_number
         async with asyncio.timeout(WAIT):
-            while (self.listener.processed_block("local") or -1) < head:
+            while True:
+                if (self.listener.processed_block("local") or -1) >= head:
+                    break
                 await asyncio.sleep(0.02)
 
     async def change(self, channel: str) -> TokenAccessChanged:
@@ -246,7 +248,9 @@ async def test_transfers_of_many_contracts_in_one_block_are_read_with_one_reques
     gated.node.rpc("evm_mine")
     gated.node.rpc("evm_setAutomine", [True])
     blocks = {(await gated.kit.w3.eth.get_transaction_receipt(h))["blockNumber"] for h in sent}
-    events = {(await gated.change(room)).channel_id for room in ("usd-room", "nft-room", "multi-room")}
+    events = {
+        (await gated.change(room)).channel_id for room in ("usd-room", "nft-room", "multi-room")
+    }
 
     assert len(blocks) == 1
     assert events == {"usd-room", "nft-room", "multi-room"}
@@ -260,4 +264,3 @@ async def link(gate: TokenGate, user_id: str, wallet: Any) -> None:
     challenge = await gate.create_wallet_challenge(user_id, wallet.address, 31337)
     signed = wallet.sign_message(encode_defunct(text=challenge.message))
     await gate.verify_wallet_ownership(challenge.message, "0x" + signed.signature.hex())
-

@@ -126,7 +126,9 @@ async def test_a_node_that_is_down_is_reported_with_its_error() -> None:
     follower.start()
     try:
         async with asyncio.timeout(WAIT):
-            while follower.status().failures < 2:
+            while True:
+                if follower.status().failures >= 2:
+                    break
                 await asyncio.sleep(0.05)
         status = follower.status()
     finally:
@@ -179,4 +181,3 @@ async def test_transfers_of_many_contracts_are_read_in_one_request(
     assert (tokens.nft.address, (b,)) in moved
     assert (tokens.multi.address, (c,)) in moved
     assert (tokens.multi.address, (c, d)) in moved  # TransferBatch: from and to
-
