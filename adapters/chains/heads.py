@@ -105,6 +105,7 @@ class HeadFollower:
         self._failures = 0
         self._last_error = ""
         self._ws_retry_at = 0.0
+        self._ws_warned = False
         self._lock = asyncio.Lock()
         #: Head reads made (a poll, or a batch of headers after a gap or a reorg).
         self.requests = 0
@@ -246,10 +247,18 @@ class HeadFollower:
                 except Exception as exc:
                     self._ws_retry_at = time.monotonic() + WS_RETRY_SECONDS
                     self._note_failure(exc)
-                    log.warning(
+                    # Said once per outage: a node without a websocket is retried every minute.
+                    level = (
+                        logging.WARNING
+                        if self._source == "websocket" or not self._ws_warned
+                        else logging.DEBUG
+                    )
+                    self._ws_warned = True
+                    log.log(
+                        level,
                         "%s: no head subscription (%s); polling every %.2f s",
                         self.network,
-                        exc,
+                        exc or type(exc).__name__,
                         self.poll_seconds,
                     )
                 self._source = "poll"
@@ -286,7 +295,7 @@ class HeadFollower:
         """Take in every head the node pushes; returns or raises when the socket ends. A quiet
         socket (a dev chain, a lost notification) is checked by a poll now and then."""
         idle = max(3 * self.block_seconds, 5.0)
-        timeout = aiohttp.ClientTimeout(total=None, connect=self.reader._timeout)
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.reader.timeout_seconds)
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
             session.ws_connect(url, heartbeat=30) as ws,
@@ -294,7 +303,7 @@ class HeadFollower:
             await ws.send_json(
                 {"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]}
             )
-            reply = await ws.receive_json(timeout=self.reader._timeout)
+            reply = await ws.receive_json(timeout=self.reader.timeout_seconds)
             if not isinstance(reply, Mapping) or "result" not in reply:
                 raise ChainUnavailable(self.network, f"eth_subscribe refused: {reply!r}")
             self._source = "websocket"
