@@ -133,6 +133,12 @@ class TransferListener:
             start = min([*replaced, *([reorged_from] if reorged_from is not None else [])])
             for number in [n for n in recent if n >= start]:
                 _merge(touched, recent.pop(number)[1])
+            # Answers read since the replaced blocks appeared may reflect them (a read is at
+            # "latest", possibly ahead of the blocks handled here): drop the network's cached
+            # answers and re-check every wallet recent transfers touched, not only theirs.
+            for _, earlier in recent.values():
+                _merge(touched, earlier)
+            self._gate.verifier.forget_network(network)
             processed = min(processed, start - 1)
         try:
             requirements = await self._gate.store.enabled_requirements(network)

@@ -136,6 +136,15 @@ class TokenVerifier:
         """Drop every cached answer (tests; a configuration change)."""
         self._cache.clear()
 
+    def forget_network(self, network: str) -> None:
+        """Drop every answer about `network` (a reorg: any of them may have been read from a
+        block that is gone)."""
+        for key in [k for k in [*self._cache.keys(), *self._inflight.keys()] if k[0] == network]:
+            self._cache.pop(key, None)
+            task = self._inflight.pop(key, None)
+            if task is not None:
+                self._forgotten.add(task)
+
     def forget_wallets(self, network: str, contract: str, wallets: set[str]) -> int:
         """Drop the answers about `wallets` for `contract` on `network` (tokens of it moved in
         or out of them): the next check reads the chain. Returns how many were dropped."""
