@@ -21,7 +21,7 @@ from nchat.entitlements.v1 import token_gate_service_pb2_grpc as pb_grpc
 
 from benchmarks.harness import Server, drive
 from entitlements.config import Settings
-from entitlements.server.app import Deps, create_server
+from entitlements.server.app import build_deps, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
 from tests.chain_fixtures import AnvilNode, ChainKit, deploy_tokens, local_settings, new_wallet
@@ -82,7 +82,7 @@ async def _single_flight(node: AnvilNode, contract: str, wallet: str, n: int) ->
         await upgrade(url)
         store = Store.open(url)
         settings = Settings(dev_mode=True, chains=local_settings(node))
-        deps = Deps.build(settings, store)
+        deps = build_deps(settings, store)
         assert deps.token_gate is not None
         gate = deps.token_gate.gate
         running = await create_server(settings, deps, addr="127.0.0.1:0")

@@ -59,7 +59,8 @@ from entitlements.config import Settings
 from entitlements.errors import EntitlementsError
 from entitlements.observability.metrics import rpc_metrics_for
 from entitlements.policies import check_limit
-from entitlements.server.app import Deps
+from entitlements.server.app import build_deps
+from entitlements.server.deps import Deps
 from entitlements.server.entitlements_servicer import _answer
 from entitlements.server.status import error_status
 from entitlements.server.validation import require_id
@@ -176,7 +177,7 @@ async def build_core(database_url: str) -> Core:
     await upgrade(database_url)
     store = Store.open(database_url)
     settings = Settings(dev_mode=True)
-    deps = Deps.build(settings, store)
+    deps = build_deps(settings, store)
     assert deps.ledger is not None and deps.feed is not None
     deps.ledger.start()
     deps.feed.start()

@@ -57,11 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_plans_json(default_catalog()) if args.json else _plans_table(default_catalog()))
         return 0
     try:
-        settings = (
-            Settings.from_env()
-            if args.command == "serve"
-            else Settings.from_env({**_env(), "ENTITLEMENTS_DEV_MODE": "1"})
-        )
+        settings = Settings.from_env(require_callers=args.command == "serve")
     except ConfigError as exc:
         print(f"entitlements: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -95,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    from entitlements.server.app import SchemaNotCurrent, serve
+    from entitlements.server.app import serve
+    from entitlements.server.schema import SchemaNotCurrent
 
     try:
         _run(serve(settings), settings.event_loop)
@@ -117,12 +114,6 @@ def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
         uvloop.run(main)
     else:
         asyncio.run(main)
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def _limit(value: int | None) -> str:
@@ -186,7 +177,7 @@ def _timestamp(value: str) -> datetime:
 def _report(settings: Settings, args: argparse.Namespace) -> int:
     """`entitlements report`: the revenue dashboard as a table (or JSON)."""
     from entitlements.admin.report import report
-    from entitlements.server.app import SchemaNotCurrent, check_schema
+    from entitlements.server.schema import SchemaNotCurrent, check_schema
 
     try:
         asyncio.run(check_schema(settings.database_url))
@@ -208,8 +199,8 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
 
 def _billing_command(command: str, settings: Settings) -> int:
     """`entitlements webhooks` and `entitlements reconcile stripe`."""
-    from entitlements.server.app import SchemaNotCurrent
     from entitlements.server.billing_setup import run_reconcile, run_webhooks
+    from entitlements.server.schema import SchemaNotCurrent
 
     try:
         if command == "webhooks":

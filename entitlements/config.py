@@ -13,6 +13,7 @@ from pathlib import Path
 from adapters.chains.config import ChainConfigError, ChainSettings
 from adapters.stripe.config import StripeConfigError, StripeSettings
 from entitlements.crypto.config import CryptoConfigError, CryptoSettings
+from entitlements.events.settings import EventSettings, EventSettingsError
 from entitlements.store.engine import DEFAULT_DATABASE_URL, normalize_url
 
 #: Every scope a caller can hold; an RPC needs exactly one of them (health and reflection none).
@@ -26,10 +27,15 @@ SCOPES = frozenset(
         "tokengate:write",
         "tokengate:trusted-wallets",
         "billing:write",
+        "crypto:read",
         "crypto:write",
         "admin",
     }
 )
+
+
+_GRPC_PORT = 50051
+_HTTP_PORT = 8080
 
 
 class ConfigError(ValueError):
@@ -85,12 +91,21 @@ class Settings:
     usage_key_retention_seconds: float = 7 * 86400.0
     #: "uvloop" (default) or "asyncio".
     event_loop: str = "uvloop"
-    #: Unary calls handled at once; past it, calls are refused with RESOURCE_EXHAUSTED.
-    max_in_flight: int = 2000
+    #: Unary reads (calls that change nothing) handled at once; past it, reads are refused with
+    #: RESOURCE_EXHAUSTED. Writes have their own budget, so neither kind can shed the other.
+    max_in_flight_reads: int = 2000
+    #: Unary writes (every call that is not a read) handled at once.
+    max_in_flight_writes: int = 2000
     #: WatchEntitlements streams open at once.
     max_watchers: int = 10_000
     #: How often each process polls the change feed (coherence across workers and replicas).
     change_feed_interval_seconds: float = 0.25
+    #: On PostgreSQL, wake the change feed with LISTEN/NOTIFY (off for a pooler in transaction
+    #: mode, which cannot LISTEN; the poll then carries every change).
+    change_feed_listen: bool = True
+    #: How long a check with `min_revision` waits for the database to reach it (well inside the
+    #: clients' 0.5 s check deadline, so the caller gets STALE_REVISION, not DEADLINE_EXCEEDED).
+    min_revision_wait_seconds: float = 0.2
     #: Share the gRPC port with other processes (set by `serve --workers N`).
     reuse_port: bool = False
     #: Accounts loaded into the cache before the server reports SERVING.
@@ -99,20 +114,38 @@ class Settings:
     log_format: str = "text"
     #: An RPC taking at least this long is logged (WARNING) with its caller and duration.
     slow_call_ms: float = 250.0
+    #: Outbound events: endpoints (ENTITLEMENTS_EVENT_ENDPOINTS), retries, renewal notices.
+    events: EventSettings = field(default_factory=EventSettings)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, require_callers: bool = True
+    ) -> Settings:
+        """Read the settings; `require_callers=False` for commands that authenticate nobody
+        (migrate, report), which need neither a callers file nor dev mode."""
         env = os.environ if env is None else env
         dev_mode = _bool(env, "ENTITLEMENTS_DEV_MODE")
         callers_file = env.get("ENTITLEMENTS_CALLERS_FILE") or None
         callers: Mapping[bytes, Caller] = {}
+        if dev_mode and callers_file:
+            # Dev mode turns authentication off; beside a callers file it would silently win.
+            raise ConfigError(
+                "ENTITLEMENTS_DEV_MODE=1 and ENTITLEMENTS_CALLERS_FILE are both set: dev mode "
+                "turns authentication off and would ignore the callers file. Unset "
+                "ENTITLEMENTS_DEV_MODE to authenticate callers, or unset "
+                "ENTITLEMENTS_CALLERS_FILE to run without authentication on a laptop"
+            )
         if callers_file:
             callers = load_callers(Path(callers_file))
-        elif not dev_mode:
+        elif not dev_mode and require_callers:
             raise ConfigError(
                 "ENTITLEMENTS_CALLERS_FILE is not set: give a TOML file of callers, "
                 "or set ENTITLEMENTS_DEV_MODE=1 to run without authentication on a laptop"
             )
+        # The default of both budgets (reads, writes).
+        max_in_flight = _number(env, "ENTITLEMENTS_MAX_IN_FLIGHT", 2000, minimum=1)
+        # Dev mode opens everything, so it listens on loopback unless told otherwise.
+        host = "127.0.0.1" if dev_mode else "0.0.0.0"
         try:
             database_url = normalize_url(
                 env.get("ENTITLEMENTS_DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -120,8 +153,8 @@ class Settings:
         except ValueError as exc:
             raise ConfigError(f"ENTITLEMENTS_DATABASE_URL: {exc}") from exc
         return cls(
-            grpc_addr=env.get("ENTITLEMENTS_GRPC_ADDR") or cls.grpc_addr,
-            http_addr=env.get("ENTITLEMENTS_HTTP_ADDR") or cls.http_addr,
+            grpc_addr=env.get("ENTITLEMENTS_GRPC_ADDR") or f"{host}:{_GRPC_PORT}",
+            http_addr=env.get("ENTITLEMENTS_HTTP_ADDR") or f"{host}:{_HTTP_PORT}",
             database_url=database_url,
             dev_mode=dev_mode,
             callers=callers,
@@ -144,10 +177,19 @@ class Settings:
             usage_counter_ttl_seconds=_number(
                 env, "ENTITLEMENTS_USAGE_COUNTER_TTL_SECONDS", 1.0, minimum=0
             ),
-            max_in_flight=int(_number(env, "ENTITLEMENTS_MAX_IN_FLIGHT", 2000, minimum=1)),
+            max_in_flight_reads=int(
+                _number(env, "ENTITLEMENTS_MAX_IN_FLIGHT_READS", max_in_flight, minimum=1)
+            ),
+            max_in_flight_writes=int(
+                _number(env, "ENTITLEMENTS_MAX_IN_FLIGHT_WRITES", max_in_flight, minimum=1)
+            ),
             max_watchers=int(_number(env, "ENTITLEMENTS_MAX_WATCHERS", 10_000, minimum=1)),
             change_feed_interval_seconds=_number(
                 env, "ENTITLEMENTS_CHANGE_FEED_INTERVAL_SECONDS", 0.25, minimum=0.01
+            ),
+            change_feed_listen=_bool(env, "ENTITLEMENTS_CHANGE_FEED_LISTEN", default=True),
+            min_revision_wait_seconds=_number(
+                env, "ENTITLEMENTS_MIN_REVISION_WAIT_SECONDS", 0.2, minimum=0
             ),
             warm_accounts=int(_number(env, "ENTITLEMENTS_WARM_ACCOUNTS", 10_000, minimum=0)),
             log_format=_choice(env, "ENTITLEMENTS_LOG_FORMAT", ("text", "json")),
@@ -155,6 +197,7 @@ class Settings:
             event_loop=_choice(env, "ENTITLEMENTS_EVENT_LOOP", ("uvloop", "asyncio")),
             usage_key_retention_seconds=86400.0
             * _number(env, "ENTITLEMENTS_USAGE_KEY_RETENTION_DAYS", 7.0, minimum=1),
+            events=_events(env),
         )
 
 
@@ -206,9 +249,11 @@ def load_callers(path: Path) -> dict[bytes, Caller]:
     return callers
 
 
-def _bool(env: Mapping[str, str], name: str) -> bool:
+def _bool(env: Mapping[str, str], name: str, *, default: bool = False) -> bool:
     value = env.get(name, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
+    if value == "":
+        return default
+    if value in ("0", "false", "no", "off"):
         return False
     if value in ("1", "true", "yes", "on"):
         return True
@@ -253,4 +298,11 @@ def _chains(env: Mapping[str, str]) -> ChainSettings:
     try:
         return ChainSettings.from_env(env)
     except ChainConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _events(env: Mapping[str, str]) -> EventSettings:
+    try:
+        return EventSettings.from_env(env)
+    except EventSettingsError as exc:
         raise ConfigError(str(exc)) from exc

@@ -15,7 +15,8 @@ EntitlementsError
 │   └── IdempotencyKeyReused (e.g. Stripe's idempotency_error)
 ├── FailedPrecondition       the request is valid but the state forbids it (FAILED_PRECONDITION)
 │   ├── UnknownPrice         a Stripe price no plan is configured for
-│   └── TokenContractMismatch  a token requirement's contract is not the declared token
+│   ├── TokenContractMismatch  a token requirement's contract is not the declared token
+│   └── StaleRevision        min_revision is newer than this replica and the database hold
 ├── Unavailable              a dependency (database, Stripe, a chain) is down (UNAVAILABLE)
 └── CatalogError             the plan catalog file is invalid (raised at load, never at request)
 """
@@ -28,6 +29,8 @@ class EntitlementsError(Exception):
 
     #: A stable machine-readable reason (google.rpc.ErrorInfo.reason), see error_reason.proto.
     reason: str = "ERROR_REASON_UNSPECIFIED"
+    #: google.rpc.ErrorInfo.metadata: what a caller may branch on besides the reason.
+    metadata: dict[str, str] | None = None
 
     def __init__(
         self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None
@@ -109,9 +112,23 @@ class FailedPrecondition(EntitlementsError):
 
 
 class Unavailable(EntitlementsError):
-    """A dependency is down; the caller may retry."""
+    """A dependency is down; the caller may retry.
+
+    `message` is what a caller is told; `detail`, when given, is what an operator needs (which
+    database, where, the driver's error) and goes only to logs and the command line: `str()`
+    of the error is the detail.
+    """
 
     reason = "ERROR_REASON_DEPENDENCY_UNAVAILABLE"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail or self.message
 
 
 class CatalogError(EntitlementsError):
@@ -152,6 +169,19 @@ class TokenContractMismatch(FailedPrecondition):
         super().__init__(message, metadata=metadata)
         self.field = field
         self.description = message
+
+
+class StaleRevision(FailedPrecondition):
+    """A check asked for `min_revision`, and the database has not reached it within the wait."""
+
+    reason = "ERROR_REASON_STALE_REVISION"
+
+    def __init__(self, account_id: str, min_revision: int, revision: int) -> None:
+        super().__init__(
+            f"account {account_id!r} is at revision {revision}, older than min_revision "
+            f"{min_revision}: the database has no such revision (yet)"
+        )
+        self.metadata = {"min_revision": str(min_revision), "revision": str(revision)}
 
 
 class UnknownNetwork(InvalidArgument):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from cachetools import LRUCache
 
 from entitlements.cache import EntitlementCache
-from entitlements.errors import InvalidArgument
+from entitlements.errors import InvalidArgument, StaleRevision
 from entitlements.policies import Catalog, Overrides, validate_overrides
 from entitlements.state import KNOWN_STATUSES, AccountEntitlements, derive
 from entitlements.store.records import OverrideKind, OverrideRecord, SubscriptionRecord
@@ -36,6 +37,7 @@ class EntitlementService:
         past_due_grace: timedelta = timedelta(days=7),
         cache_size: int = 200_000,
         cache_ttl_seconds: float = 60.0,
+        min_revision_wait_seconds: float = 0.2,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
@@ -43,6 +45,11 @@ class EntitlementService:
         self.hub = hub
         self._past_due_grace = past_due_grace
         self._clock = clock
+        self._min_revision_wait = min_revision_wait_seconds
+        #: Checks with a min_revision newer than the cache: read through to the database, and
+        #: of those, refused as STALE_REVISION (counted for /metrics).
+        self.read_throughs = 0
+        self.stale_revisions = 0
         self._published: LRUCache[str, int] = LRUCache(100_000)
         self.cache = EntitlementCache(
             self._load, maxsize=cache_size, ttl_seconds=cache_ttl_seconds, wallclock=clock
@@ -52,6 +59,7 @@ class EntitlementService:
         return self._clock()
 
     async def _load(self, account_id: str) -> AccountEntitlements:
+        read_at = self._clock()
         snapshot = await self.store.get_account_snapshot(account_id)
         return derive(
             self.catalog,
@@ -59,13 +67,47 @@ class EntitlementService:
             snapshot,
             now=self._clock(),
             past_due_grace=self._past_due_grace,
+            as_of=read_at,
         )
 
-    async def get(self, account_id: str) -> AccountEntitlements:
+    async def get(self, account_id: str, min_revision: int = 0) -> AccountEntitlements:
+        """The account's entitlements from the cache; with `min_revision`, at least that revision
+        (read through to the database when the cache is older; StaleRevision if the database
+        has not reached it within the wait)."""
         cached = self.cache.peek(account_id)
-        if cached is not None:
+        if cached is not None and cached.revision >= min_revision:
             return cached
-        return await self.cache.get(account_id)
+        if min_revision > 0:
+            known = self.cache.known_revision(account_id)
+            if known is None or known < min_revision:
+                return await self._read_through(account_id, min_revision)
+        ent = await self.cache.get(account_id)
+        if ent.revision < min_revision:  # a stale entry served while the database is down
+            return await self._read_through(account_id, min_revision)
+        return ent
+
+    async def _read_through(self, account_id: str, min_revision: int) -> AccountEntitlements:
+        """Read the account from the database until it reaches `min_revision` (a write on
+        another replica whose change feed has not reached this one yet), for a bounded time.
+
+        No stale answer can satisfy the caller, so a database that is down raises Unavailable.
+        """
+        self.read_throughs += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._min_revision_wait
+        pause = 0.01
+        while True:
+            ent = await self._load(account_id)
+            if ent.revision >= min_revision:
+                self.cache.put(ent)
+                self._publish(ent)
+                return ent
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self.stale_revisions += 1
+                raise StaleRevision(account_id, min_revision, ent.revision)
+            await asyncio.sleep(min(pause, remaining))
+            pause *= 2
 
     async def save_subscription(self, record: SubscriptionRecord) -> AccountEntitlements:
         """Store a subscription (created or changed) and publish the account's new state."""
@@ -104,14 +146,18 @@ class EntitlementService:
         (this process's write and the change feed may both report the same change)."""
         self.cache.invalidate(account_id)
         ent = await self.cache.get(account_id)
-        last = self._published.get(account_id)
-        if last is None or ent.revision > last:
-            self._published[account_id] = ent.revision
-            self.hub.publish(ent)
+        self._publish(ent)
         return ent
+
+    def _publish(self, ent: AccountEntitlements) -> None:
+        last = self._published.get(ent.account_id)
+        if last is None or ent.revision > last:
+            self._published[ent.account_id] = ent.revision
+            self.hub.publish(ent)
 
     async def warm(self, account_ids: Sequence[str]) -> int:
         """Load many accounts in one query (start-up warm-up); returns how many were cached."""
+        read_at = self._clock()
         snapshots = await self.store.get_account_snapshots(account_ids)
         now = self._clock()
         for account_id in account_ids:
@@ -122,6 +168,7 @@ class EntitlementService:
                     snapshots.get(account_id),
                     now=now,
                     past_due_grace=self._past_due_grace,
+                    as_of=read_at,
                 )
             )
         return len(account_ids)

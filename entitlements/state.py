@@ -74,6 +74,9 @@ class AccountEntitlements:
     #: The next moment the answer changes by time alone (a grace period or paid period ends, an
     #: override expires); None when nothing is scheduled.
     valid_until: datetime | None
+    #: When the state was read from the database: every change committed before it is included
+    #: (answers report it as `as_of`). None for a value not read from a database.
+    as_of: datetime | None = None
 
     @property
     def plan_id(self) -> str:
@@ -87,8 +90,12 @@ def derive(
     *,
     now: datetime,
     past_due_grace: timedelta,
+    as_of: datetime | None = None,
 ) -> AccountEntitlements:
-    """Compute an account's entitlements at ``now`` from what the store holds."""
+    """Compute an account's entitlements at ``now`` from what the store holds (read from the
+    database at ``as_of``, default ``now``)."""
+    if as_of is None:
+        as_of = now
     if snapshot is None:
         return AccountEntitlements(
             account_id=account_id,
@@ -98,6 +105,7 @@ def derive(
             status="none",
             grace_period_end=None,
             valid_until=None,
+            as_of=as_of,
         )
     subscription = snapshot.subscription
     plan_id, grace_end, plan_until = _granted_plan(catalog, subscription, now, past_due_grace)
@@ -111,6 +119,7 @@ def derive(
         status=sys.intern(subscription.status) if subscription is not None else "none",
         grace_period_end=grace_end,
         valid_until=min(changes) if changes else None,
+        as_of=as_of,
     )
 
 

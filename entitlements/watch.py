@@ -190,6 +190,11 @@ class TokenAccessFeed:
     def unsubscribe(self, queue: asyncio.Queue[TokenAccessChanged]) -> None:
         self._listeners.discard(queue)
 
+    async def announce(self, event: TokenAccessChanged) -> None:
+        """A change found by this process: the server's feed also shares it with the other
+        replicas (through the change feed); this one only publishes it here."""
+        self.publish(event)
+
     def publish(self, event: TokenAccessChanged) -> None:
         for queue in self._listeners:
             if queue.full():

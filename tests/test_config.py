@@ -22,12 +22,34 @@ def callers(tmp_path: Path, text: str) -> dict[str, str]:
     return {"ENTITLEMENTS_CALLERS_FILE": str(path)}
 
 
-def test_defaults_follow_the_contract() -> None:
-    settings = Settings.from_env({"ENTITLEMENTS_DEV_MODE": "1"})
+def test_defaults_follow_the_contract(tmp_path: Path) -> None:
+    settings = Settings.from_env(callers(tmp_path, GOOD))
     assert settings.grpc_addr == "0.0.0.0:50051"
     assert settings.http_addr == "0.0.0.0:8080"
     assert settings.database_url == "sqlite+aiosqlite:///entitlements.db"
+    assert not settings.dev_mode
+
+
+def test_dev_mode_listens_on_loopback_unless_an_address_is_given() -> None:
+    settings = Settings.from_env({"ENTITLEMENTS_DEV_MODE": "1"})
     assert settings.dev_mode
+    assert settings.grpc_addr == "127.0.0.1:50051"
+    assert settings.http_addr == "127.0.0.1:8080"
+    explicit = Settings.from_env(
+        {
+            "ENTITLEMENTS_DEV_MODE": "1",
+            "ENTITLEMENTS_GRPC_ADDR": "0.0.0.0:50051",
+            "ENTITLEMENTS_HTTP_ADDR": "[::]:8080",
+        }
+    )
+    assert (explicit.grpc_addr, explicit.http_addr) == ("0.0.0.0:50051", "[::]:8080")
+
+
+def test_dev_mode_beside_a_callers_file_is_refused_naming_both(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"ENTITLEMENTS_DEV_MODE": "1", **callers(tmp_path, GOOD)})
+    assert "ENTITLEMENTS_DEV_MODE" in str(refused.value)
+    assert "ENTITLEMENTS_CALLERS_FILE" in str(refused.value)
 
 
 def test_without_callers_or_dev_mode_the_service_refuses_to_start() -> None:
@@ -104,3 +126,13 @@ def test_a_bad_variable_is_refused_naming_it(name: str, value: str) -> None:
 def test_a_missing_callers_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         Settings.from_env({"ENTITLEMENTS_CALLERS_FILE": str(tmp_path / "nope.toml")})
+
+
+def test_reads_and_writes_have_their_own_in_flight_budgets() -> None:
+    env = {"ENTITLEMENTS_DEV_MODE": "1", "ENTITLEMENTS_MAX_IN_FLIGHT": "50"}
+    both = Settings.from_env(env)
+    assert (both.max_in_flight_reads, both.max_in_flight_writes) == (50, 50)
+    apart = Settings.from_env({**env, "ENTITLEMENTS_MAX_IN_FLIGHT_WRITES": "7"})
+    assert (apart.max_in_flight_reads, apart.max_in_flight_writes) == (50, 7)
+    with pytest.raises(ConfigError, match="ENTITLEMENTS_MAX_IN_FLIGHT_READS"):
+        Settings.from_env({**env, "ENTITLEMENTS_MAX_IN_FLIGHT_READS": "0"})

@@ -28,6 +28,7 @@ __all__ = [
     "PaymentReads",
     "PriceRound",
     "Receipt",
+    "ReceiptLog",
     "TokenTransfer",
 ]
 
@@ -70,11 +71,51 @@ class TokenTransfer:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiptLog:
+    """One log of a receipt: the emitting contract, topics and data, and its index in the
+    block."""
+
+    address: str
+    topics: tuple[str, ...]
+    data: str
+    log_index: int
+
+
+@dataclass(frozen=True, slots=True)
 class Receipt:
     tx_hash: str
     block_number: int
     block_hash: str
     succeeded: bool
+    #: The transaction's logs in order: a log's position here identifies it across reorgs
+    #: (re-mined elsewhere, its index in the block changes, its position does not).
+    logs: tuple[ReceiptLog, ...] = ()
+
+    def position_of(self, log_index: int) -> int | None:
+        """The position among this transaction's logs of the block log `log_index`."""
+        for position, entry in enumerate(self.logs):
+            if entry.log_index == log_index:
+                return position
+        return None
+
+    def transfer_at(self, position: int) -> TokenTransfer | None:
+        """The ERC-20 `Transfer` at `position` among the logs, None if there is none there."""
+        if not 0 <= position < len(self.logs):
+            return None
+        entry = self.logs[position]
+        return _transfer(
+            {
+                "address": entry.address,
+                "topics": list(entry.topics),
+                "data": entry.data,
+                "transactionHash": self.tx_hash,
+                "logIndex": entry.log_index,
+                "blockNumber": self.block_number,
+                "blockHash": self.block_hash,
+            },
+            None,
+            "receipt",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,27 +214,10 @@ class PaymentReads:
         for entry in raw:
             if not isinstance(entry, Mapping) or entry.get("removed"):
                 continue
-            topics = entry.get("topics") or []
-            address = str(entry.get("address", "")).lower()
             # Nodes filter by address and topic already; check again, a fake token must never pay.
-            if address not in allowed or len(topics) != 3 or topics[0].lower() != TRANSFER_TOPIC:
-                continue
-            try:
-                (value,) = decode(["uint256"], _unhex(str(entry.get("data", "0x"))))
-            except DecodingError:
-                continue
-            transfers.append(
-                TokenTransfer(
-                    token=to_checksum_address(address),
-                    tx_hash=str(entry["transactionHash"]).lower(),
-                    log_index=_int(entry.get("logIndex"), self.network, "logIndex"),
-                    block_number=_int(entry.get("blockNumber"), self.network, "blockNumber"),
-                    block_hash=str(entry["blockHash"]).lower(),
-                    from_address=to_checksum_address("0x" + topics[1][-40:]),
-                    to_address=to_checksum_address("0x" + topics[2][-40:]),
-                    value=int(value),
-                )
-            )
+            transfer = _transfer(entry, allowed, self.network)
+            if transfer is not None:
+                transfers.append(transfer)
         return transfers
 
     async def receipts(self, tx_hashes: Sequence[str]) -> dict[str, Receipt | None]:
@@ -210,11 +234,24 @@ class PaymentReads:
             if not isinstance(raw, Mapping) or raw.get("blockHash") is None:
                 out[tx_hash] = None
                 continue
+            logs = []
+            for entry in raw.get("logs") or ():
+                if not isinstance(entry, Mapping):
+                    raise ChainUnavailable(self.network, "receipt log is not an object")
+                logs.append(
+                    ReceiptLog(
+                        address=str(entry.get("address", "")).lower(),
+                        topics=tuple(str(t).lower() for t in entry.get("topics") or ()),
+                        data=str(entry.get("data", "0x")),
+                        log_index=_int(entry.get("logIndex"), self.network, "logIndex"),
+                    )
+                )
             out[tx_hash] = Receipt(
                 tx_hash=tx_hash,
                 block_number=_int(raw.get("blockNumber"), self.network, "blockNumber"),
                 block_hash=str(raw["blockHash"]).lower(),
                 succeeded=_int(raw.get("status", "0x1"), self.network, "status") == 1,
+                logs=tuple(logs),
             )
         return out
 
@@ -254,6 +291,33 @@ class PaymentReads:
             message = error.get("message", "") if isinstance(error, Mapping) else error
             raise ChainUnavailable(self.network, f"{what}: RPC error: {message}")
         return response.get("result")
+
+
+def _transfer(
+    entry: Mapping[str, Any], allowed: set[str] | None, network: str
+) -> TokenTransfer | None:
+    """An ERC-20 `Transfer` log as a TokenTransfer; None when the log is not one (or not from a
+    contract in `allowed`, when given)."""
+    topics = entry.get("topics") or []
+    address = str(entry.get("address", "")).lower()
+    if allowed is not None and address not in allowed:
+        return None
+    if len(topics) != 3 or str(topics[0]).lower() != TRANSFER_TOPIC:
+        return None
+    try:
+        (value,) = decode(["uint256"], _unhex(str(entry.get("data", "0x"))))
+    except DecodingError:
+        return None
+    return TokenTransfer(
+        token=to_checksum_address(address),
+        tx_hash=str(entry["transactionHash"]).lower(),
+        log_index=_int(entry.get("logIndex"), network, "logIndex"),
+        block_number=_int(entry.get("blockNumber"), network, "blockNumber"),
+        block_hash=str(entry["blockHash"]).lower(),
+        from_address=to_checksum_address("0x" + str(topics[1])[-40:]),
+        to_address=to_checksum_address("0x" + str(topics[2])[-40:]),
+        value=int(value),
+    )
 
 
 def _int(value: object, network: str, what: str) -> int:

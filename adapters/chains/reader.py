@@ -121,13 +121,13 @@ class ChainReader:
 
     check = connect
 
-    async def ping(self) -> None:
+    async def ping(self) -> int:
         """Readiness: the node answers and serves this network's chain (ChainMismatch if not,
-        ChainUnavailable if it cannot be reached)."""
+        ChainUnavailable if it cannot be reached); returns the head block number."""
         if not self._checked:
             await self.connect()
         async with asyncio.timeout(self._timeout):
-            await self.w3.eth.block_number
+            return int(await self.w3.eth.block_number)
 
     async def close(self) -> None:
         await self._provider.disconnect()

@@ -1,4 +1,5 @@
-"""The HTTP shim: `POST /webhooks/stripe` and `GET /healthz`, an aiohttp server on the same loop.
+"""The HTTP shim: `POST /webhooks/stripe` (also at `POST /api/billing/webhook`, the path nchat's
+seed used) and `GET /healthz`, an aiohttp server on the same loop.
 
 Answers (Stripe retries anything but a 2xx, for up to three days):
 - 200 once the event is durably recorded: applied, a duplicate, or a type not used (ignored);
@@ -28,6 +29,9 @@ __all__ = ["StripeWebhookConfig", "WebhookServer", "create_app"]
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[Mapping[str, Any]], Awaitable[WebhookOutcome]]
+
+#: Where Stripe's events are received: the documented path and the seed's.
+STRIPE_WEBHOOK_PATHS = ("/webhooks/stripe", "/api/billing/webhook")
 
 _STATUS = {"processed": 200, "duplicate": 200, "ignored": 200, "failed": 422}
 
@@ -86,11 +90,19 @@ def create_app(stripe: StripeWebhookConfig) -> web.Application:
         status = _STATUS[outcome.outcome]
         if status != 200:
             return _json(status, error=outcome.detail, outcome=outcome.outcome)
-        return _json(200, received=True, outcome=outcome.outcome, detail=outcome.detail)
+        body: dict[str, object] = {
+            "received": True,
+            "outcome": outcome.outcome,
+            "detail": outcome.detail,
+        }
+        if outcome.revision is not None:  # a consistency token (min_revision) for a check
+            body["revision"] = outcome.revision
+        return _json(200, **body)
 
     app = web.Application(client_max_size=512 * 1024)
     app.router.add_get("/healthz", healthz)
-    app.router.add_post("/webhooks/stripe", stripe_webhook)
+    for path in STRIPE_WEBHOOK_PATHS:
+        app.router.add_post(path, stripe_webhook)
     return app
 
 

@@ -3,12 +3,27 @@ same figures as GetRevenueMetrics (plus the MRR history)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape
 
 from entitlements.admin.charts import bar_chart, line_chart, money
 from entitlements.admin.metrics import RevenueMetrics
 
-__all__ = ["render_html", "render_text"]
+__all__ = ["FundsLine", "render_html", "render_text"]
+
+
+@dataclass(frozen=True, slots=True)
+class FundsLine:
+    """One row of the "crypto money without access" panel (ListUnsettledFunds' first page)."""
+
+    item_id: str
+    kind: str
+    amount: str
+    currency: str
+    account_id: str
+    tx_hash: str
+
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:24px;
@@ -36,8 +51,39 @@ def _card(key: str, label: str, value: str) -> str:
     )
 
 
-def render_html(m: RevenueMetrics) -> str:
-    """A read-only page: figure cards, the plan distribution and MRR history charts, tables."""
+def _funds_panel(funds: Sequence[FundsLine] | None, more: bool) -> str:
+    if funds is None:
+        return ""
+    rows = (
+        "".join(
+            f'<tr data-item="{escape(f.item_id)}"><td>{escape(f.item_id)}</td>'
+            f"<td>{escape(f.kind.replace('_', ' '))}</td>"
+            f"<td class=n>{escape(f.amount)} {escape(f.currency)}</td>"
+            f"<td>{escape(f.account_id) or '&mdash;'}</td>"
+            f"<td><code>{escape(f.tx_hash[:10])}&hellip;</code></td></tr>"
+            for f in funds
+        )
+        or '<tr><td colspan="5" class="note">none: every payment received gave its access</td></tr>'
+    )
+    tail = '<p class="note">More on the next pages of ListUnsettledFunds.</p>' if more else ""
+    return (
+        '<div class="panel" id="unsettled_funds"><h3>Crypto money without access</h3>'
+        "<table><tr><th>item</th><th>kind</th><th class=n>received</th><th>account</th>"
+        f"<th>transaction</th></tr>{rows}</table>{tail}"
+        '<p class="note">Credit or refund each with AdminService.ResolveUnsettledFunds.</p></div>'
+    )
+
+
+def render_html(
+    m: RevenueMetrics,
+    funds: Sequence[FundsLine] | None = None,
+    *,
+    more_funds: bool = False,
+    extra: str = "",
+) -> str:
+    """A read-only page: figure cards, the plan distribution and MRR history charts, tables,
+    (with crypto payments set up) the crypto money received without access, and `extra`: more
+    sections' HTML (already escaped), at the end."""
     cards = "".join(
         (
             _card("total_revenue", "Total revenue", money(m.total_revenue_cents)),
@@ -95,6 +141,7 @@ def render_html(m: RevenueMetrics) -> str:
 <div class="panel"><h3>Upcoming renewals</h3><table id="renewals">
 <tr><th>account</th><th>plan</th><th>interval</th><th>renews</th><th class=n>amount</th></tr>
 {renewals}</table></div></div>
+{_funds_panel(funds, more_funds)}
 </body></html>
 """
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from entitlements.policies import Catalog
 from entitlements.state import grants_plan
 from entitlements.store.admin_repository import FailedPaymentFact, RevenueFact
-from entitlements.store.records import SubscriptionRecord
+from entitlements.store.records import ENDED_STATUSES, SubscriptionRecord
 
 __all__ = [
     "REPORTING_CURRENCY",
@@ -103,9 +103,10 @@ class RevenueMetrics:
     failed_other_currencies: list[CurrencyTotal] = field(default_factory=list)
 
 
-def _sort_key(sub: SubscriptionRecord) -> tuple[datetime, datetime, str]:
-    # The same order as the store's "latest subscription" of an account.
-    return (sub.created_at, sub.updated_at, sub.id)
+def _sort_key(sub: SubscriptionRecord) -> tuple[datetime, bool, datetime, str]:
+    # The same order as the store's "latest subscription" of an account (an ended one loses a
+    # tie on `created`, which has one-second precision).
+    return (sub.created_at, sub.status not in ENDED_STATUSES, sub.updated_at, sub.id)
 
 
 def current_subscriptions(

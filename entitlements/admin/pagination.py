@@ -1,4 +1,5 @@
-"""Opaque page tokens for ListSubscriptions: the last row's keyset, bound to the filters."""
+"""Opaque page tokens for the admin listings (ListSubscriptions, ListUnsettledFunds): the last
+row's keyset (a time and an id), bound to the filters it was listed with."""
 
 from __future__ import annotations
 
@@ -8,15 +9,29 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from entitlements.errors import InvalidArgument
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "PageFilter", "decode_token", "encode_token"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "Filters",
+    "PageFilter",
+    "decode_token",
+    "encode_token",
+]
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _VERSION = 1
+
+
+class Filters(Protocol):
+    """A listing's filters: a token made under one digest only continues that listing."""
+
+    def digest(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +51,7 @@ def _micros(value: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def encode_token(last: tuple[datetime, str], filters: PageFilter) -> str:
+def encode_token(last: tuple[datetime, str], filters: Filters) -> str:
     """The token after the row `last` ((created_at, id)) of a listing with `filters`."""
     created_at, sub_id = last
     body = json.dumps(
@@ -46,9 +61,11 @@ def encode_token(last: tuple[datetime, str], filters: PageFilter) -> str:
     return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
 
 
-def decode_token(token: str, filters: PageFilter) -> tuple[datetime, str]:
+def decode_token(
+    token: str, filters: Filters, *, listing: str = "ListSubscriptions", names: str = ""
+) -> tuple[datetime, str]:
     """The keyset a token continues after; InvalidArgument (`page_token`) when it is malformed
-    or was made for other filters."""
+    or was made for other filters (`names` lists them in the message)."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         body = json.loads(raw)
@@ -58,9 +75,10 @@ def decode_token(token: str, filters: PageFilter) -> tuple[datetime, str]:
         if not isinstance(micros, int) or not isinstance(sub_id, str):
             raise ValueError("bad token fields")
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidArgument("page_token", "is not a token returned by ListSubscriptions") from exc
+        raise InvalidArgument("page_token", f"is not a token returned by {listing}") from exc
     if digest != filters.digest():
         raise InvalidArgument(
-            "page_token", "was returned for other filters (status, plan_id); start again"
+            "page_token",
+            f"was returned for other filters ({names or 'status, plan_id'}); start again",
         )
     return _EPOCH + timedelta(microseconds=micros), sub_id

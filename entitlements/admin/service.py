@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from entitlements.admin.metrics import RevenueMetrics, compute_metrics
 from entitlements.admin.pagination import (
@@ -21,6 +22,9 @@ from entitlements.policies import Catalog, Overrides
 from entitlements.service import EntitlementService
 from entitlements.store.admin_repository import AdminStore
 from entitlements.store.records import SUBSCRIPTION_STATUSES, SubscriptionRecord
+
+if TYPE_CHECKING:
+    from entitlements.crypto.funds import UnsettledFunds
 
 __all__ = ["AdminService", "LimitRequest", "OverridesRequest", "StoredOverrides"]
 
@@ -76,7 +80,10 @@ class AdminService:
         *,
         past_due_grace: timedelta = timedelta(days=7),
         clock: Callable[[], datetime] = _utcnow,
+        funds: UnsettledFunds | None = None,
     ) -> None:
+        #: Crypto money received without access (None when crypto payments are not set up).
+        self.funds = funds
         self._store = store
         self._entitlements = entitlements
         self._catalog = catalog

@@ -1,17 +1,21 @@
 """Card subscriptions through Stripe: checkout, portal and changes, mirrored locally.
 
 Stripe is the source of truth. Every change this service learns of (an API answer, a webhook, a
-reconciliation) is applied to the mirror through `Billing.apply`, which stores it in one
-transaction with the account's revision bump and then, like `EntitlementService`'s writes,
-drops the account from the cache and pushes its new state to watchers.
+reconciliation) is applied to the mirror in a `turn` of its subscription: the subscription is
+read from (or written to) Stripe and what Stripe answered is stored while no other task, worker
+or replica does the same for that subscription, so the mirror follows the order in which Stripe
+read its state. Each change is stored in one transaction with the account's revision bump, then,
+like `EntitlementService`'s writes, the account is dropped from the cache and its new state
+pushed to watchers.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from adapters.stripe import CheckoutSession, Interval, PriceBook, StripeGateway, StripeSubscription
 from entitlements.billing.mirror import derived_key, subscription_record
@@ -23,10 +27,11 @@ from entitlements.store.billing_repository import (
     BillingStore,
     CheckoutRecord,
     EventRef,
+    SubscriptionTurn,
 )
 from entitlements.store.records import SubscriptionRecord, utcnow
 
-__all__ = ["Billing", "CheckoutRequest"]
+__all__ = ["Billing", "BillingTurn", "CheckoutRequest"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,60 @@ class CheckoutRequest:
     idempotency_key: str | None = None
 
 
+@dataclass
+class BillingTurn:
+    """A subscription's turn (Billing.turn): read it from Stripe and store what Stripe said."""
+
+    billing: Billing
+    store_turn: SubscriptionTurn
+    changed: list[str] = field(default_factory=list)
+
+    async def apply(self, change: BillingChange, *, fresh: bool = True) -> ApplyResult:
+        """Store `change`; `fresh` (the default): its subscription was read from Stripe in
+        this turn. The account's new state is published when the turn ends."""
+        result = await self.store_turn.apply(change, fresh=fresh)
+        if result.changed:
+            self.changed.append(change.account_id)
+        return result
+
+    async def mirror(
+        self, sub: StripeSubscription, account_id: str, *, event: EventRef | None = None
+    ) -> ApplyResult:
+        """Store what Stripe answered about `sub` in this turn."""
+        record = subscription_record(
+            sub, account_id=account_id, prices=self.billing.prices, observed_at=utcnow()
+        )
+        return await self.apply(
+            BillingChange(
+                account_id=account_id, event=event, customer_id=sub.customer_id, subscription=record
+            )
+        )
+
+    async def mirrors(self, sub: StripeSubscription) -> bool:
+        """True if the mirror already holds what `sub` says (as far as access depends on it)."""
+        stored = await self.store_turn.stored(sub.id)
+        return stored is not None and (
+            stored.stripe_price_id,
+            stored.status,
+            stored.cancel_at_period_end,
+            stored.current_period_end,
+            stored.ended_at,
+            stored.trial_end,
+        ) == (
+            sub.price_id,
+            sub.status,
+            sub.cancel_at_period_end,
+            sub.current_period_end,
+            sub.ended_at,
+            sub.trial_end,
+        )
+
+    async def account_of(self, sub: StripeSubscription) -> str | None:
+        return sub.metadata.get("account_id") or await self.store_turn.find_account(
+            stripe_subscription_id=sub.id, customer_id=sub.customer_id
+        )
+
+
 class Billing:
     """The billing domain: commands that go to Stripe, and the mirror they keep."""
 
@@ -68,36 +127,23 @@ class Billing:
 
     # --- the mirror --------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def turn(self, stripe_subscription_id: str) -> AsyncIterator[BillingTurn]:
+        """Hold the subscription's turn across a Stripe call and the write of its answer; the
+        accounts it changed are published once it is stored."""
+        async with self.store.turn(stripe_subscription_id) as store_turn:
+            turn = BillingTurn(self, store_turn)
+            yield turn
+        for account_id in dict.fromkeys(turn.changed):
+            await self.service.changed(account_id)
+
     async def apply(self, change: BillingChange) -> ApplyResult:
-        """Store a change (with its event id, once) and publish the account's new state."""
+        """Store a change that reads nothing from Stripe (with its event id, once) and publish
+        the account's new state."""
         result = await self.store.apply(change)
         if result.changed:
             await self.service.changed(change.account_id)
         return result
-
-    async def mirror(
-        self,
-        sub: StripeSubscription,
-        account_id: str,
-        *,
-        observed_at: datetime | None = None,
-        event: EventRef | None = None,
-    ) -> ApplyResult:
-        """Apply what Stripe says about `sub` (observed now unless told otherwise)."""
-        record = subscription_record(
-            sub,
-            account_id=account_id,
-            prices=self.prices,
-            observed_at=observed_at or utcnow(),
-        )
-        return await self.apply(
-            BillingChange(
-                account_id=account_id,
-                event=event,
-                customer_id=sub.customer_id,
-                subscription=record,
-            )
-        )
 
     async def account_of(self, sub: StripeSubscription) -> str | None:
         """The account a Stripe subscription belongs to: its metadata, else what is stored."""
@@ -188,14 +234,16 @@ class Billing:
         if price_id == current.stripe_price_id:
             return current
         stripe_id = _stripe_id(current)
-        upstream = await self.gateway.retrieve_subscription(stripe_id)
-        if upstream.item_id is None:
-            raise FailedPrecondition(f"Stripe subscription {stripe_id!r} has no item to change")
         key = idempotency_key or derived_key("update", *_state(current), price_id)
-        changed = await self.gateway.change_price(
-            stripe_id, item_id=upstream.item_id, price_id=price_id, idempotency_key=key
-        )
-        return await self._mirrored(changed, account_id)
+        async with self.turn(stripe_id) as turn:
+            upstream = await self.gateway.retrieve_subscription(stripe_id)
+            if upstream.item_id is None:
+                raise FailedPrecondition(f"Stripe subscription {stripe_id!r} has no item to change")
+            changed = await self.gateway.change_price(
+                stripe_id, item_id=upstream.item_id, price_id=price_id, idempotency_key=key
+            )
+            result = await turn.mirror(changed, account_id)
+        return await self._mirrored(result, account_id)
 
     async def cancel(
         self, account_id: str, *, at_period_end: bool, idempotency_key: str | None = None
@@ -203,13 +251,17 @@ class Billing:
         current = await self._changeable(account_id)
         stripe_id = _stripe_id(current)
         key = idempotency_key or derived_key("cancel", *_state(current), at_period_end)
-        if at_period_end:
-            if current.cancel_at_period_end:
-                return current
-            sub = await self.gateway.set_cancel_at_period_end(stripe_id, True, idempotency_key=key)
-        else:
-            sub = await self.gateway.cancel_now(stripe_id, idempotency_key=key)
-        return await self._mirrored(sub, account_id)
+        if at_period_end and current.cancel_at_period_end:
+            return current
+        async with self.turn(stripe_id) as turn:
+            if at_period_end:
+                sub = await self.gateway.set_cancel_at_period_end(
+                    stripe_id, True, idempotency_key=key
+                )
+            else:
+                sub = await self.gateway.cancel_now(stripe_id, idempotency_key=key)
+            result = await turn.mirror(sub, account_id)
+        return await self._mirrored(result, account_id)
 
     async def resume(
         self, account_id: str, *, idempotency_key: str | None = None
@@ -220,10 +272,11 @@ class Billing:
                 f"account {account_id!r}'s subscription is not scheduled to cancel"
             )
         key = idempotency_key or derived_key("resume", *_state(current))
-        sub = await self.gateway.set_cancel_at_period_end(
-            _stripe_id(current), False, idempotency_key=key
-        )
-        return await self._mirrored(sub, account_id)
+        stripe_id = _stripe_id(current)
+        async with self.turn(stripe_id) as turn:
+            sub = await self.gateway.set_cancel_at_period_end(stripe_id, False, idempotency_key=key)
+            result = await turn.mirror(sub, account_id)
+        return await self._mirrored(result, account_id)
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -244,8 +297,7 @@ class Billing:
             )
         return current
 
-    async def _mirrored(self, sub: StripeSubscription, account_id: str) -> SubscriptionRecord:
-        result = await self.mirror(sub, account_id)
+    async def _mirrored(self, result: ApplyResult, account_id: str) -> SubscriptionRecord:
         if result.subscription is not None:
             return result.subscription
         return await self.get_subscription(account_id)

@@ -1,7 +1,9 @@
 """`entitlements reconcile stripe`: page through Stripe's subscriptions and repair the mirror.
 
 Safe to run at any time: a subscription already mirrored as Stripe has it is left alone (no
-write, no revision bump), so a second run changes nothing.
+write, no revision bump), so a second run changes nothing. A listed subscription that differs
+from the mirror is read again in its turn and that answer is stored, so a list read before a
+webhook's fetch never overwrites what the webhook stored.
 """
 
 from __future__ import annotations
@@ -66,7 +68,13 @@ async def reconcile(billing: Billing, *, page_size: int = 100) -> ReconcileSumma
             summary.unlinked.append(sub.id)
             continue
         try:
-            result = await billing.mirror(sub, account_id)
+            async with billing.turn(sub.id) as turn:
+                if await turn.mirrors(sub):
+                    summary.unchanged += 1
+                    continue
+                result = await turn.mirror(
+                    await billing.gateway.retrieve_subscription(sub.id), account_id
+                )
         except Unavailable:
             raise
         except EntitlementsError as exc:

@@ -105,6 +105,9 @@ class CryptoSettings:
     poll_interval_seconds: float = 5.0
     #: At most this many blocks are scanned per poll (one batch).
     max_blocks_per_poll: int = 100
+    #: An overpayment worth more than this (US cents, at the quote's rate) is listed for an
+    #: admin (ListUnsettledFunds) to refund or credit; a smaller one is kept silently.
+    overpay_tolerance_cents: int = 100
 
     def token(self, network: str, currency: str) -> TokenConfig | None:
         return self.tokens.get((network, currency))
@@ -164,6 +167,9 @@ class CryptoSettings:
             poll_interval_seconds=_number(env, "ENTITLEMENTS_CRYPTO_POLL_SECONDS", 5.0, 0.05),
             max_blocks_per_poll=int(
                 _number(env, "ENTITLEMENTS_CRYPTO_MAX_BLOCKS_PER_POLL", 100, 1, whole=True)
+            ),
+            overpay_tolerance_cents=int(
+                _number(env, "ENTITLEMENTS_CRYPTO_OVERPAY_TOLERANCE_CENTS", 100, 0, whole=True)
             ),
         )
 

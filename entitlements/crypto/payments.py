@@ -1,11 +1,5 @@
-"""Crypto payments: quotes with unique amounts, matching transfers to them, settling their status
-from confirmations, and activating (or, after a reorg, revoking) the plan they pay for.
-
-Status of a payment, from its (not reorged) transfers:
-- none: PENDING, EXPIRED once the quote expired;
-- some below the confirmation depth: PROCESSING;
-- all at the depth: PAID_LATE if the first arrived after expiry, else UNDERPAID, CONFIRMED or
-  OVERPAID by the total. CONFIRMED and OVERPAID activate the plan; the others wait for an admin.
+"""Crypto payments: quotes with unique amounts, and matching the transfers the watcher sees to
+them; settling a payment (its status, activating or revoking its plan) is in `settlement.py`.
 """
 
 from __future__ import annotations
@@ -13,15 +7,18 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from eth_utils.address import is_address, to_checksum_address
+
 from adapters.chains import ChainError, ChainSettings
 from adapters.chains.payments import PaymentReads
-from entitlements.crypto.amounts import MAX_SLOT, format_amount, scheme_for
+from entitlements.crypto.amounts import MAX_SLOT, scheme_for
 from entitlements.crypto.config import CURRENCIES, ETH_NETWORKS, CryptoSettings
+from entitlements.crypto.settlement import Settlement, add_interval, excess_cents
 from entitlements.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -35,11 +32,10 @@ from entitlements.service import EntitlementService
 from entitlements.store.crypto_repository import (
     CryptoStore,
     PaymentRecord,
-    RevenueRecord,
     TransferRecord,
     UnmatchedRecord,
 )
-from entitlements.store.records import SubscriptionInterval, SubscriptionRecord, utcnow
+from entitlements.store.records import SubscriptionInterval, utcnow
 
 __all__ = [
     "CRYPTO_FEATURE",
@@ -49,6 +45,7 @@ __all__ = [
     "TransactionInfo",
     "add_interval",
     "block_time",
+    "excess_cents",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,9 +53,6 @@ log = logging.getLogger(__name__)
 #: The feature a plan must include to be paid in crypto.
 CRYPTO_FEATURE = "cryptoPayments"
 _TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
-_PAID = frozenset({"confirmed", "overpaid"})
-#: Final for matching: the payment's slot is released and further transfers are unmatched.
-_CLOSED = frozenset({"confirmed", "overpaid", "paid_late"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +62,18 @@ class QuoteRequest:
     interval: SubscriptionInterval
     network: str
     currency: str
+    #: When given, only a transfer from this wallet pays the quote.
+    payer_address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ChainEvent:
-    """A transfer to the receiving address seen on chain (log_index -1: native coin)."""
+    """A transfer to the receiving address seen on chain. `log_position` is its position among
+    its transaction's logs (-1: native coin), the identity a reorg cannot change; `log_index`
+    its index in the block."""
 
     tx_hash: str
+    log_position: int
     log_index: int
     block_number: int
     block_hash: str
@@ -93,19 +92,6 @@ class TransactionInfo:
     confirmations: int = 0
     required_confirmations: int = 0
     payment_id: str = ""
-
-
-def add_interval(start: datetime, interval: str) -> datetime:
-    """`start` plus one calendar month or year (the day clamped to the month's last)."""
-    months = 12 if interval == "year" else 1
-    month0 = start.month - 1 + months
-    year, month = start.year + month0 // 12, month0 % 12 + 1
-    for day in (start.day, 30, 29, 28):
-        try:
-            return start.replace(year=year, month=month, day=day)
-        except ValueError:
-            continue
-    raise ValueError(f"cannot add a {interval} to {start}")  # pragma: no cover
 
 
 class CryptoPayments:
@@ -130,6 +116,8 @@ class CryptoPayments:
         self.settings = settings
         self.reads = dict(reads)
         self.clock = clock
+        #: Status, activation and revocation from a payment's transfers.
+        self.settlement = Settlement(repo, service, settings, clock=clock)
 
     # -- quotes --
 
@@ -146,6 +134,13 @@ class CryptoPayments:
                 "interval", f"plan {plan.id!r} has no {request.interval}ly list price"
             )
         reads = self._reads(request.network, "network")
+        payer = None
+        if request.payer_address:
+            if not is_address(request.payer_address):
+                raise InvalidArgument(
+                    "payer_address", "must be a 0x-prefixed 20-byte address (or empty)"
+                )
+            payer = to_checksum_address(request.payer_address)
         currency = request.currency
         if currency not in CURRENCIES:
             raise UnsupportedCurrency(
@@ -216,6 +211,7 @@ class CryptoPayments:
             created_at=now,
             expires_at=now + timedelta(seconds=self.settings.quote_ttl_seconds),
             updated_at=now,
+            payer_address=payer,
         )
         return await self.repo.create_payment(
             draft, lambda slot: scheme.amount(base, slot), MAX_SLOT
@@ -304,13 +300,20 @@ class CryptoPayments:
         ]
 
     async def record(self, network: str, event: ChainEvent) -> str | None:
-        """Record a transfer once; return the payment it was matched to (None: unmatched)."""
+        """Record a transfer once; return the payment it was matched to (None: unmatched).
+
+        A transfer is (network, tx hash, position among the transaction's logs): seen again,
+        however a reorg moved it, it is the same transfer, back on chain if it had left. Its
+        amount's digits name at most one open quote (slots are unique across currencies); it
+        pays that quote only in the quote's currency and, when the quote names a payer, only
+        from that wallet. Anything else is kept unmatched, with its kind, for an admin."""
         reads = self.reads[network]
         chain_id = reads.chain_id
-        existing = await self.repo.transfer(chain_id, event.tx_hash, event.log_index)
+        existing = await self.repo.transfer(chain_id, event.tx_hash, event.log_position)
         if existing is not None:
-            if existing.status == "reorged":
-                # Re-mined in another block after a reorg: the same transfer pays again.
+            if existing.status == "reorged" or existing.block_hash != event.block_hash:
+                # Re-mined in another block after a reorg: the same transfer, its confirmations
+                # counted from its new block.
                 await self.repo.update_transfer(
                     replace(
                         existing,
@@ -318,49 +321,37 @@ class CryptoPayments:
                         block_number=event.block_number,
                         block_hash=event.block_hash,
                         block_time=event.block_time,
+                        log_index=event.log_index,
                         confirmed_at=None,
                     )
                 )
                 log.warning("%s: transfer %s is back on chain", network, event.tx_hash)
             return existing.payment_id
-        if await self.repo.known_transfer(chain_id, event.tx_hash, event.log_index):
-            return None
-        currency = self.currency_of(network, event.token_contract)
-        reason = ""
-        payment: PaymentRecord | None = None
-        if currency is None:
-            info = self.chains.network(network)
-            currency = "native" if info is None else _native_symbol(network)
-            reason = f"{currency} on {network} is not accepted"
-        else:
-            decimals = await reads.decimals(event.token_contract) if event.token_contract else 18
-            slot = scheme_for(currency, decimals).slot_of(event.value)
-            if slot is None:
-                reason = "the amount carries no payment's unique digits"
-            else:
-                payment = next(
-                    (
-                        p
-                        for p in await self.repo.payments(network)
-                        if p.currency == currency
-                        and p.open_slot == slot
-                        and p.pay_to_address.lower() == event.to_address.lower()
-                    ),
-                    None,
+        known = await self.repo.unmatched_transfer(chain_id, event.tx_hash, event.log_position)
+        if known is not None:
+            if known.reorged or known.block_hash != event.block_hash:
+                await self.repo.update_unmatched(
+                    replace(
+                        known,
+                        reorged=False,
+                        block_number=event.block_number,
+                        block_hash=event.block_hash,
+                        log_index=event.log_index,
+                    )
                 )
-                if payment is None:
-                    reason = f"no open payment holds the amount's slot {slot}"
-                else:
-                    paid = await self.repo.payment_of_transaction(chain_id, event.tx_hash)
-                    if paid is not None and paid != payment.id:
-                        reason = f"the transaction already paid payment {paid}"
-                        payment = None
+            return None
+        payment, kind, reason = await self._match(network, event)
         if payment is None:
+            info = self.chains.network(network)
+            currency = self.currency_of(network, event.token_contract)
+            if currency is None:
+                currency = "native" if info is None else _native_symbol(network)
             await self.repo.add_unmatched(
                 UnmatchedRecord(
                     network=network,
                     chain_id=chain_id,
                     tx_hash=event.tx_hash,
+                    log_position=event.log_position,
                     log_index=event.log_index,
                     block_number=event.block_number,
                     block_hash=event.block_hash,
@@ -371,13 +362,15 @@ class CryptoPayments:
                     value_base_units=str(event.value),
                     reason=reason,
                     seen_at=self.clock(),
+                    kind=kind.kind,
+                    named_payment_id=kind.payment_id,
                 )
             )
             log.warning(
                 "%s: unmatched transfer %s/%d of %d base units: %s",
                 network,
                 event.tx_hash,
-                event.log_index,
+                event.log_position,
                 event.value,
                 reason,
             )
@@ -388,6 +381,7 @@ class CryptoPayments:
                 network=network,
                 chain_id=chain_id,
                 tx_hash=event.tx_hash,
+                log_position=event.log_position,
                 log_index=event.log_index,
                 block_number=event.block_number,
                 block_hash=event.block_hash,
@@ -400,195 +394,60 @@ class CryptoPayments:
         )
         return payment.id
 
-    # -- settling --
+    async def _match(
+        self, network: str, event: ChainEvent
+    ) -> tuple[PaymentRecord | None, _Unmatched, str]:
+        """The open payment `event` pays, or None with why (kind, reason)."""
+        currency = self.currency_of(network, event.token_contract)
+        if currency is None:
+            coin = _native_symbol(network)
+            return None, _Unmatched("unsupported"), f"{coin} on {network} is not accepted"
+        reads = self.reads[network]
+        decimals = await reads.decimals(event.token_contract) if event.token_contract else 18
+        slot = scheme_for(currency, decimals).slot_of(event.value)
+        if slot is None:
+            return None, _Unmatched("unmatched"), "the amount carries no payment's unique digits"
+        payment = await self.repo.open_payment(network, event.to_address, slot)
+        if payment is None:
+            return None, _Unmatched("unmatched"), f"no open payment holds the amount's slot {slot}"
+        if payment.currency != currency:
+            return (
+                None,
+                _Unmatched("wrong_currency", payment.id),
+                f"sent in {currency}; its digits name payment {payment.id}, quoted in "
+                f"{payment.currency}",
+            )
+        payer = payment.payer_address
+        if payer is not None and payer.lower() != event.from_address.lower():
+            return (
+                None,
+                _Unmatched("wrong_payer", payment.id),
+                f"sent from {event.from_address}; payment {payment.id} is to be paid from {payer}",
+            )
+        return payment, _Unmatched("unmatched"), ""
 
-    async def settle(self, payment: PaymentRecord, head: int) -> PaymentRecord:
-        """Recompute a payment from its transfers at chain head `head`, then activate or revoke
-        its plan as needed. Idempotent: calling it again changes nothing."""
-        now = self.clock()
-        depth = payment.required_confirmations
-        transfers = [t for t in await self.repo.transfers_of(payment.id) if t.status != "reorged"]
-        received = sum(int(t.value_base_units) for t in transfers)
-        note = payment.admin_note
-        if not transfers:
-            status = "expired" if now > payment.expires_at else "pending"
-            confirmations = 0
-        else:
-            for t in transfers:
-                if t.status == "seen" and head - t.block_number + 1 >= depth:
-                    confirmed = replace(t, status="confirmed", confirmed_at=now)
-                    await self.repo.update_transfer(confirmed)
-            confirmations = min(max(0, head - t.block_number + 1) for t in transfers)
-            amount = int(payment.amount_base_units)
-            if confirmations < depth:
-                status = "processing"
-            elif min(t.block_time for t in transfers) > payment.expires_at:
-                status = "paid_late"
-            elif received < amount:
-                status = "underpaid"
-            elif received == amount:
-                status = "confirmed"
-            else:
-                status = "overpaid"
-        if status != payment.status and status in ("underpaid", "overpaid", "paid_late"):
-            note = _append(
-                note,
-                f"{now.isoformat()}: {status}: received "
-                f"{format_amount(received, payment.decimals)} {payment.currency} of "
-                f"{format_amount(int(payment.amount_base_units), payment.decimals)}",
-            )
-        late_end = payment.expires_at + timedelta(seconds=self.settings.late_window_seconds)
-        if status in _CLOSED or (status != "processing" and now > late_end):
-            open_slot = None
-        else:
-            open_slot = payment.slot
-        updated = replace(
-            payment,
-            status=status,
-            received_base_units=str(received),
-            tx_hash=transfers[0].tx_hash if transfers else None,
-            confirmations=confirmations,
-            open_slot=open_slot,
-            admin_note=note,
-        )
-        if status in _PAID and payment.activation in ("none", "revoked"):
-            return await self._activate(replace(updated, confirmed_at=now))
-        if status in _PAID and payment.activation == "pending":
-            return await self._activate(updated)
-        if status not in _PAID and payment.activation in ("pending", "applied"):
-            return await self._revoke(updated)
-        if status not in _PAID:
-            updated = replace(updated, confirmed_at=None)
-        if updated != payment:
-            updated = await self.repo.update_payment(updated)
-            if updated.status != payment.status:
-                log.info("crypto payment %s: %s -> %s", payment.id, payment.status, status)
-        return updated
+    # -- settling (entitlements/crypto/settlement.py) --
 
-    async def _activate(self, payment: PaymentRecord) -> PaymentRecord:
-        confirmed_at = payment.confirmed_at or self.clock()
-        current = await self._current_subscription(payment.account_id)
-        if payment.activation != "pending":
-            extend = (
-                current is not None
-                and current.payment_method == "crypto"
-                and current.plan_id == payment.plan_id
-                and current.status == "active"
-                and current.current_period_end is not None
-                and current.current_period_end > confirmed_at
-            )
-            payment = replace(
-                payment,
-                activation="pending",
-                confirmed_at=confirmed_at,
-                subscription_id=current.id if extend and current else f"crypto_{payment.id}",
-                previous_period_end=current.current_period_end if extend and current else None,
-            )
-            payment = await self.repo.update_payment(
-                payment,
-                revenue=RevenueRecord(
-                    payment_id=payment.id,
-                    account_id=payment.account_id,
-                    subscription_id=payment.subscription_id,
-                    plan_id=payment.plan_id,
-                    interval=payment.interval,
-                    amount_cents=payment.price_cents,
-                    currency=payment.currency,
-                    network=payment.network,
-                    chain_id=payment.chain_id,
-                    tx_hash=payment.tx_hash or "",
-                    confirmed_at=confirmed_at,
-                ),
-            )
-        assert payment.subscription_id is not None
-        interval: SubscriptionInterval = "year" if payment.interval == "year" else "month"
-        if payment.previous_period_end is None:
-            record = SubscriptionRecord(
-                id=payment.subscription_id,
-                account_id=payment.account_id,
-                plan_id=payment.plan_id,
-                status="active",
-                interval=interval,
-                payment_method="crypto",
-                current_period_start=confirmed_at,
-                current_period_end=add_interval(confirmed_at, interval),
-            )
-        else:
-            base = (
-                current
-                if current is not None and current.id == payment.subscription_id
-                else SubscriptionRecord(
-                    id=payment.subscription_id,
-                    account_id=payment.account_id,
-                    plan_id=payment.plan_id,
-                    status="active",
-                    interval=interval,
-                    payment_method="crypto",
-                    current_period_start=confirmed_at,
-                )
-            )
-            record = replace(
-                base,
-                status="active",
-                interval=interval,
-                current_period_end=add_interval(payment.previous_period_end, interval),
-            )
-        await self.service.save_subscription(record)
-        log.info(
-            "crypto payment %s confirmed: %s on %s for account %s until %s",
-            payment.id,
-            payment.plan_id,
-            payment.network,
-            payment.account_id,
-            record.current_period_end,
-        )
-        return await self.repo.update_payment(replace(payment, activation="applied"))
+    async def settle(
+        self,
+        payment: PaymentRecord,
+        head: int,
+        scanned_until: datetime | None = None,
+        *,
+        transfers: Sequence[TransferRecord] | None = None,
+    ) -> PaymentRecord:
+        """See `Settlement.settle`."""
+        return await self.settlement.settle(payment, head, scanned_until, transfers=transfers)
 
-    async def _revoke(self, payment: PaymentRecord) -> PaymentRecord:
-        now = self.clock()
-        log.error(
-            "REORG: crypto payment %s (account %s) was %s and its transfer is no longer on "
-            "%s at the recorded block; revoking the plan it activated (status now %s)",
-            payment.id,
-            payment.account_id,
-            "confirmed",
-            payment.network,
-            payment.status,
-        )
-        current = await self._current_subscription(payment.account_id)
-        if current is not None and current.id == payment.subscription_id:
-            if payment.previous_period_end is None:
-                record = replace(
-                    current,
-                    status="canceled",
-                    canceled_at=now,
-                    ended_at=now,
-                    current_period_end=now,
-                )
-            else:
-                record = replace(current, current_period_end=payment.previous_period_end)
-            await self.service.save_subscription(record)
-        else:
-            log.error(
-                "crypto payment %s: subscription %s is no longer the account's current one; "
-                "not changed, an admin must review it",
-                payment.id,
-                payment.subscription_id,
-            )
-        payment = replace(
-            payment,
-            activation="revoked",
-            confirmed_at=None,
-            admin_note=_append(
-                payment.admin_note,
-                f"{now.isoformat()}: reorg after confirmation: activation revoked, revenue removed",
-            ),
-        )
-        return await self.repo.update_payment(payment, drop_revenue=True)
+    async def activate(self, payment: PaymentRecord) -> PaymentRecord:
+        """See `Settlement.activate`."""
+        return await self.settlement.activate(payment)
 
-    async def _current_subscription(self, account_id: str) -> SubscriptionRecord | None:
-        snapshot = await self.service.store.get_account_snapshot(account_id)
-        return None if snapshot is None else snapshot.subscription
+
+@dataclass(frozen=True, slots=True)
+class _Unmatched:
+    kind: str
+    payment_id: str | None = None
 
 
 def block_time(timestamp: int) -> datetime:
@@ -601,7 +460,3 @@ def _native_symbol(network: str) -> str:
     if network.startswith("bsc"):
         return "BNB"
     return "ETH"
-
-
-def _append(note: str, line: str) -> str:
-    return f"{note}\n{line}" if note else line

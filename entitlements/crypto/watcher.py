@@ -14,12 +14,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from adapters.chains import ChainUnavailable
-from adapters.chains.payments import Block, PaymentReads
+from adapters.chains.payments import Block, PaymentReads, Receipt, TokenTransfer
 from entitlements.crypto.payments import ChainEvent, CryptoPayments, block_time
 from entitlements.errors import Unavailable
-from entitlements.store.crypto_repository import Cursor
+from entitlements.store.crypto_repository import Cursor, TransferRecord
 
 __all__ = ["PaymentWatcher", "PollResult"]
 
@@ -64,6 +65,8 @@ class PaymentWatcher:
         self.failures = 0
         #: Told (network, head block, last processed block) after each poll (the lag metric).
         self._on_poll = on_poll
+        #: Payments with a transfer a reorg could still undo, as of this poll's check.
+        self._recent: set[str] = set()
 
     def __repr__(self) -> str:
         return f"PaymentWatcher({self.network!r})"
@@ -124,36 +127,25 @@ class PaymentWatcher:
     async def poll_once(self) -> PollResult:
         head = await self.reads.block_number()
         self._watch_stall(head)
-        reorged, affected = await self._check_transfers(head)
-        cursor = await self._cursor(head)
+        stored = await self.repo.cursor(self.network)
+        # What a reorg could still undo is judged from the last block this watcher read, not
+        # from the head: a chain that reorganised and then grew while nobody watched must
+        # still have its orphaned transfers found.
+        seen_until = head if stored is None else min(head, stored.block_number)
+        reorged, affected = await self._check_transfers(seen_until - 2 * self.depth)
+        cursor = await self._cursor(head, stored)
         start = cursor.block_number + 1
         end = min(head, cursor.block_number + self.max_blocks)
         found = 0
+        scanned_until: datetime | None = None
         if start <= end:
             numbers = list(range(start, end + 1))
             blocks = await self.reads.blocks(numbers, self._pay_to())
-            events = await self._native_events(blocks)
             by_number = {b.number: b for b in blocks}
-            for t in await self.reads.token_transfers(
+            tokens = await self.reads.token_transfers(
                 start, end, self.payments.tokens(self.network), self._pay_to()
-            ):
-                block = by_number.get(t.block_number)
-                if block is None or block.hash != t.block_hash:
-                    continue  # the block changed under the scan: the next poll sees it
-                events.append(
-                    ChainEvent(
-                        tx_hash=t.tx_hash,
-                        log_index=t.log_index,
-                        block_number=t.block_number,
-                        block_hash=t.block_hash,
-                        block_time=block_time(block.timestamp),
-                        token_contract=t.token,
-                        from_address=t.from_address,
-                        to_address=t.to_address,
-                        value=t.value,
-                    )
-                )
-            events.sort(key=lambda e: (e.block_number, e.log_index))
+            )
+            events = await self._events(blocks, tokens)
             for event in events:
                 payment_id = await self.payments.record(self.network, event)
                 if payment_id is not None:
@@ -162,7 +154,10 @@ class PaymentWatcher:
             last = by_number[end]
             cursor = Cursor(last.number, last.hash)
             await self.repo.set_cursor(self.network, self.reads.chain_id, cursor)
-        await self._settle(head, affected)
+            if cursor.block_number < head:
+                # Mid catch-up: the chain is read up to this block's time, not up to now.
+                scanned_until = block_time(last.timestamp)
+        await self._settle(head, affected, self._recent, scanned_until)
         if self._on_poll is not None:
             self._on_poll(self.network, head, cursor.block_number)
         return PollResult(
@@ -178,38 +173,67 @@ class PaymentWatcher:
         assert pay_to is not None, "watchers only run with a receiving address"
         return pay_to
 
-    async def _native_events(self, blocks: list[Block]) -> list[ChainEvent]:
-        """Native transfers to the receiving address, from transactions that succeeded (a
-        reverted call to a contract wallet lists its value but moves nothing)."""
-        events = [
-            ChainEvent(
-                tx_hash=tx.tx_hash,
-                log_index=-1,
-                block_number=b.number,
-                block_hash=b.hash,
-                block_time=block_time(b.timestamp),
-                token_contract="",
-                from_address=tx.from_address,
-                to_address=tx.to_address,
-                value=tx.value,
-            )
-            for b in blocks
-            for tx in b.transfers
-        ]
-        if not events:
+    async def _events(self, blocks: list[Block], tokens: list[TokenTransfer]) -> list[ChainEvent]:
+        """The transfers to the receiving address in `blocks`, in chain order: native ones from
+        transactions that succeeded (a reverted call to a contract wallet lists its value but
+        moves nothing), token ones with their position among their transaction's logs (read
+        from its receipt: the identity a reorg cannot change). A transfer whose block changed
+        under the scan is left for the next poll."""
+        by_number = {b.number: b for b in blocks}
+        hashes = {tx.tx_hash for b in blocks for tx in b.transfers} | {t.tx_hash for t in tokens}
+        if not hashes:
             return []
-        receipts = await self.reads.receipts(sorted({e.tx_hash for e in events}))
-        return [
-            e
-            for e in events
-            if (r := receipts.get(e.tx_hash)) is not None
-            and r.succeeded
-            and r.block_hash == e.block_hash
-        ]
+        receipts = await self.reads.receipts(sorted(hashes))
+        events: list[ChainEvent] = []
+        for b in blocks:
+            for tx in b.transfers:
+                receipt = receipts.get(tx.tx_hash)
+                if receipt is None or not receipt.succeeded or receipt.block_hash != b.hash:
+                    continue
+                events.append(
+                    ChainEvent(
+                        tx_hash=tx.tx_hash,
+                        log_position=-1,
+                        log_index=-1,
+                        block_number=b.number,
+                        block_hash=b.hash,
+                        block_time=block_time(b.timestamp),
+                        token_contract="",
+                        from_address=tx.from_address,
+                        to_address=tx.to_address,
+                        value=tx.value,
+                    )
+                )
+        for t in tokens:
+            block = by_number.get(t.block_number)
+            receipt = receipts.get(t.tx_hash)
+            if block is None or block.hash != t.block_hash:
+                continue
+            if receipt is None or receipt.block_hash != t.block_hash:
+                continue
+            position = receipt.position_of(t.log_index)
+            if position is None:
+                continue
+            events.append(
+                ChainEvent(
+                    tx_hash=t.tx_hash,
+                    log_position=position,
+                    log_index=t.log_index,
+                    block_number=t.block_number,
+                    block_hash=t.block_hash,
+                    block_time=block_time(block.timestamp),
+                    token_contract=t.token,
+                    from_address=t.from_address,
+                    to_address=t.to_address,
+                    value=t.value,
+                )
+            )
+        events.sort(key=lambda e: (e.block_number, e.log_index))
+        return events
 
-    async def _cursor(self, head: int) -> Cursor:
-        """The stored cursor, rewound when its block was replaced (a reorg under it); a first
-        start begins at the oldest open payment's quote block (or the head)."""
+    async def _cursor(self, head: int, cursor: Cursor | None) -> Cursor:
+        """The stored cursor, rewound twice the depth when its block was replaced (a reorg under
+        it); a first start begins at the oldest open payment's quote block (or the head)."""
         cursor = await self.repo.cursor(self.network)
         if cursor is None:
             open_payments = await self.repo.payments(self.network)
@@ -220,7 +244,10 @@ class PaymentWatcher:
         actual = (await self.reads.block_hashes([cursor.block_number]))[cursor.block_number]
         if actual == cursor.block_hash:
             return cursor
-        back = min(head, cursor.block_number - self.depth)
+        # The fork point is unknown (only the cursor's hash is stored): go back the whole
+        # window followed for reorgs, twice the depth, so a transfer re-mined anywhere after
+        # the fork is read again (one block deeper than the depth was missed before).
+        back = min(head, cursor.block_number - 2 * self.depth)
         log.warning(
             "crypto watcher %s: block %d changed (reorg); rescanning from block %d",
             self.network,
@@ -238,52 +265,65 @@ class PaymentWatcher:
         await self.repo.set_cursor(self.network, self.reads.chain_id, cursor)
         return cursor
 
-    async def _check_transfers(self, head: int) -> tuple[int, set[str]]:
-        """Re-read the receipts of transfers a reorg could still undo (up to twice the depth);
-        a receipt gone or in another block marks the transfer reorged."""
-        recent = await self.repo.recent_transfers(self.network, head - 2 * self.depth)
-        unmatched = await self.repo.recent_unmatched(self.network, head - 2 * self.depth)
+    async def _check_transfers(self, floor: int) -> tuple[int, set[str]]:
+        """Re-check the transfers a reorg could still undo (from block `floor`: twice the depth
+        below the last block read). One whose block was replaced either moved (its transaction
+        was re-mined elsewhere and its log at the same position is the same transfer: it keeps
+        its identity, its confirmations start over) or left the chain (marked reorged: it no
+        longer counts)."""
+        recent, unmatched = await self.repo.recent(self.network, floor)
+        self._recent = {t.payment_id for t in recent}
         if not recent and not unmatched:
             return 0, set()
-        hashes = {t.tx_hash for t in recent} | {u.tx_hash for u in unmatched}
+        numbers = sorted({t.block_number for t in recent} | {u.block_number for u in unmatched})
+        canonical = await self.reads.block_hashes(numbers)
+        stale_recent = [t for t in recent if canonical.get(t.block_number) != t.block_hash]
+        stale_unmatched = [u for u in unmatched if canonical.get(u.block_number) != u.block_hash]
+        if not stale_recent and not stale_unmatched:
+            return 0, set()
+        hashes = {t.tx_hash for t in stale_recent} | {u.tx_hash for u in stale_unmatched}
         receipts = await self.reads.receipts(sorted(hashes))
-        for u in unmatched:
-            receipt = receipts.get(u.tx_hash)
-            if receipt is None and u.id is not None:
-                await self.repo.set_unmatched_reorged(u.id)
+        for u in stale_unmatched:
+            moved = self._moved(receipts.get(u.tx_hash), u.log_position, u.value_base_units)
+            if moved is None:
+                await self.repo.update_unmatched(replace(u, reorged=True))
                 log.warning(
                     "crypto watcher %s: unmatched transfer %s left block %d (reorg)",
                     self.network,
                     u.tx_hash,
                     u.block_number,
                 )
+            else:
+                number, block_hash, log_index = moved
+                await self.repo.update_unmatched(
+                    replace(u, block_number=number, block_hash=block_hash, log_index=log_index)
+                )
         reorged = 0
         affected: set[str] = set()
-        for t in recent:
-            receipt = receipts.get(t.tx_hash)
-            if receipt is not None and receipt.block_hash == t.block_hash:
-                continue
-            if receipt is not None and receipt.succeeded:
-                # Mined again in another block: its confirmations start over from there.
-                affected.add(t.payment_id)
-                moved = replace(
-                    t,
-                    status="seen",
-                    block_number=receipt.block_number,
-                    block_hash=receipt.block_hash,
-                    confirmed_at=None,
+        for t in stale_recent:
+            affected.add(t.payment_id)
+            moved = self._moved(receipts.get(t.tx_hash), t.log_position, t.value_base_units)
+            if moved is not None:
+                number, block_hash, log_index = moved
+                await self.repo.update_transfer(
+                    replace(
+                        t,
+                        status="seen",
+                        block_number=number,
+                        block_hash=block_hash,
+                        log_index=log_index,
+                        confirmed_at=None,
+                    )
                 )
-                await self.repo.update_transfer(moved)
                 log.warning(
                     "crypto watcher %s: transfer %s moved from block %d to %d (reorg)",
                     self.network,
                     t.tx_hash,
                     t.block_number,
-                    receipt.block_number,
+                    number,
                 )
                 continue
             reorged += 1
-            affected.add(t.payment_id)
             await self.repo.update_transfer(replace(t, status="reorged", confirmed_at=None))
             log.warning(
                 "crypto watcher %s: transfer %s of payment %s left block %d (reorg)",
@@ -294,14 +334,38 @@ class PaymentWatcher:
             )
         return reorged, affected
 
-    async def _settle(self, head: int, affected: set[str]) -> None:
-        payments = {p.id: p for p in await self.repo.payments(self.network)}
-        payments.update({p.id: p for p in await self.repo.payments_to_apply(self.network)})
-        recent = await self.repo.recent_transfers(self.network, head - 2 * self.depth)
-        wanted = (affected | {t.payment_id for t in recent}) - payments.keys()
-        payments.update({p.id: p for p in await self.repo.payments_by_id(wanted)})
-        for payment in payments.values():
-            await self.payments.settle(payment, head)
+    def _moved(
+        self, receipt: Receipt | None, position: int, value: str
+    ) -> tuple[int, str, int] | None:
+        """Where a transfer re-mined after a reorg now is (block number, hash, log index), or
+        None when its transaction is gone, failed, or no longer makes the same transfer."""
+        if receipt is None or not receipt.succeeded:
+            return None
+        if position < 0:
+            return receipt.block_number, receipt.block_hash, -1
+        transfer = receipt.transfer_at(position)
+        if (
+            transfer is None
+            or str(transfer.value) != value
+            or transfer.to_address.lower() != self._pay_to().lower()
+            or transfer.token.lower() not in {t.lower() for t in self.payments.tokens(self.network)}
+        ):
+            return None
+        return receipt.block_number, receipt.block_hash, transfer.log_index
+
+    async def _settle(
+        self, head: int, affected: set[str], recent: set[str], scanned_until: datetime | None
+    ) -> None:
+        """Settle every payment that can change: open ones (expiry, late window), those with a
+        recent or affected transfer (confirmations, reorgs), unapplied activations."""
+        payments, transfers = await self.repo.payments_to_settle(self.network, affected | recent)
+        by_payment: dict[str, list[TransferRecord]] = {}
+        for t in transfers:
+            by_payment.setdefault(t.payment_id, []).append(t)
+        for payment in payments:
+            await self.payments.settle(
+                payment, head, scanned_until, transfers=by_payment.get(payment.id, [])
+            )
 
     def _watch_stall(self, head: int) -> None:
         now = time.monotonic()

@@ -2,9 +2,11 @@
 
 - `/metrics`: Prometheus text format, no authentication (bind the HTTP port to a private
   network, as for any scrape target).
-- `/readyz`: 200 when every dependency answers (the database; the chain nodes when token gating
-  is configured), else 503 with a JSON body naming what is down. `/healthz` (the shim's) only
-  says the process is alive.
+- `/readyz`: 200 when this replica can answer cached checks and reach its database, else 503.
+  Other dependencies (each chain node, with its head's age) are reported apart and never make it
+  503: checks keep answering while a node is down. `/readyz?verbose` adds each dependency's
+  state; its details (where the database is, error texts) only for a caller with the `admin`
+  scope (open in dev mode). `/healthz` (the shim's) only says the process is alive.
 - `/admin`: the read-only revenue dashboard, for a caller with the `admin` scope: the token as
   `Authorization: Bearer <token>`, or `?token=<token>` for a browser; 401 without a known
   token, 403 without the scope. Open in dev mode. `?as_of=` and `?churn_window_days=` as in
@@ -23,10 +25,19 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from entitlements.admin.dashboard import render_html
+from entitlements.admin.dashboard import FundsLine, render_html
 from entitlements.config import Caller, token_digest
+from entitlements.crypto.amounts import format_amount
 from entitlements.errors import EntitlementsError, InvalidArgument
-from entitlements.observability.metrics import CONTENT_TYPE, HTTP_REQUESTS, observe_webhook, render
+from entitlements.observability.metrics import (
+    CONTENT_TYPE,
+    HTTP_REQUESTS,
+    chain_heads,
+    observe_chain_head,
+    observe_webhook,
+    render,
+    set_dependency_up,
+)
 
 if TYPE_CHECKING:
     from adapters.chains import ChainReaders
@@ -47,23 +58,39 @@ ADMIN_SCOPE = "admin"
 class OpsRoutes:
     """What the operations routes need; built by `install_observability`."""
 
+    #: Dependencies readiness requires (the database): any down makes /readyz 503.
     probes: Sequence[Probe] = ()
+    #: Dependencies reported apart (chain nodes): down or stalled, /readyz stays 200.
+    optional_probes: Sequence[Probe] = ()
+    #: What an admin may see of each dependency beyond its state (e.g. the database's URL
+    #: without its password), by dependency name.
+    targets: Mapping[str, str] = field(default_factory=dict)
+    #: A chain whose head has not moved for this long is reported "stalled" (None: never; the
+    #: local dev chain mines only when sent a transaction).
+    stall_after_seconds: Mapping[str, float | None] = field(default_factory=dict)
     admin: AdminService | None = None
     callers: Mapping[bytes, Caller] = field(default_factory=dict)
     dev_mode: bool = False
     probe_timeout_seconds: float = 2.0
+    #: More sections of the /admin page (HTML), e.g. outbound events; rendered in order.
+    sections: list[Callable[[], Awaitable[str]]] = field(default_factory=list)
+
+
+#: How long a public chain's head may stand still before it is reported "stalled".
+DEFAULT_STALL_SECONDS = 300.0
 
 
 def chain_probes(readers: ChainReaders, timeout_seconds: float) -> list[Probe]:
     """One probe per configured network: the node answers `eth_blockNumber` for the right
-    chain (a node serving another chain id is down: `ChainReader.ping`)."""
+    chain (a node serving another chain id is down: `ChainReader.ping`), and the head it
+    names is recorded, so a node whose head stops moving shows as stalled."""
     probes: list[Probe] = []
     for network in readers.networks:
         reader = readers.get(network)
 
-        async def probe(reader: Any = reader) -> None:
+        async def probe(reader: Any = reader, network: str = network) -> None:
             async with asyncio.timeout(timeout_seconds):
-                await reader.ping()
+                observe_chain_head(network, await reader.ping())
 
         probes.append((f"chain:{network}", probe))
     return probes
@@ -121,14 +148,42 @@ def install_routes(app: web.Application, ops: OpsRoutes) -> None:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def readyz(request: web.Request) -> web.Response:
-        results = await asyncio.gather(*(_check(p, ops.probe_timeout_seconds) for p in ops.probes))
-        checks = dict(results)
-        down = sorted(name for name, state in checks.items() if state != "ok")
+        timeout = ops.probe_timeout_seconds
+        required, optional = await asyncio.gather(
+            asyncio.gather(*(_check(p, timeout) for p in ops.probes)),
+            asyncio.gather(*(_check(p, timeout) for p in ops.optional_probes)),
+        )
+        states = {name: _state(name, error, ops) for name, error in (*required, *optional)}
+        for name, state in states.items():
+            set_dependency_up(name, state == "ok")
+        down = sorted(name for name, error in required if error is not None)
+        body: dict[str, Any] = {
+            "status": "unavailable" if down else "ready",
+            "checks": states,
+        }
         if down:
-            return web.json_response(
-                {"status": "unavailable", "down": down, "checks": checks}, status=503
-            )
-        return web.json_response({"status": "ready", "checks": checks})
+            body["down"] = down
+        if "verbose" in request.query:
+            details = _authorize(request, ops) is None
+            errors = dict((*required, *optional))
+            required_names = {name for name, _ in required}
+            heads = chain_heads()
+            dependencies: dict[str, dict[str, Any]] = {}
+            for name, state in states.items():
+                entry: dict[str, Any] = {"state": state, "required": name in required_names}
+                network = name.removeprefix("chain:")
+                if name.startswith("chain:") and network in heads:
+                    block, age = heads[network]
+                    entry["head_block"] = block
+                    entry["head_age_seconds"] = round(age, 3)
+                if details:
+                    if errors[name] is not None:
+                        entry["detail"] = errors[name]
+                    if name in ops.targets:
+                        entry["target"] = ops.targets[name]
+                dependencies[name] = entry
+            body["dependencies"] = dependencies
+        return web.json_response(body, status=503 if down else 200)
 
     async def admin(request: web.Request) -> web.Response:
         refusal = _authorize(request, ops)
@@ -139,13 +194,15 @@ def install_routes(app: web.Application, ops: OpsRoutes) -> None:
         try:
             as_of, window = _dashboard_params(request)
             figures = await ops.admin.revenue_metrics(as_of=as_of, churn_window_days=window)
+            funds, more = await _unsettled_funds(ops.admin)
+            extra = "".join([await section() for section in ops.sections])
         except InvalidArgument as exc:
             return web.json_response({"error": exc.message}, status=400)
         except EntitlementsError as exc:
             log.warning("admin dashboard: %s", exc)
             return web.json_response({"error": exc.message}, status=503)
         return web.Response(
-            text=render_html(figures),
+            text=render_html(figures, funds, more_funds=more, extra=extra),
             content_type="text/html",
             headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
         )
@@ -156,19 +213,61 @@ def install_routes(app: web.Application, ops: OpsRoutes) -> None:
     app.router.add_get("/admin", admin)
 
 
-async def _check(probe: Probe, timeout_seconds: float) -> tuple[str, str]:
+async def _unsettled_funds(admin: AdminService) -> tuple[list[FundsLine] | None, bool]:
+    """The first page of crypto money received without access, for the dashboard's panel."""
+    if admin.funds is None:
+        return None, False
+    rows, token = await admin.funds.list(page_size=20)
+    lines = []
+    for r in rows:
+        if r.payment is not None:
+            p = r.payment
+            amount = format_amount(int(p.received_base_units), p.decimals)
+            lines.append(
+                FundsLine(r.item_id, r.kind, amount, p.currency, p.account_id, p.tx_hash or "")
+            )
+        elif r.transfer is not None:
+            t = r.transfer
+            decimals = await admin.funds.decimals(r)
+            amount = (
+                format_amount(int(t.value_base_units), decimals)
+                if decimals is not None
+                else (f"{t.value_base_units} base units")
+            )
+            lines.append(FundsLine(r.item_id, r.kind, amount, t.currency, "", t.tx_hash))
+    return lines, bool(token)
+
+
+async def _check(probe: Probe, timeout_seconds: float) -> tuple[str, str | None]:
+    """(name, None) when the dependency answered, else (name, why not). The why may name hosts
+    and users (a database URL in an error): only admins see it."""
     name, check = probe
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_seconds):
             await check()
     except TimeoutError:
-        return name, f"down: no answer within {timeout_seconds:g} s"
+        return name, f"no answer within {timeout_seconds:g} s"
     except Exception as exc:
-        detail = exc.message if isinstance(exc, EntitlementsError) else type(exc).__name__
-        return name, f"down: {detail}"[:300]
+        detail = str(exc) if isinstance(exc, EntitlementsError) else type(exc).__name__
+        return name, detail[:300]
     log.debug("probe %s answered in %.1f ms", name, (time.perf_counter() - started) * 1000)
-    return name, "ok"
+    return name, None
+
+
+def _state(name: str, error: str | None, ops: OpsRoutes) -> str:
+    """The generic state anyone may see: ok, down, or stalled (a chain head standing still)."""
+    if error is not None:
+        return "down"
+    if name.startswith("chain:"):
+        network = name.removeprefix("chain:")
+        limit = ops.stall_after_seconds.get(
+            network, None if network == "local" else DEFAULT_STALL_SECONDS
+        )
+        head = chain_heads().get(network)
+        if limit is not None and head is not None and head[1] > limit:
+            return "stalled"
+    return "ok"
 
 
 def _dashboard_params(request: web.Request) -> tuple[datetime | None, int]:

@@ -41,7 +41,8 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from adapters.chains import ChainReaders
     from entitlements.cache import EntitlementCache
-    from entitlements.server.status import InFlight
+    from entitlements.observability.in_flight import Budgets
+    from entitlements.service import EntitlementService
     from entitlements.usage.ledger import UsageLedger
 
 __all__ = [
@@ -49,12 +50,16 @@ __all__ = [
     "REGISTRY",
     "RpcMetrics",
     "RuntimeSource",
+    "chain_heads",
     "chain_read",
+    "expose_worker_restarts",
+    "observe_chain_head",
     "observe_chain_read",
     "observe_webhook",
     "register_runtime",
     "render",
     "rpc_metrics",
+    "set_dependency_up",
     "set_watcher_lag",
 ]
 
@@ -116,7 +121,7 @@ CHAIN_WATCHER_LAG = Gauge(
 )
 CHAIN_HEAD = Gauge(
     "entitlements_chain_head_block",
-    "The latest block number the payment watcher saw on each network.",
+    "The latest block number seen on each network (payment watcher or readiness probe).",
     ("network",),
     registry=REGISTRY,
 )
@@ -211,6 +216,15 @@ class RpcCollector(Collector):
                     values, list(zip(bounds, cumulative, strict=True)), sum_value=series.total
                 )
         yield requests
+        head_age = GaugeMetricFamily(
+            "entitlements_chain_head_age_seconds",
+            "Seconds since each network's head last moved (as seen by the payment watcher or "
+            "the readiness probe); a growing value on a public chain is a stalled node.",
+            labels=("network",),
+        )
+        for network, (_, age) in sorted(chain_heads().items()):
+            head_age.add_metric((network,), age)
+        yield head_age
         yield duration
 
 
@@ -241,10 +255,46 @@ def chain_read(network: str, method: str) -> Iterator[None]:
     observe_chain_read(network, method, time.perf_counter() - start)
 
 
+DEPENDENCY_UP = Gauge(
+    "entitlements_dependency_up",
+    "1 when the dependency answered the last readiness probe (/readyz), else 0; by dependency "
+    "(database, chain:<network>). Only the database decides readiness.",
+    ("dependency",),
+    registry=REGISTRY,
+)
+
+#: network -> (head block, monotonic time the head last moved): fed by the payment watcher and
+#: the readiness probes, read by /readyz and `entitlements_chain_head_age_seconds`.
+_HEADS: dict[str, tuple[int, float]] = {}
+_heads_lock = threading.Lock()
+
+
 def set_watcher_lag(network: str, head_block: int, processed_block: int) -> None:
     """The payment watcher's position: the node's head and the last block it has processed."""
-    CHAIN_HEAD.labels(network).set(head_block)
     CHAIN_WATCHER_LAG.labels(network).set(max(head_block - processed_block, 0))
+    observe_chain_head(network, head_block)
+
+
+def observe_chain_head(network: str, head_block: int) -> None:
+    """A node named its head: remember when it last moved (a head standing still is a stalled
+    node, or a chain that mines only on demand, as the local dev chain does)."""
+    CHAIN_HEAD.labels(network).set(head_block)
+    now = time.monotonic()
+    with _heads_lock:
+        known = _HEADS.get(network)
+        if known is None or known[0] != head_block:
+            _HEADS[network] = (head_block, now)
+
+
+def chain_heads() -> dict[str, tuple[int, float]]:
+    """network -> (the last head seen, seconds since it last moved)."""
+    now = time.monotonic()
+    with _heads_lock:
+        return {network: (block, now - moved) for network, (block, moved) in _HEADS.items()}
+
+
+def set_dependency_up(dependency: str, up: bool) -> None:
+    DEPENDENCY_UP.labels(dependency).set(1 if up else 0)
 
 
 @dataclass(eq=False)
@@ -252,9 +302,10 @@ class RuntimeSource:
     """Counters one server's parts already keep; read at scrape time."""
 
     cache: EntitlementCache
-    in_flight: InFlight
+    in_flight: Budgets
     ledger: UsageLedger | None = None
     readers: ChainReaders | None = None
+    service: EntitlementService | None = None
 
 
 class RuntimeCollector(Collector):
@@ -297,15 +348,32 @@ class RuntimeCollector(Collector):
             "Accounts in the cache.",
             sum(len(s.cache) for s in sources),
         )
-        yield _gauge(
+        in_flight = GaugeMetricFamily(
             "entitlements_rpc_in_flight",
-            "Unary calls being handled.",
-            sum(s.in_flight.current for s in sources),
+            "Unary calls being handled, by budget (reads, writes).",
+            labels=("budget",),
+        )
+        shed = CounterMetricFamily(
+            "entitlements_rpc_shed",
+            "Calls refused with RESOURCE_EXHAUSTED because their budget (reads, writes) was full.",
+            labels=("budget",),
+        )
+        for kind in ("reads", "writes"):
+            budgets = [getattr(s.in_flight, kind) for s in sources]
+            in_flight.add_metric((kind,), sum(b.current for b in budgets))
+            shed.add_metric((kind,), sum(b.shed for b in budgets))
+        yield in_flight
+        yield shed
+        services = [s.service for s in sources if s.service is not None]
+        yield _counter(
+            "entitlements_min_revision_read_throughs",
+            "Checks whose min_revision was newer than the cache: read through to the database.",
+            sum(x.read_throughs for x in services),
         )
         yield _counter(
-            "entitlements_rpc_shed",
-            "Calls refused with RESOURCE_EXHAUSTED because too many were in flight.",
-            sum(s.in_flight.shed for s in sources),
+            "entitlements_min_revision_stale",
+            "Checks refused with STALE_REVISION: the database had not reached their min_revision.",
+            sum(x.stale_revisions for x in services),
         )
         ledgers = [s.ledger for s in sources if s.ledger is not None]
         yield _counter(
@@ -338,6 +406,15 @@ class RuntimeCollector(Collector):
         for network, count in sorted(per_network.items()):
             requests.add_metric((network,), count)
         yield requests
+        head_age = GaugeMetricFamily(
+            "entitlements_chain_head_age_seconds",
+            "Seconds since each network's head last moved (as seen by the payment watcher or "
+            "the readiness probe); a growing value on a public chain is a stalled node.",
+            labels=("network",),
+        )
+        for network, (_, age) in sorted(chain_heads().items()):
+            head_age.add_metric((network,), age)
+        yield head_age
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
@@ -355,6 +432,31 @@ REGISTRY.register(RUNTIME)
 def register_runtime(source: RuntimeSource) -> Callable[[], None]:
     """Expose a server's counters until the returned function is called."""
     return RUNTIME.add(source)
+
+
+class _WorkerRestarts(Collector):
+    """`entitlements_worker_restarts_total`, read from the `serve --workers N` supervisor."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], int] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        if self.read is not None:
+            yield _counter(
+                "entitlements_worker_restarts",
+                "Workers the `serve --workers N` parent replaced after they died, since it "
+                "started (the service's figure: every worker reports the same).",
+                self.read(),
+            )
+
+
+_WORKER_RESTARTS = _WorkerRestarts()
+REGISTRY.register(_WORKER_RESTARTS)
+
+
+def expose_worker_restarts(read: Callable[[], int]) -> None:
+    """Report the supervisor's count of replaced workers (called in each forked worker)."""
+    _WORKER_RESTARTS.read = read
 
 
 def render() -> bytes:

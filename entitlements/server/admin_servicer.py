@@ -1,4 +1,5 @@
-"""AdminService: revenue metrics, the subscription listing and audited account overrides."""
+"""AdminService: revenue metrics, the subscription listing, audited account overrides and the
+crypto money received without access (listed and resolved)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,20 @@ from entitlements.admin import AdminService, LimitRequest, OverridesRequest
 from entitlements.admin.metrics import RevenueMetrics
 from entitlements.admin.service import StoredOverrides
 from entitlements.config import Caller
-from entitlements.errors import InvalidArgument
+from entitlements.crypto.funds import Credit, FundsFilter, Refund, UnsettledFunds
+from entitlements.errors import FailedPrecondition, InvalidArgument
 from entitlements.server import convert
 from entitlements.server.auth import AuthInterceptor
+from entitlements.server.events_admin_servicer import EventsAdminMethods
+from entitlements.server.funds_convert import funds_message, interval_of, kind_of
 from entitlements.server.status import unary
 from entitlements.server.validation import require_id
 from entitlements.store.admin_repository import AdminStore
+from entitlements.store.crypto_funds_repository import FundsStore
 
 if TYPE_CHECKING:
     from entitlements.config import Settings
-    from entitlements.server.app import Deps
+    from entitlements.server.deps import Deps
 
 __all__ = ["AdminServicer", "install_admin", "metrics_response"]
 
@@ -94,11 +99,12 @@ def _time(value: Timestamp, field: str) -> datetime:
         ) from None
 
 
-class AdminServicer(pb_grpc.AdminServiceServicer):
+class AdminServicer(EventsAdminMethods, pb_grpc.AdminServiceServicer):
     """Thin: validate the request's shape, call `AdminService`, convert the answer."""
 
     def __init__(self, admin: AdminService, callers: Mapping[bytes, Caller] | None) -> None:
         self._admin = admin
+        self._funds = admin.funds
         # None in dev mode: every change is audited as made by "dev".
         self._auth = AuthInterceptor(callers) if callers is not None else None
 
@@ -163,15 +169,72 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             overrides=_overrides_message(stored), revision=stored.revision
         )
 
+    def _unsettled(self) -> UnsettledFunds:
+        if self._funds is None:
+            raise FailedPrecondition("crypto payments are not configured on this server")
+        return self._funds
+
+    @unary
+    async def ListUnsettledFunds(
+        self, request: pb.ListUnsettledFundsRequest, context: Ctx
+    ) -> pb.ListUnsettledFundsResponse:
+        funds = self._unsettled()
+        rows, token = await funds.list(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            filters=FundsFilter(
+                kind=kind_of(request.kind),
+                network=request.network or None,
+                account_id=request.account_id or None,
+                include_resolved=request.include_resolved,
+            ),
+        )
+        return pb.ListUnsettledFundsResponse(
+            funds=[funds_message(r, await funds.decimals(r)) for r in rows],
+            next_page_token=token,
+        )
+
+    @unary
+    async def ResolveUnsettledFunds(
+        self, request: pb.ResolveUnsettledFundsRequest, context: Ctx
+    ) -> pb.ResolveUnsettledFundsResponse:
+        funds = self._unsettled()
+        require_id(request.id, "id")
+        action = request.WhichOneof("action")
+        credit = refund = None
+        if action == "credit":
+            c = request.credit
+            credit = Credit(
+                account_id=require_id(c.account_id, "credit.account_id") if c.account_id else "",
+                plan_id=c.plan_id,
+                interval=interval_of(c.interval, "credit.interval"),
+            )
+        elif action == "refund":
+            refund = Refund(tx_hash=request.refund.tx_hash)
+        row, revision = await funds.resolve(
+            request.id,
+            credit=credit,
+            refund=refund,
+            reason=request.reason,
+            actor=self._actor(context),
+        )
+        return pb.ResolveUnsettledFundsResponse(
+            funds=funds_message(row, await funds.decimals(row)), revision=revision
+        )
+
 
 def install_admin(settings: Settings, deps: Deps) -> AdminService:
     """Build the admin domain on `deps.store` and register AdminService's servicer."""
+    funds = None
+    if deps.crypto is not None:
+        funds = UnsettledFunds(deps.crypto.payments, FundsStore(deps.store.engine))
     admin = AdminService(
         AdminStore(deps.store),
         deps.service,
         deps.catalog,
         past_due_grace=settings.past_due_grace,
         clock=deps.service.now,
+        funds=funds,
     )
     deps.servicers["AdminService"] = AdminServicer(
         admin, None if settings.dev_mode else settings.callers

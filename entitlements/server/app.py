@@ -6,8 +6,9 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,25 +29,25 @@ from nchat.entitlements.v1 import (
 )
 
 from adapters.chains.heads import HeadFollowers
-from entitlements.admin import AdminService
-from entitlements.billing import Billing
 from entitlements.coherence import ChangeFeed
 from entitlements.config import Settings
-from entitlements.observability.http import OpsRoutes
+from entitlements.observability.in_flight import Budgets
 from entitlements.policies import Catalog, default_catalog
 from entitlements.server.admin_servicer import install_admin
 from entitlements.server.auth import AuthInterceptor
 from entitlements.server.billing_setup import install_billing, webhook_server
-from entitlements.server.crypto_setup import CryptoRuntime, install_crypto
+from entitlements.server.crypto_setup import install_crypto
+from entitlements.server.deps import Deps
 from entitlements.server.entitlements_servicer import EntitlementsServicer
+from entitlements.server.events_setup import install_events
+from entitlements.server.guard import RequestGuard
 from entitlements.server.ops_setup import install_observability
 from entitlements.server.reflection import enable_reflection
-from entitlements.server.status import InFlight
-from entitlements.server.token_gate_setup import TokenGateRuntime, install_token_gate
+from entitlements.server.schema import check_schema
+from entitlements.server.token_gate_setup import install_token_gate
 from entitlements.server.unimplemented import NOT_BUILT, unimplemented_servicer
 from entitlements.server.usage_servicer import UsageServicer
 from entitlements.service import EntitlementService
-from entitlements.store.migrate import current_revision, head_revision
 from entitlements.store.repository import Store
 from entitlements.store.usage_repository import UsageRepository
 from entitlements.usage.ledger import UsageLedger
@@ -63,83 +64,50 @@ _OTHER_SERVICES = (
 )
 
 
-@dataclass
-class Deps:
-    """What the servicers are built from; tests hand in their own (a SQLite file, a port 0)."""
-
-    store: Store
-    catalog: Catalog
-    hub: WatchHub
-    service: EntitlementService
-    #: Servicers of the other services, by service name ("UsageService", ...); a service of the
-    #: published API without one here answers UNIMPLEMENTED.
-    servicers: dict[str, object] = field(default_factory=dict)
-    #: Why a service is not served, by service name (its configuration leaves it off).
-    disabled: dict[str, str] = field(default_factory=dict)
-    #: Called in reverse order at shutdown, after the server has stopped (adapters' clients).
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    ledger: UsageLedger | None = None
-    feed: ChangeFeed | None = None
-    in_flight: InFlight = field(default_factory=lambda: InFlight(2000))
-    #: Card billing through Stripe, when configured (BillingService, the webhook shim).
-    billing: Billing | None = None
-    #: Token gating (TokenGateService, chain readers, the re-verification task).
-    token_gate: TokenGateRuntime | None = None
-    #: Each configured network's head follower (heads.status(): number and age per network,
-    #: for readiness and metrics); started with token gating, closed at shutdown.
-    heads: HeadFollowers | None = None
-    #: Crypto payments (CryptoPaymentService, one chain watcher per configured network).
-    crypto: CryptoRuntime | None = None
-    #: Admin analytics (AdminService, the /admin dashboard).
-    admin: AdminService | None = None
-    #: The HTTP shim's operations routes (/metrics, /readyz, /admin).
-    ops: OpsRoutes | None = None
-
-    async def close(self) -> None:
-        for close in reversed(self.closers):
-            try:
-                await close()
-            except Exception:
-                log.exception("error while closing %r", close)
-
-    @classmethod
-    def build(cls, settings: Settings, store: Store, catalog: Catalog | None = None) -> Deps:
-        catalog = catalog or default_catalog()
-        hub = WatchHub()
-        service = EntitlementService(
-            store,
-            catalog,
-            hub,
-            past_due_grace=settings.past_due_grace,
-            cache_size=settings.cache_size,
-            cache_ttl_seconds=settings.cache_ttl_seconds,
-        )
-        deps = cls(store=store, catalog=catalog, hub=hub, service=service)
-        usage_repository = UsageRepository(store.engine)
-        ledger = UsageLedger(
-            usage_repository,
-            hub,
-            counter_ttl_seconds=settings.usage_counter_ttl_seconds,
-            key_retention_seconds=settings.usage_key_retention_seconds,
-        )
-        deps.ledger = ledger
-        deps.feed = ChangeFeed(
-            service,
-            usage=usage_repository,
-            interval_seconds=settings.change_feed_interval_seconds,
-        )
-        deps.closers.append(deps.feed.close)
-        deps.in_flight = InFlight(settings.max_in_flight)
-        deps.servicers["UsageService"] = UsageServicer(ledger, service, catalog)
-        deps.closers.append(ledger.close)
-        deps.billing = install_billing(settings, deps)
-        deps.heads = HeadFollowers.from_settings(settings.chains)
-        deps.closers.append(deps.heads.close)
-        deps.token_gate = install_token_gate(settings, deps, heads=deps.heads)
-        deps.crypto = install_crypto(settings, deps)
-        deps.admin = install_admin(settings, deps)
-        deps.ops = install_observability(settings, deps, admin=deps.admin)
-        return deps
+def build_deps(settings: Settings, store: Store, catalog: Catalog | None = None) -> Deps:
+    """Everything the server is built from, on `store`; tests hand in their own store."""
+    catalog = catalog or default_catalog()
+    hub = WatchHub()
+    service = EntitlementService(
+        store,
+        catalog,
+        hub,
+        past_due_grace=settings.past_due_grace,
+        cache_size=settings.cache_size,
+        cache_ttl_seconds=settings.cache_ttl_seconds,
+        min_revision_wait_seconds=settings.min_revision_wait_seconds,
+    )
+    deps = Deps(store=store, catalog=catalog, hub=hub, service=service)
+    usage_repository = UsageRepository(store.engine)
+    ledger = UsageLedger(
+        usage_repository,
+        hub,
+        counter_ttl_seconds=settings.usage_counter_ttl_seconds,
+        key_retention_seconds=settings.usage_key_retention_seconds,
+    )
+    deps.ledger = ledger
+    deps.feed = ChangeFeed(
+        service,
+        usage=usage_repository,
+        interval_seconds=settings.change_feed_interval_seconds,
+        listen=settings.change_feed_listen,
+    )
+    deps.closers.append(deps.feed.close)
+    deps.in_flight = Budgets.of(
+        reads=settings.max_in_flight_reads, writes=settings.max_in_flight_writes
+    )
+    deps.servicers["UsageService"] = UsageServicer(ledger, service, catalog)
+    deps.closers.append(ledger.close)
+    deps.billing = install_billing(settings, deps)
+    deps.heads = HeadFollowers.from_settings(settings.chains)
+    deps.closers.append(deps.heads.close)
+    deps.token_gate = install_token_gate(settings, deps, heads=deps.heads)
+    deps.crypto = install_crypto(settings, deps)
+    deps.admin = install_admin(settings, deps)
+    deps.events = install_events(settings, deps)
+    deps.ops = install_observability(settings, deps, admin=deps.admin)
+    deps.ops.sections.append(deps.events.admin_section)
+    return deps
 
 
 @dataclass
@@ -158,12 +126,46 @@ class Running:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
-    async def stop(self, grace: float) -> None:
-        """Graceful stop: health says NOT_SERVING, watch streams end, in-flight calls finish."""
+    async def drain(self, grace: float) -> None:
+        """Health says NOT_SERVING, watch streams end and new unary calls get UNAVAILABLE while
+        the ones in flight finish; returns once none is in flight and calls have stopped
+        arriving, or after `grace` seconds."""
+        deadline = asyncio.get_running_loop().time() + grace
         await self.health.enter_graceful_shutdown()
+        self.deps.in_flight.closing = True
         self.deps.hub.close()
-        await self.server.stop(grace)
+        await _drain(self.deps.in_flight, deadline)
+
+    async def stop(self, grace: float) -> None:
+        """Drain (at most `grace` seconds), stop the server, close the dependencies."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        await self.drain(grace)
+        await self.server.stop(max(deadline - loop.time(), 0.0))
         await self.deps.close()
+
+
+#: A drained server stops once no call has arrived for this long (at most `_QUIET_MAX_SECONDS`
+#: after the last call in flight finished): gRPC's core answers CANCELLED to the calls it has
+#: received but not yet handed to the server when the server stops.
+_QUIET_SECONDS = 0.05
+_QUIET_MAX_SECONDS = 1.0
+
+
+async def _drain(budgets: Budgets, deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    seen, quiet_since, idle_since = budgets.refused_closing, loop.time(), loop.time()
+    while loop.time() < deadline:
+        now = loop.time()
+        if budgets.current:
+            idle_since = now
+        if budgets.current or budgets.refused_closing != seen:
+            seen, quiet_since = budgets.refused_closing, now
+        elif now - quiet_since >= _QUIET_SECONDS:
+            return
+        if now - idle_since >= _QUIET_MAX_SECONDS:
+            return
+        await asyncio.sleep(0.005)
 
 
 SERVICE_NAMES = tuple(
@@ -180,12 +182,17 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.dev_mode:
         log.warning(
-            "DEV MODE: authentication is OFF; every caller has every scope. "
-            "Never run this in production (unset ENTITLEMENTS_DEV_MODE, set "
-            "ENTITLEMENTS_CALLERS_FILE)."
+            "DEV MODE: authentication is OFF; every caller has every scope and /admin is open. "
+            "Listening on gRPC on %s and HTTP on %s (dev mode defaults to loopback, 127.0.0.1; "
+            "ENTITLEMENTS_GRPC_ADDR / ENTITLEMENTS_HTTP_ADDR choose otherwise). Never run this "
+            "in production (unset ENTITLEMENTS_DEV_MODE, set ENTITLEMENTS_CALLERS_FILE).",
+            addr if addr is not None else settings.grpc_addr,
+            settings.http_addr,
         )
     else:
         interceptors.append(AuthInterceptor(settings.callers))
+    # After authentication: a stranger's request is never decoded.
+    interceptors.append(RequestGuard())
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -228,31 +235,19 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
         deps.ledger.start()
     if deps.feed is not None:
         deps.feed.start()
+    if deps.events is not None:
+        deps.events.start()
     running = Running(server=server, port=port, health=health_servicer, deps=deps)
     await running.set_serving(False)
     return running
 
 
-class SchemaNotCurrent(RuntimeError):
-    """The database schema is not at the migrations' head."""
-
-
-async def check_schema(url: str) -> None:
-    """Refuse to serve on a schema other than the code's: replicas never migrate on their own."""
-    current, head = await current_revision(url), head_revision()
-    if current != head:
-        raise SchemaNotCurrent(
-            f"the database schema is at {current or 'nothing'}, the code needs {head}: "
-            "run 'entitlements migrate' first"
-        )
-
-
 async def serve(settings: Settings) -> None:
-    """Run the service until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run the service until SIGTERM or SIGINT, drain gracefully, then end the process (exit 0)."""
     await check_schema(settings.database_url)
     store = Store.open(settings.database_url)
     try:
-        deps = Deps.build(settings, store)
+        deps = build_deps(settings, store)
         if deps.token_gate is not None:
             await deps.token_gate.start()  # refuses a chain node of the wrong chain id
         if deps.crypto is not None:
@@ -287,11 +282,28 @@ async def serve(settings: Settings) -> None:
             "shutting down: finishing in-flight calls (grace %.1fs)",
             settings.shutdown_grace_seconds,
         )
+        await running.drain(settings.shutdown_grace_seconds)
         await http.stop()
-        await running.stop(settings.shutdown_grace_seconds)
+        await running.deps.close()
     finally:
         await store.close()
     log.info("stopped")
+    _exit_keeping_calls_retryable()
+
+
+def _exit_keeping_calls_retryable() -> NoReturn:
+    """End the process with the gRPC server still answering UNAVAILABLE.
+
+    Neither `server.stop()` nor the event loop's end may come first: the first answers CANCELLED
+    to the calls gRPC's core has received but not yet handed over, the second cancels the
+    handlers of calls being answered (CANCELLED too). Exiting here closes those calls'
+    connections instead, which their callers see as UNAVAILABLE and retry. Everything worth
+    keeping (the store, acknowledged writes, the logs) is closed or flushed by now.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _redacted(url: str) -> str:

@@ -53,13 +53,21 @@ METHOD_SCOPES: Mapping[str, str] = {
             "ResumeSubscription",
         )
     },
-    **{
-        f"{_PKG}CryptoPaymentService/{m}": "crypto:write"
-        for m in ("CreateCryptoPayment", "GetCryptoPayment", "GetTransactionStatus")
-    },
+    f"{_PKG}CryptoPaymentService/CreateCryptoPayment": "crypto:write",
+    f"{_PKG}CryptoPaymentService/GetCryptoPayment": "crypto:read",
+    f"{_PKG}CryptoPaymentService/GetTransactionStatus": "crypto:read",
     **{
         f"{_PKG}AdminService/{m}": "admin"
-        for m in ("GetRevenueMetrics", "ListSubscriptions", "SetAccountOverrides")
+        for m in (
+            "GetRevenueMetrics",
+            "ListSubscriptions",
+            "SetAccountOverrides",
+            "ListUnsettledFunds",
+            "ResolveUnsettledFunds",
+            "ListEventDeliveries",
+            "ReplayEvent",
+            "ReplayFailedEvents",
+        )
     },
 }
 
@@ -102,10 +110,9 @@ def _refusal(
         await context.abort(rich.code, rich.details, rich.trailing_metadata)
         yield  # pragma: no cover - makes this an async generator
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    # The request is not decoded: a refused caller's bytes are never parsed (and undecodable
+    # ones cannot turn the refusal into UNKNOWN).
+    kwargs = {"request_deserializer": None, "response_serializer": handler.response_serializer}
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(refuse_stream, **kwargs)
     return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)

@@ -135,7 +135,12 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             interval=interval,
             idempotency_key=_key(request.idempotency_key, "idempotency_key"),
         )
-        return pb.UpdateSubscriptionResponse(subscription=convert.subscription(record))
+        # The change was mirrored (and this replica's cache refreshed) before change_plan
+        # returned, so the cached revision is the account's revision after it.
+        ent = await self._billing.service.get(account_id)
+        return pb.UpdateSubscriptionResponse(
+            subscription=convert.subscription(record), revision=ent.revision
+        )
 
     @unary
     async def CancelSubscription(

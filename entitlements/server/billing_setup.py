@@ -13,11 +13,12 @@ from entitlements.billing import Billing, StripeEvents
 from entitlements.config import ConfigError, Settings
 from entitlements.observability.http import OpsRoutes, install_routes, observed_sink
 from entitlements.server.billing_servicer import BillingServicer
+from entitlements.server.schema import check_schema
 from entitlements.service import EntitlementService
 from entitlements.store.billing_repository import BillingStore
 
 if TYPE_CHECKING:  # app.py builds Deps with install_billing
-    from entitlements.server.app import Deps
+    from entitlements.server.deps import Deps
 
 __all__ = ["build_billing", "install_billing", "run_reconcile", "run_webhooks", "webhook_server"]
 
@@ -73,8 +74,6 @@ async def run_webhooks(settings: Settings) -> None:
     import asyncio
     import signal
 
-    from entitlements.server.app import check_schema
-
     await check_schema(settings.database_url)
     async with _standalone_billing(settings) as billing:
         http = webhook_server(settings, billing)
@@ -95,7 +94,6 @@ async def run_webhooks(settings: Settings) -> None:
 async def run_reconcile(settings: Settings) -> list[str]:
     """`entitlements reconcile stripe`: repair the mirror; the summary's lines."""
     from entitlements.billing import reconcile
-    from entitlements.server.app import check_schema
 
     await check_schema(settings.database_url)
     async with _standalone_billing(settings) as billing:

@@ -61,6 +61,7 @@ def payment_message(p: PaymentRecord) -> pb.CryptoPayment:
         required_confirmations=p.required_confirmations,
         received_amount=format_amount(int(p.received_base_units), p.decimals),
         confirmed_at=convert.timestamp(p.confirmed_at),
+        payer_address=p.payer_address or "",
     )
 
 
@@ -88,6 +89,7 @@ class CryptoPaymentServicer(pb_grpc.CryptoPaymentServiceServicer):
                 interval=interval,
                 network=request.network,
                 currency=request.currency,
+                payer_address=request.payer_address or None,
             )
         )
         return pb.CreateCryptoPaymentResponse(payment=payment_message(payment))

@@ -5,50 +5,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from adapters.chains import ChainMismatch, ChainReaders
+from adapters.chains import ChainReaders
 from adapters.chains.heads import HeadUpdate
 from adapters.chains.payments import PaymentReads
 from entitlements.crypto import CryptoPayments, PaymentWatcher
-from entitlements.errors import FailedPrecondition
 from entitlements.observability.metrics import observe_chain_read, set_watcher_lag
+from entitlements.server.crypto_runtime import CryptoRuntime
 from entitlements.server.crypto_servicer import CryptoPaymentServicer
 from entitlements.store.crypto_repository import CryptoStore
 
 if TYPE_CHECKING:
     from entitlements.config import Settings
-    from entitlements.server.app import Deps
+    from entitlements.server.deps import Deps
 
 __all__ = ["CryptoRuntime", "install_crypto"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CryptoRuntime:
-    payments: CryptoPayments
-    readers: ChainReaders
-    watchers: list[PaymentWatcher] = field(default_factory=list)
-
-    async def start(self) -> None:
-        """Refuse a node of the wrong chain (ChainMismatch), then start every network's
-        watcher (background tasks); an unreachable node is checked again on use."""
-        if self.watchers:
-            try:
-                await self.readers.connect()
-            except ChainMismatch as exc:
-                raise FailedPrecondition(f"refusing to start: {exc}") from exc
-        for watcher in self.watchers:
-            watcher.start()
-        if self.watchers:
-            log.info("crypto payments: watching %s", ", ".join(w.network for w in self.watchers))
-
-    async def close(self) -> None:
-        for watcher in self.watchers:
-            await watcher.stop()
-        await self.readers.close()
 
 
 def _waker(watcher: PaymentWatcher) -> Callable[[HeadUpdate], None]:

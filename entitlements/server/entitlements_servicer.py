@@ -14,12 +14,18 @@ from nchat.entitlements.v1 import entitlements_service_pb2 as pb
 from nchat.entitlements.v1 import entitlements_service_pb2_grpc as pb_grpc
 from nchat.entitlements.v1 import plan_pb2
 
-from entitlements.errors import EntitlementsError, InvalidArgument
+from entitlements.errors import EntitlementsError, InvalidArgument, StaleRevision
+from entitlements.observability.in_flight import Budgets
 from entitlements.observability.metrics import rpc_metrics_for
 from entitlements.policies import Catalog, FeatureDecision, get_upgrade_path, meets_minimum_plan
 from entitlements.server import convert
-from entitlements.server.status import InFlight, abort, abort_with, error_status, unary
-from entitlements.server.validation import MAX_ID_LENGTH, require_count, require_id
+from entitlements.server.status import abort, abort_with, error_status, unary
+from entitlements.server.validation import (
+    MAX_ID_LENGTH,
+    require_count,
+    require_id,
+    require_min_revision,
+)
 from entitlements.service import EntitlementService
 from entitlements.state import AccountEntitlements
 from entitlements.watch import (
@@ -63,19 +69,23 @@ def _message(feature: str, decision: FeatureDecision) -> str:
     return message
 
 
-def _answer(feature: str, decision: FeatureDecision, revision: int) -> pb.CanUseFeatureResponse:
-    return pb.CanUseFeatureResponse(
+def _answer(
+    feature: str, decision: FeatureDecision, ent: AccountEntitlements
+) -> pb.CanUseFeatureResponse:
+    answer = pb.CanUseFeatureResponse(
         allowed=decision.allowed,
         plan_id=decision.plan_id,
         upgrade_plan_id=decision.upgrade_plan_id,
         reason=convert.REASONS[decision.reason],
-        revision=revision,
+        revision=ent.revision,
         message=_message(feature, decision),
     )
+    convert.stamp(answer.as_of, ent.as_of)
+    return answer
 
 
 class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
-    in_flight: InFlight | None = None
+    in_flight: Budgets | None = None
 
     def __init__(
         self, service: EntitlementService, catalog: Catalog, *, max_watchers: int = 10_000
@@ -103,8 +113,9 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         account_id = require_id(request.account_id, "account_id")
         feature = request.feature
         self._catalog.feature(feature, field="feature")
-        ent = await self._service.get(account_id)
-        return _answer(feature, ent.effective.can_use(feature), ent.revision)
+        min_revision = require_min_revision(request.min_revision, "min_revision")
+        ent = await self._service.get(account_id, min_revision)
+        return _answer(feature, ent.effective.can_use(feature), ent)
 
     @unary
     async def CheckFeatures(
@@ -113,19 +124,28 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         checks = request.checks
         require_count(checks, "checks", maximum=MAX_CHECKS)
         peek = self._service.cache.peek
-        # Each distinct account once: from the cache, or loaded concurrently with the others.
+        # Each distinct account once: from the cache, or loaded concurrently with the others
+        # (read through to the database when a check's min_revision is newer than the cache).
         accounts: dict[str, AccountEntitlements | EntitlementsError | None] = {}
+        needed: dict[str, int] = {}
         missing = []
         for check in checks:
             account_id = check.account_id
+            wanted = check.min_revision
+            if wanted and wanted > needed.get(account_id, 0):
+                needed[account_id] = wanted
             if account_id not in accounts:
                 ent = peek(account_id) if _valid_id(account_id) else None
                 accounts[account_id] = ent
                 if ent is None and _valid_id(account_id):
                     missing.append(account_id)
+        for account_id, revision in needed.items():
+            cached = accounts[account_id]
+            if isinstance(cached, AccountEntitlements) and cached.revision < revision:
+                missing.append(account_id)
         if missing:
             results = await asyncio.gather(
-                *(self._service.get(a) for a in missing), return_exceptions=True
+                *(self._at_least(a, needed.get(a, 0)) for a in missing), return_exceptions=True
             )
             for account_id, result in zip(missing, results, strict=True):
                 if not isinstance(result, EntitlementsError | AccountEntitlements):
@@ -137,20 +157,35 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         for i, check in enumerate(checks):
             feature = check.feature
             found = accounts[check.account_id]
-            if isinstance(found, AccountEntitlements) and feature in features:
+            if (
+                isinstance(found, AccountEntitlements)
+                and feature in features
+                and 0 <= check.min_revision <= found.revision
+            ):
                 decision = found.effective.decisions.get(feature)
                 if decision is not None:
-                    add(item=_answer(feature, decision, found.revision))
+                    add(item=_answer(feature, decision, found))
                     continue
             try:  # the slow path names what is wrong with this check
                 require_id(check.account_id, f"checks[{i}].account_id")
                 self._catalog.feature(feature, field=f"checks[{i}].feature")
+                require_min_revision(check.min_revision, f"checks[{i}].min_revision")
                 if isinstance(found, EntitlementsError):
                     raise found
+                if isinstance(found, AccountEntitlements) and found.revision < check.min_revision:
+                    raise StaleRevision(check.account_id, check.min_revision, found.revision)
                 raise AssertionError(f"check {i} has no decision")  # pragma: no cover
             except EntitlementsError as exc:
                 add(error=error_status(exc))
         return response
+
+    async def _at_least(self, account_id: str, min_revision: int) -> AccountEntitlements:
+        """The account at `min_revision` or later; if the database has not reached it, the
+        cached state (checks of the account asking for less still get their answer)."""
+        try:
+            return await self._service.get(account_id, min_revision)
+        except StaleRevision:
+            return await self._service.get(account_id)
 
     @unary
     async def CheckMinimumPlan(
@@ -158,20 +193,27 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
     ) -> pb.CheckMinimumPlanResponse:
         account_id = require_id(request.account_id, "account_id")
         minimum = self._catalog.plan(request.minimum_plan_id, field="minimum_plan_id")
-        ent = await self._service.get(account_id)
-        return pb.CheckMinimumPlanResponse(
+        min_revision = require_min_revision(request.min_revision, "min_revision")
+        ent = await self._service.get(account_id, min_revision)
+        answer = pb.CheckMinimumPlanResponse(
             allowed=meets_minimum_plan(self._catalog, ent.plan_id, minimum.id),
             plan_id=ent.plan_id,
             revision=ent.revision,
         )
+        convert.stamp(answer.as_of, ent.as_of)
+        return answer
 
     @unary
     async def GetEntitlements(
         self, request: pb.GetEntitlementsRequest, context: Ctx
     ) -> pb.GetEntitlementsResponse:
         account_id = require_id(request.account_id, "account_id")
-        ent = await self._service.get(account_id)
-        return pb.GetEntitlementsResponse(entitlements=convert.entitlements(self._catalog, ent))
+        min_revision = require_min_revision(request.min_revision, "min_revision")
+        ent = await self._service.get(account_id, min_revision)
+        return pb.GetEntitlementsResponse(
+            entitlements=convert.entitlements(self._catalog, ent),
+            as_of=convert.timestamp(ent.as_of),
+        )
 
     @unary
     async def GetUpgradePath(

@@ -9,11 +9,12 @@ from entitlements.observability.http import OpsRoutes, Probe, chain_probes
 from entitlements.observability.logs import set_caller_resolver, set_slow_call_seconds
 from entitlements.observability.metrics import RuntimeSource, register_runtime
 from entitlements.server.auth import AuthInterceptor
+from entitlements.store.engine import safe_url
 
 if TYPE_CHECKING:
     from entitlements.admin import AdminService
     from entitlements.config import Settings
-    from entitlements.server.app import Deps
+    from entitlements.server.deps import Deps
 
 __all__ = ["install_observability"]
 
@@ -36,7 +37,11 @@ def install_observability(
     readers = deps.token_gate.gate.readers if deps.token_gate is not None else None
     unregister = register_runtime(
         RuntimeSource(
-            cache=deps.service.cache, in_flight=deps.in_flight, ledger=deps.ledger, readers=readers
+            cache=deps.service.cache,
+            in_flight=deps.in_flight,
+            ledger=deps.ledger,
+            readers=readers,
+            service=deps.service,
         )
     )
 
@@ -45,8 +50,14 @@ def install_observability(
 
     deps.closers.append(close)
     probes: list[Probe] = [("database", deps.store.ping)]
+    optional: list[Probe] = []
     if readers is not None and readers.networks:
-        probes += chain_probes(readers, settings.chains.request_timeout_seconds)
+        optional = chain_probes(readers, settings.chains.request_timeout_seconds)
     return OpsRoutes(
-        probes=probes, admin=admin, callers=settings.callers, dev_mode=settings.dev_mode
+        probes=probes,
+        optional_probes=optional,
+        targets={"database": safe_url(deps.store.engine.url)},
+        admin=admin,
+        callers=settings.callers,
+        dev_mode=settings.dev_mode,
     )

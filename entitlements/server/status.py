@@ -22,6 +22,7 @@ from entitlements.errors import (
     PermissionDenied,
     Unavailable,
 )
+from entitlements.observability.in_flight import Budgets, InFlight
 from entitlements.observability.logs import log_rpc, slow_call_seconds
 from entitlements.observability.metrics import rpc_metrics
 
@@ -123,64 +124,101 @@ Self = TypeVar("Self")
 Handler = Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
 
 
-class InFlight:
-    """Counts the unary calls being handled by one server, and sheds load past `limit`.
+#: The RPCs that change nothing: they spend the reads budget (the hot-path checks are among
+#: them); every other unary RPC spends the writes budget. A new RPC is a write until listed here.
+READ_METHODS = frozenset(
+    {
+        "CanUseFeature",
+        "CheckFeatures",
+        "CheckMinimumPlan",
+        "GetEntitlements",
+        "GetUpgradePath",
+        "ListPlans",
+        "CheckLimit",
+        "GetUsage",
+        "VerifyToken",
+        "CheckChannelAccess",
+        "ListTokenRequirements",
+        "GetSubscription",
+        "GetCryptoPayment",
+        "GetTransactionStatus",
+        "GetRevenueMetrics",
+        "ListSubscriptions",
+    }
+)
 
-    A call over the limit is answered at once with RESOURCE_EXHAUSTED (ErrorInfo reason
-    OVERLOADED, a QuotaFailure detail) instead of waiting behind the others without bound.
-    """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.current = 0
-        self.shed = 0
-        info = any_pb2.Any()
-        info.Pack(
-            error_details_pb2.ErrorInfo(
-                reason="ERROR_REASON_OVERLOADED",
-                domain=ERROR_DOMAIN,
-                metadata={"max_in_flight": str(limit)},
-            )
+@functools.cache
+def _refusal(budget: InFlight) -> grpc.Status:
+    """RESOURCE_EXHAUSTED (ErrorInfo reason OVERLOADED, a QuotaFailure) for a full budget."""
+    what = f"more than {budget.limit} {budget.kind} in flight"
+    info = any_pb2.Any()
+    info.Pack(
+        error_details_pb2.ErrorInfo(
+            reason="ERROR_REASON_OVERLOADED",
+            domain=ERROR_DOMAIN,
+            metadata={"max_in_flight": str(budget.limit), "budget": budget.kind},
         )
-        quota = any_pb2.Any()
-        quota.Pack(
-            error_details_pb2.QuotaFailure(
-                violations=[
-                    error_details_pb2.QuotaFailure.Violation(
-                        subject="server",
-                        description=f"more than {limit} calls in flight; retry with backoff",
-                    )
-                ]
-            )
+    )
+    quota = any_pb2.Any()
+    quota.Pack(
+        error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=f"server:{budget.kind}",
+                    description=f"{what}; retry with backoff",
+                )
+            ]
         )
-        self.refusal = rpc_status.to_status(
-            status_pb2.Status(
-                code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
-                message=f"overloaded: more than {limit} calls in flight; retry with backoff",
-                details=[info, quota],
-            )
+    )
+    refusal: grpc.Status = rpc_status.to_status(
+        status_pb2.Status(
+            code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+            message=f"overloaded: {what}; retry with backoff",
+            details=[info, quota],
         )
+    )
+    return refusal
+
+
+#: The answer to a call that arrives while the server shuts down: retryable, never CANCELLED.
+_CLOSING: grpc.Status = rpc_status.to_status(
+    status_proto(
+        grpc.StatusCode.UNAVAILABLE,
+        "the server is shutting down; retry (another replica or the restarted server answers)",
+        reason="ERROR_REASON_DEPENDENCY_UNAVAILABLE",
+        metadata={"dependency": "server", "state": "shutting_down"},
+    )
+)
 
 
 def unary(fn: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
-    """Wrap a unary handler: load shedding (when the servicer has an `in_flight` limiter),
-    domain errors become their status, anything else INTERNAL."""
+    """Wrap a unary handler: load shedding (when the servicer has `in_flight` budgets; a read
+    spends the reads budget, anything else the writes budget), domain errors become their
+    status, anything else INTERNAL."""
 
     # Metric children are bound per method here and per code on first use, so the hot path pays
     # one dict lookup, two increments and two clock reads (entitlements/observability/).
     metrics = rpc_metrics(fn.__qualname__)
+    reads = metrics.method in READ_METHODS
 
     @functools.wraps(fn)
     async def wrapper(
         self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> Resp:
         start = perf_counter()
-        in_flight: InFlight | None = getattr(self, "in_flight", None)
-        if in_flight is not None:
+        budgets: Budgets | None = getattr(self, "in_flight", None)
+        in_flight = None
+        if budgets is not None:
+            if budgets.closing:
+                budgets.refused_closing += 1
+                metrics.observe("UNAVAILABLE", perf_counter() - start)
+                await context.abort(_CLOSING.code, _CLOSING.details, _CLOSING.trailing_metadata)
+            in_flight = budgets.reads if reads else budgets.writes
             if in_flight.current >= in_flight.limit:
                 in_flight.shed += 1
                 metrics.observe("RESOURCE_EXHAUSTED", perf_counter() - start)
-                refusal = in_flight.refusal
+                refusal = _refusal(in_flight)
                 await context.abort(refusal.code, refusal.details, refusal.trailing_metadata)
             in_flight.current += 1
         code = "OK"

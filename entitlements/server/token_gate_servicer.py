@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ from entitlements.errors import InvalidArgument
 from entitlements.server import convert
 from entitlements.server.auth import AuthInterceptor
 from entitlements.server.status import unary
+from entitlements.server.validation import require_min_revision
 from entitlements.store.tokengate_records import RequirementRecord
 from entitlements.tokengate import TRUSTED_WALLETS_SCOPE, RequirementDraft, TokenGate
 from entitlements.tokengate.requirements import SETTABLE_FIELDS
@@ -109,15 +111,21 @@ class TokenGateServicer(pb_grpc.TokenGateServiceServicer):
     async def CheckChannelAccess(
         self, request: pb.CheckChannelAccessRequest, context: Ctx
     ) -> pb.CheckChannelAccessResponse:
+        # No account revision applies (see min_revision in the proto): any token reads the
+        # balances from the chain now rather than from the cache.
+        fresh = require_min_revision(request.min_revision, "min_revision") > 0
+        as_of = datetime.now(UTC)
         decision = await self._gate.check_channel_access(
             request.channel_id,
             request.user_id,
             list(request.wallet_addresses),
             wallets_trusted=bool(request.wallet_addresses)
             and self._has_scope(context, TRUSTED_WALLETS_SCOPE),
+            fresh=fresh,
         )
         return pb.CheckChannelAccessResponse(
             granted=decision.granted,
+            as_of=convert.timestamp(as_of),
             results=[
                 pb.RequirementResult(
                     requirement_id=r.requirement.id,

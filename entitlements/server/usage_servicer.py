@@ -13,8 +13,14 @@ from nchat.entitlements.v1 import usage_service_pb2_grpc as pb_grpc
 
 from entitlements.errors import InvalidArgument
 from entitlements.policies import Catalog, MetricInfo, check_limit, level_for
+from entitlements.server import convert
 from entitlements.server.status import unary
-from entitlements.server.validation import require_count, require_id, require_timestamp
+from entitlements.server.validation import (
+    require_count,
+    require_id,
+    require_min_revision,
+    require_timestamp,
+)
 from entitlements.service import EntitlementService
 from entitlements.state import AccountEntitlements
 from entitlements.usage.ledger import APPLIED, DUPLICATE, GaugeSet, Increment, UsageLedger
@@ -173,7 +179,8 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
     ) -> pb.CheckLimitResponse:
         account_id = require_id(request.account_id, "account_id")
         info = self._catalog.limit(request.limit, field="limit")
-        ent = await self._service.get(account_id)
+        min_revision = require_min_revision(request.min_revision, "min_revision")
+        ent = await self._service.get(account_id, min_revision)
         if request.HasField("current"):
             current = request.current
             if current < 0:
@@ -186,7 +193,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             period = current_period(self._service.now()) if info.monthly else ""
             current = await self._ledger.current((account_id, info.metric, period))
         result = check_limit(ent.effective.limits[info.key], current)
-        return pb.CheckLimitResponse(
+        answer = pb.CheckLimitResponse(
             allowed=result.allowed,
             limit=result.limit or 0,
             current=result.current,
@@ -197,6 +204,8 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             plan_id=ent.plan_id,
             revision=ent.revision,
         )
+        convert.stamp(answer.as_of, ent.as_of)
+        return answer
 
     @unary
     async def GetUsage(self, request: pb.GetUsageRequest, context: Ctx) -> pb.GetUsageResponse:

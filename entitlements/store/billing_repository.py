@@ -1,20 +1,26 @@
 """The billing store: the Stripe mirror's writes, each event applied in one transaction.
 
 A Stripe event's id is recorded in `webhook_events` in the same transaction as the state change
-it causes, so a duplicate (also one delivered to two replicas at once) is applied once.
+it causes, so a duplicate (also one delivered to two replicas at once) is applied once. A
+subscription's fetch from Stripe and the write of what it said happen in one `turn` of that
+subscription (entitlements/store/turns.py), so writes follow the order of Stripe's reads.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entitlements.errors import AlreadyExists
+from entitlements.store.engine import is_postgres
+from entitlements.store.failures import translate_errors
 from entitlements.store.models import (
     Account,
     FailedPayment,
@@ -26,6 +32,7 @@ from entitlements.store.models import (
 from entitlements.store.records import SubscriptionRecord, utcnow
 from entitlements.store.repository import Store, _subscription_record
 from entitlements.store.sessions import Sessions
+from entitlements.store.turns import FileTurns, LocalTurns, advisory_key
 
 __all__ = [
     "ApplyResult",
@@ -36,6 +43,7 @@ __all__ = [
     "EventRef",
     "FailedPaymentRecord",
     "PaidInvoiceRecord",
+    "SubscriptionTurn",
 ]
 
 #: webhook_events.source of Stripe's events.
@@ -43,6 +51,7 @@ STRIPE = "stripe"
 #: Outcomes recorded for an event; "failed" ones are applied again when Stripe retries.
 DONE_STATUSES = ("processed", "ignored")
 _GRANTING = ("active", "trialing")
+_PAID = ("paid", "no_payment_required")
 
 # Fields whose change is a change of the subscription (not bookkeeping of the mirror itself).
 _COMPARED = tuple(
@@ -148,16 +157,74 @@ class ApplyResult:
     subscription: SubscriptionRecord | None = None
 
 
+class SubscriptionTurn:
+    """One subscription's turn (see BillingStore.turn): what is read from Stripe inside it is
+    newer than anything stored for that subscription, and is written through `apply`."""
+
+    def __init__(self, billing: BillingStore, session: AsyncSession | None) -> None:
+        self._billing = billing
+        #: PostgreSQL: the transaction holding the advisory lock; the writes go in it too.
+        self._session = session
+
+    async def apply(self, change: BillingChange, *, fresh: bool) -> ApplyResult:
+        """Apply `change`; `fresh`: its subscription was read from Stripe in this turn, so it
+        replaces the stored one whatever their timestamps (the lock orders them, not clocks)."""
+        if self._session is None:
+            return await self._billing.apply(change, fresh=fresh)
+        try:
+            async with self._session.begin_nested():
+                return await self._billing._apply(self._session, change, fresh=fresh)
+        except IntegrityError as error:
+            return await self._billing._conflict(change, error)
+
+    async def stored(self, stripe_subscription_id: str) -> SubscriptionRecord | None:
+        """The mirror's row of the subscription, as of this turn."""
+        if self._session is None:
+            return await self._billing.subscription_by_stripe_id(stripe_subscription_id)
+        return await _subscription_by_stripe_id(self._session, stripe_subscription_id)
+
+    async def find_account(
+        self, *, stripe_subscription_id: str | None = None, customer_id: str | None = None
+    ) -> str | None:
+        if self._session is None:
+            return await self._billing.find_account(
+                stripe_subscription_id=stripe_subscription_id, customer_id=customer_id
+            )
+        return await _find_account(self._session, stripe_subscription_id, customer_id)
+
+
 class BillingStore(Sessions):
     """Billing tables over the same engine as `Store`; raises Unavailable when the database is."""
 
     def __init__(self, store: Store) -> None:
         super().__init__(store.engine)
         self._store = store
+        database = store.engine.url.database
+        self._turns: LocalTurns = (
+            LocalTurns()
+            if is_postgres(store.engine) or not database or database == ":memory:"
+            else FileTurns(database)
+        )
 
     @property
     def store(self) -> Store:
         return self._store
+
+    @asynccontextmanager
+    async def turn(self, stripe_subscription_id: str) -> AsyncIterator[SubscriptionTurn]:
+        """Hold the subscription's turn: no other task, worker or replica on this database
+        reads it from Stripe and writes it at the same time. Hold it across the fetch."""
+        async with self._turns.hold(stripe_subscription_id):
+            if not is_postgres(self._engine):
+                yield SubscriptionTurn(self, None)
+                return
+            with translate_errors(self._engine.url):
+                async with self._writes() as session, session.begin():
+                    await session.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"),
+                        {"key": advisory_key(stripe_subscription_id)},
+                    )
+                    yield SubscriptionTurn(self, session)
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -177,34 +244,7 @@ class BillingStore(Sessions):
     ) -> str | None:
         """The account a Stripe subscription or customer belongs to, if this service knows it."""
         async with self._transaction() as session:
-            if stripe_subscription_id:
-                found = await session.scalar(
-                    select(Subscription.account_id).where(
-                        Subscription.stripe_subscription_id == stripe_subscription_id
-                    )
-                )
-                if found is None:
-                    found = await session.scalar(
-                        select(StripeCheckoutSession.account_id)
-                        .where(
-                            StripeCheckoutSession.stripe_subscription_id == stripe_subscription_id
-                        )
-                        .limit(1)
-                    )
-                if found is not None:
-                    return found
-            if customer_id:
-                found = await session.scalar(
-                    select(Account.id).where(Account.stripe_customer_id == customer_id)
-                )
-                if found is None:
-                    found = await session.scalar(
-                        select(StripeCheckoutSession.account_id)
-                        .where(StripeCheckoutSession.stripe_customer_id == customer_id)
-                        .limit(1)
-                    )
-                return found
-        return None
+            return await _find_account(session, stripe_subscription_id, customer_id)
 
     async def get_checkout(self, session_id: str) -> CheckoutRecord | None:
         async with self._transaction() as session:
@@ -227,12 +267,7 @@ class BillingStore(Sessions):
         self, stripe_subscription_id: str
     ) -> SubscriptionRecord | None:
         async with self._transaction() as session:
-            row = await session.scalar(
-                select(Subscription).where(
-                    Subscription.stripe_subscription_id == stripe_subscription_id
-                )
-            )
-            return _subscription_record(row) if row is not None else None
+            return await _subscription_by_stripe_id(session, stripe_subscription_id)
 
     async def paid_invoices(self, account_id: str) -> list[PaidInvoiceRecord]:
         async with self._transaction() as session:
@@ -297,23 +332,25 @@ class BillingStore(Sessions):
         except IntegrityError:
             return False
 
-    async def apply(self, change: BillingChange) -> ApplyResult:
-        """Apply `change` in one transaction; see BillingChange."""
+    async def apply(self, change: BillingChange, *, fresh: bool = False) -> ApplyResult:
+        """Apply `change` in one transaction; see BillingChange (and SubscriptionTurn for
+        `fresh`)."""
         try:
             async with self._transaction(write=True) as session:
-                return await self._apply(session, change)
+                return await self._apply(session, change, fresh=fresh)
         except IntegrityError as error:
-            # A concurrent delivery of the same event committed first: that one applied it.
-            if change.event is not None and (
-                await self.event_status(change.event.id) in DONE_STATUSES
-            ):
-                return ApplyResult(duplicate=True)
-            raise AlreadyExists(
-                f"the change for account {change.account_id!r} conflicts with stored data "
-                f"(customer {change.customer_id!r} or subscription "
-                f"{change.subscription.id if change.subscription else None!r} belongs to "
-                "another account)"
-            ) from error
+            return await self._conflict(change, error)
+
+    async def _conflict(self, change: BillingChange, error: IntegrityError) -> ApplyResult:
+        # A concurrent delivery of the same event committed first: that one applied it.
+        if change.event is not None and await self.event_status(change.event.id) in DONE_STATUSES:
+            return ApplyResult(duplicate=True)
+        raise AlreadyExists(
+            f"the change for account {change.account_id!r} conflicts with stored data "
+            f"(customer {change.customer_id!r} or subscription "
+            f"{change.subscription.id if change.subscription else None!r} belongs to "
+            "another account)"
+        ) from error
 
     async def _claim_event(self, session: AsyncSession, event: EventRef) -> bool:
         """Record the event in this transaction; False if it was already done."""
@@ -342,7 +379,9 @@ class BillingStore(Sessions):
         await session.flush()
         return True
 
-    async def _apply(self, session: AsyncSession, change: BillingChange) -> ApplyResult:
+    async def _apply(
+        self, session: AsyncSession, change: BillingChange, *, fresh: bool = False
+    ) -> ApplyResult:
         if change.event is not None and not await self._claim_event(session, change.event):
             return ApplyResult(duplicate=True)
         account_id = change.account_id
@@ -365,7 +404,7 @@ class BillingStore(Sessions):
         saved: SubscriptionRecord | None = None
         if change.subscription is not None:
             saved, sub_changed, stale = await self._merge_subscription(
-                session, change.subscription, now
+                session, change.subscription, now, fresh=fresh
             )
             changed = changed or sub_changed
         if change.paid_invoice is not None:
@@ -381,11 +420,12 @@ class BillingStore(Sessions):
         return ApplyResult(changed=changed, stale=stale, revision=revision, subscription=saved)
 
     async def _update_checkout(self, session: AsyncSession, update_: CheckoutUpdate) -> None:
-        values: dict[str, Any] = {
-            "status": update_.status,
-            "payment_status": update_.payment_status,
-            "updated_at": utcnow(),
-        }
+        values: dict[str, Any] = {"status": update_.status, "updated_at": utcnow()}
+        # A session once paid stays paid (a late copy saying "unpaid" is older, not news).
+        values["payment_status"] = case(
+            (StripeCheckoutSession.payment_status.in_(_PAID), StripeCheckoutSession.payment_status),
+            else_=update_.payment_status,
+        )
         if update_.stripe_customer_id:
             values["stripe_customer_id"] = update_.stripe_customer_id
         if update_.stripe_subscription_id:
@@ -432,12 +472,19 @@ class BillingStore(Sessions):
                 )
             )
         )
-        return "unpaid" in statuses and not statuses & {"paid", "no_payment_required"}
+        return "unpaid" in statuses and not statuses & set(_PAID)
 
     async def _merge_subscription(
-        self, session: AsyncSession, candidate: SubscriptionRecord, now: datetime
+        self,
+        session: AsyncSession,
+        candidate: SubscriptionRecord,
+        now: datetime,
+        *,
+        fresh: bool = False,
     ) -> tuple[SubscriptionRecord, bool, bool]:
-        """(row as stored afterwards, changed, stale)."""
+        """(row as stored afterwards, changed, stale). A `fresh` candidate (read from Stripe in
+        the subscription's turn) is newer than the stored row by construction; any other is
+        refused when it was observed before the stored one."""
         row = await session.get(Subscription, candidate.id, with_for_update=True)
         stored = _subscription_record(row) if row is not None else None
         if stored is not None and stored.account_id != candidate.account_id:
@@ -445,13 +492,22 @@ class BillingStore(Sessions):
                 f"subscription {candidate.id!r} belongs to account {stored.account_id!r}, "
                 f"not {candidate.account_id!r}"
             )
-        if (
-            stored is not None
-            and stored.source_updated_at is not None
-            and candidate.source_updated_at is not None
-            and candidate.source_updated_at < stored.source_updated_at
-        ):
-            return stored, False, True
+        if stored is not None and stored.source_updated_at is not None:
+            if fresh:
+                # Stamps only order the observations that are not fresh: keep them monotonic
+                # even if this replica's clock is behind the one that wrote the stored row.
+                candidate = replace(
+                    candidate,
+                    source_updated_at=max(
+                        candidate.source_updated_at or stored.source_updated_at,
+                        stored.source_updated_at,
+                    ),
+                )
+            elif (
+                candidate.source_updated_at is not None
+                and candidate.source_updated_at < stored.source_updated_at
+            ):
+                return stored, False, True
         status = candidate.status
         if (
             status in _GRANTING
@@ -525,6 +581,46 @@ class BillingStore(Sessions):
                 index_elements=[FailedPayment.stripe_invoice_id, FailedPayment.attempt_count]
             )
         )
+
+
+async def _subscription_by_stripe_id(
+    session: AsyncSession, stripe_subscription_id: str
+) -> SubscriptionRecord | None:
+    row = await session.scalar(
+        select(Subscription).where(Subscription.stripe_subscription_id == stripe_subscription_id)
+    )
+    return _subscription_record(row) if row is not None else None
+
+
+async def _find_account(
+    session: AsyncSession, stripe_subscription_id: str | None, customer_id: str | None
+) -> str | None:
+    if stripe_subscription_id:
+        found = await session.scalar(
+            select(Subscription.account_id).where(
+                Subscription.stripe_subscription_id == stripe_subscription_id
+            )
+        )
+        if found is None:
+            found = await session.scalar(
+                select(StripeCheckoutSession.account_id)
+                .where(StripeCheckoutSession.stripe_subscription_id == stripe_subscription_id)
+                .limit(1)
+            )
+        if found is not None:
+            return found
+    if customer_id:
+        found = await session.scalar(
+            select(Account.id).where(Account.stripe_customer_id == customer_id)
+        )
+        if found is None:
+            found = await session.scalar(
+                select(StripeCheckoutSession.account_id)
+                .where(StripeCheckoutSession.stripe_customer_id == customer_id)
+                .limit(1)
+            )
+        return found
+    return None
 
 
 def _checkout_record(row: StripeCheckoutSession) -> CheckoutRecord:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, literal, select, text, update
+from sqlalchemy import Select, and_, delete, literal, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from entitlements.errors import FailedPrecondition
@@ -68,16 +68,22 @@ class PaymentRecord:
     activation: str = "none"
     admin_note: str = ""
     updated_at: datetime
+    payer_address: str | None = None
+    excess_cents: int = 0
+    resolution: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransferRecord:
-    """A transfer matched to a payment (log_index -1: a native transfer)."""
+    """A transfer matched to a payment, identified by (chain_id, tx_hash, log_position): its
+    position among its transaction's logs (-1: a native transfer). `log_index` is where it sits
+    in its current block."""
 
     payment_id: str
     network: str
     chain_id: int
     tx_hash: str
+    log_position: int
     log_index: int
     block_number: int
     block_hash: str
@@ -93,9 +99,12 @@ class TransferRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UnmatchedRecord:
+    """A transfer that paid no payment (identified like a `TransferRecord`)."""
+
     network: str
     chain_id: int
     tx_hash: str
+    log_position: int
     log_index: int
     block_number: int
     block_hash: str
@@ -107,6 +116,9 @@ class UnmatchedRecord:
     reason: str
     reorged: bool = False
     seen_at: datetime
+    kind: str = "unmatched"
+    named_payment_id: str | None = None
+    resolution: str | None = None
     id: int | None = None
 
 
@@ -159,8 +171,8 @@ class CryptoStore(Sessions):
     async def create_payment(
         self, draft: PaymentRecord, amount_for: Callable[[int], int], max_slot: int
     ) -> PaymentRecord:
-        """Store `draft` with the lowest slot (1..max_slot) no open payment of the same network,
-        currency and receiving address holds, and the amount `amount_for(slot)`. Concurrent
+        """Store `draft` with the lowest slot (1..max_slot) no open payment of the same network
+        and receiving address holds (in any currency), and the amount `amount_for(slot)`. Concurrent
         quotes that pick the same slot collide on the unique constraint and try again."""
         for _ in range(8):
             try:
@@ -170,14 +182,15 @@ class CryptoStore(Sessions):
                         # there); the unique constraint stays the guarantee.
                         await session.execute(
                             text("SELECT pg_advisory_xact_lock(:key)"),
-                            {"key": _lock_key(draft.network, draft.currency, draft.pay_to_address)},
+                            {"key": _lock_key(draft.network, draft.pay_to_address)},
                         )
+                    # Slots are unique across currencies: a transfer's digits name one quote,
+                    # so one sent in the wrong currency is told apart, never misapplied.
                     held = set(
                         (
                             await session.scalars(
                                 select(CryptoPaymentRow.open_slot).where(
                                     CryptoPaymentRow.network == draft.network,
-                                    CryptoPaymentRow.currency == draft.currency,
                                     CryptoPaymentRow.pay_to_address == draft.pay_to_address,
                                     CryptoPaymentRow.open_slot.is_not(None),
                                 )
@@ -213,6 +226,38 @@ class CryptoStore(Sessions):
             rows = await session.scalars(query.order_by(CryptoPaymentRow.created_at))
             return [_payment(r) for r in rows]
 
+    async def payments_to_settle(
+        self, network: str, ids: Iterable[str]
+    ) -> tuple[list[PaymentRecord], list[TransferRecord]]:
+        """In one transaction: the payments a watcher settles each poll (those holding a slot,
+        those whose activation is still to be applied, and `ids`) and all their transfers."""
+        wanted = sorted(set(ids))
+        condition = or_(
+            CryptoPaymentRow.open_slot.is_not(None),
+            CryptoPaymentRow.activation == "pending",
+            and_(
+                CryptoPaymentRow.resolution == "admin_credit",
+                CryptoPaymentRow.activation == "none",
+            ),
+        )
+        if wanted:
+            condition = or_(condition, CryptoPaymentRow.id.in_(wanted))
+        async with self._transaction() as session:
+            rows = await session.scalars(
+                select(CryptoPaymentRow)
+                .where(CryptoPaymentRow.network == network, condition)
+                .order_by(CryptoPaymentRow.created_at)
+            )
+            payments = [_payment(r) for r in rows]
+            if not payments:
+                return [], []
+            transfers = await session.scalars(
+                select(CryptoTransferRow)
+                .where(CryptoTransferRow.payment_id.in_([p.id for p in payments]))
+                .order_by(CryptoTransferRow.block_number, CryptoTransferRow.log_index)
+            )
+            return payments, [_transfer(r) for r in transfers]
+
     async def payments_by_id(self, ids: Iterable[str]) -> list[PaymentRecord]:
         wanted = sorted(set(ids))
         if not wanted:
@@ -223,12 +268,31 @@ class CryptoStore(Sessions):
             )
             return [_payment(r) for r in rows]
 
-    async def payments_to_apply(self, network: str) -> list[PaymentRecord]:
-        """Payments whose activation was decided but not yet written (a crash in between)."""
+    async def applied_payments(self, subscription_id: str) -> list[PaymentRecord]:
+        """The payments whose activation is applied to the subscription `subscription_id`."""
         async with self._transaction() as session:
             rows = await session.scalars(
                 select(CryptoPaymentRow).where(
-                    CryptoPaymentRow.network == network, CryptoPaymentRow.activation == "pending"
+                    CryptoPaymentRow.subscription_id == subscription_id,
+                    CryptoPaymentRow.activation == "applied",
+                )
+            )
+            return [_payment(r) for r in rows]
+
+    async def payments_to_apply(self, network: str) -> list[PaymentRecord]:
+        """Payments whose activation was decided but not yet written (a crash in between),
+        and admin credits not yet activated."""
+        async with self._transaction() as session:
+            rows = await session.scalars(
+                select(CryptoPaymentRow).where(
+                    CryptoPaymentRow.network == network,
+                    or_(
+                        CryptoPaymentRow.activation == "pending",
+                        and_(
+                            CryptoPaymentRow.resolution == "admin_credit",
+                            CryptoPaymentRow.activation == "none",
+                        ),
+                    ),
                 )
             )
             return [_payment(r) for r in rows]
@@ -274,31 +338,44 @@ class CryptoStore(Sessions):
 
     # -- transfers --
 
-    async def known_transfer(self, chain_id: int, tx_hash: str, log_index: int) -> bool:
-        """True if the transfer is recorded, matched or not."""
+    async def open_payment(self, network: str, pay_to: str, slot: int) -> PaymentRecord | None:
+        """The open payment (any currency) holding `slot` for the receiving address `pay_to`."""
         async with self._transaction() as session:
-            for model in (CryptoTransferRow, CryptoUnmatchedTransfer):
-                found = await session.scalar(
-                    select(model.id).where(
-                        model.chain_id == chain_id,
-                        model.tx_hash == tx_hash,
-                        model.log_index == log_index,
-                    )
+            rows = await session.scalars(
+                select(CryptoPaymentRow).where(
+                    CryptoPaymentRow.network == network,
+                    CryptoPaymentRow.open_slot == slot,
                 )
-                if found is not None:
-                    return True
-        return False
+            )
+            return next(
+                (_payment(r) for r in rows if r.pay_to_address.lower() == pay_to.lower()), None
+            )
 
-    async def transfer(self, chain_id: int, tx_hash: str, log_index: int) -> TransferRecord | None:
+    async def transfer(
+        self, chain_id: int, tx_hash: str, log_position: int
+    ) -> TransferRecord | None:
         async with self._transaction() as session:
             row = await session.scalar(
                 select(CryptoTransferRow).where(
                     CryptoTransferRow.chain_id == chain_id,
                     CryptoTransferRow.tx_hash == tx_hash,
-                    CryptoTransferRow.log_index == log_index,
+                    CryptoTransferRow.log_position == log_position,
                 )
             )
             return None if row is None else _transfer(row)
+
+    async def unmatched_transfer(
+        self, chain_id: int, tx_hash: str, log_position: int
+    ) -> UnmatchedRecord | None:
+        async with self._transaction() as session:
+            row = await session.scalar(
+                select(CryptoUnmatchedTransfer).where(
+                    CryptoUnmatchedTransfer.chain_id == chain_id,
+                    CryptoUnmatchedTransfer.tx_hash == tx_hash,
+                    CryptoUnmatchedTransfer.log_position == log_position,
+                )
+            )
+            return None if row is None else _unmatched(row)
 
     async def payment_of_transaction(self, chain_id: int, tx_hash: str) -> str | None:
         """The payment a (not reorged) transaction paid, if any."""
@@ -314,7 +391,7 @@ class CryptoStore(Sessions):
             )
 
     async def add_transfer(self, record: TransferRecord) -> bool:
-        """Record a matched transfer; False if (chain_id, tx_hash, log_index) already is."""
+        """Record a matched transfer; False if (chain_id, tx_hash, log_position) already is."""
         try:
             async with self._transaction(write=True) as session:
                 session.add(CryptoTransferRow(**_values(record, _TRANSFER_FIELDS, skip=("id",))))
@@ -348,17 +425,28 @@ class CryptoStore(Sessions):
             )
             return [_transfer(r) for r in rows]
 
-    async def recent_transfers(self, network: str, min_block: int) -> list[TransferRecord]:
-        """Not-reorged transfers at or above `min_block`: the ones a reorg could still undo."""
+    async def recent(
+        self, network: str, min_block: int
+    ) -> tuple[list[TransferRecord], list[UnmatchedRecord]]:
+        """In one transaction: the matched and the unmatched transfers at or above `min_block`
+        not known to be reorged (what a reorg could still undo)."""
         async with self._transaction() as session:
-            rows = await session.scalars(
+            matched = await session.scalars(
                 select(CryptoTransferRow).where(
                     CryptoTransferRow.network == network,
                     CryptoTransferRow.status != "reorged",
                     CryptoTransferRow.block_number >= min_block,
                 )
             )
-            return [_transfer(r) for r in rows]
+            transfers = [_transfer(r) for r in matched]
+            unmatched = await session.scalars(
+                select(CryptoUnmatchedTransfer).where(
+                    CryptoUnmatchedTransfer.network == network,
+                    CryptoUnmatchedTransfer.reorged.is_(False),
+                    CryptoUnmatchedTransfer.block_number >= min_block,
+                )
+            )
+            return transfers, [_unmatched(r) for r in unmatched]
 
     async def unmatched(self, network: str | None = None) -> list[UnmatchedRecord]:
         query = select(CryptoUnmatchedTransfer).order_by(CryptoUnmatchedTransfer.id)
@@ -366,26 +454,20 @@ class CryptoStore(Sessions):
             query = query.where(CryptoUnmatchedTransfer.network == network)
         async with self._transaction() as session:
             rows = await session.scalars(query)
-            return [UnmatchedRecord(**{n: getattr(r, n) for n in _UNMATCHED_FIELDS}) for r in rows]
+            return [_unmatched(r) for r in rows]
 
-    async def recent_unmatched(self, network: str, min_block: int) -> list[UnmatchedRecord]:
-        """Unmatched transfers at or above `min_block` not yet known to be reorged."""
-        async with self._transaction() as session:
-            rows = await session.scalars(
-                select(CryptoUnmatchedTransfer).where(
-                    CryptoUnmatchedTransfer.network == network,
-                    CryptoUnmatchedTransfer.reorged.is_(False),
-                    CryptoUnmatchedTransfer.block_number >= min_block,
-                )
-            )
-            return [UnmatchedRecord(**{n: getattr(r, n) for n in _UNMATCHED_FIELDS}) for r in rows]
-
-    async def set_unmatched_reorged(self, unmatched_id: int) -> None:
+    async def update_unmatched(self, record: UnmatchedRecord) -> None:
+        """Store an unmatched transfer's block, index and reorged flag (moved by a reorg)."""
         async with self._transaction(write=True) as session:
             await session.execute(
                 update(CryptoUnmatchedTransfer)
-                .where(CryptoUnmatchedTransfer.id == unmatched_id)
-                .values(reorged=True)
+                .where(CryptoUnmatchedTransfer.id == record.id)
+                .values(
+                    block_number=record.block_number,
+                    block_hash=record.block_hash,
+                    log_index=record.log_index,
+                    reorged=record.reorged,
+                )
             )
 
     # -- cursors --
@@ -430,3 +512,7 @@ def _payment(row: CryptoPaymentRow) -> PaymentRecord:
 
 def _transfer(row: CryptoTransferRow) -> TransferRecord:
     return TransferRecord(**{n: getattr(row, n) for n in _TRANSFER_FIELDS})
+
+
+def _unmatched(row: CryptoUnmatchedTransfer) -> UnmatchedRecord:
+    return UnmatchedRecord(**{n: getattr(row, n) for n in _UNMATCHED_FIELDS})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -9,9 +10,19 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
 from entitlements.errors import Unavailable
+from entitlements.observability.throttle import Throttle
 from entitlements.store.engine import safe_url
 
-__all__ = ["is_unavailable", "translate_errors"]
+__all__ = ["UNAVAILABLE_MESSAGE", "is_unavailable", "is_unstorable_value", "translate_errors"]
+
+log = logging.getLogger(__name__)
+
+#: What a caller is told when the database cannot be reached.
+UNAVAILABLE_MESSAGE = "the database is unavailable; retry with backoff"
+
+# During an outage every call fails alike: the log says so a few times a minute per database,
+# not per call.
+_throttles: dict[str, Throttle] = {}
 
 # SQLite result codes that mean the file cannot be used right now, as opposed to SQLITE_ERROR
 # (a bad statement, a missing table), which is a bug to surface rather than retry.
@@ -51,6 +62,22 @@ def is_unavailable(error: BaseException) -> bool:
     return isinstance(error, sa_exc.OperationalError)
 
 
+def is_unstorable_value(error: BaseException) -> bool:
+    """True if `error` says a value handed to the database cannot be stored (PostgreSQL's data
+    exceptions, SQLSTATE class 22: a NUL in text, a number out of range; the drivers' own
+    refusals of a value, raised as ValueError or OverflowError before it is sent): the
+    statement's input was wrong, not the database or the statement."""
+    for cause in _causes(error):
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith("22"):
+            return True
+        if isinstance(cause, OverflowError):  # sqlite3: an int past 64 bits
+            return True
+        if isinstance(cause, ValueError) and type(cause).__module__.startswith("asyncpg"):
+            return True  # asyncpg's DataError: "invalid input for query argument"
+    return False
+
+
 @contextmanager
 def translate_errors(url: str | URL) -> Iterator[None]:
     """Re-raise a database-unavailable error from the block as `Unavailable`."""
@@ -58,10 +85,18 @@ def translate_errors(url: str | URL) -> Iterator[None]:
         yield
     except Exception as error:
         if is_unavailable(error):
-            detail = error.orig if isinstance(error, sa_exc.DBAPIError) else error
-            raise Unavailable(
-                f"database {safe_url(url)} unavailable: {type(detail).__name__}: {detail}"
-            ) from error
+            cause = error.orig if isinstance(error, sa_exc.DBAPIError) else error
+            where = safe_url(url)
+            detail = f"database {where} unavailable: {type(cause).__name__}: {cause}"
+            throttle = _throttles.get(where)
+            if throttle is None:
+                throttle = _throttles[where] = Throttle(burst=5, per_minute=6)
+            held_back = throttle.allow()
+            if held_back is not None:
+                more = f" ({held_back} more not logged)" if held_back else ""
+                log.warning("%s%s", detail, more)
+            # Callers learn that the database is away, not where it is (user, host, port, name).
+            raise Unavailable(UNAVAILABLE_MESSAGE, detail=detail) from error
         raise
 
 

@@ -37,8 +37,11 @@ __all__ = [
     "AccountOverride",
     "Base",
     "EntitlementChange",
+    "EventDelivery",
+    "OutboxEvent",
     "OverrideAudit",
     "Subscription",
+    "TokenAccessChange",
     "TokenRequirement",
     "UTCDateTime",
     "UsageEvent",
@@ -413,6 +416,22 @@ class EntitlementChange(Base):
     changed_at_ms: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
+class TokenAccessChange(Base):
+    """One token-gated access change (a re-verification revoked or restored it), written by the
+    replica that found it; every replica polls the recent ones to tell its watchers."""
+
+    __tablename__ = "token_access_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    channel_id: Mapped[str]
+    #: "" when the access was checked for wallets only.
+    user_id: Mapped[str]
+    wallet_addresses: Mapped[list[str]]
+    granted: Mapped[bool] = mapped_column(Boolean)
+    unmet_requirement_ids: Mapped[list[str]]
+    changed_at_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
 # --- crypto payments ---
 
 CRYPTO_PAYMENT_STATUSES = (
@@ -427,15 +446,23 @@ CRYPTO_PAYMENT_STATUSES = (
 CRYPTO_TRANSFER_STATUSES = ("seen", "confirmed", "reorged")
 
 
+CRYPTO_RESOLUTIONS = ("credited", "refunded")
+#: On a payment, also "admin_credit": the payment an admin's credit activated through.
+CRYPTO_PAYMENT_RESOLUTIONS = (*CRYPTO_RESOLUTIONS, "admin_credit")
+CRYPTO_UNMATCHED_KINDS = ("unmatched", "wrong_currency", "wrong_payer", "unsupported")
+
+
 class CryptoPaymentRow(Base):
     """A quoted crypto payment. Amounts in base units are decimal strings (uint256 does not fit
     a BIGINT). `open_slot` is the payment's unique amount fingerprint while it can still be
-    paid, NULL after: unique per (network, currency, pay_to_address) among open payments."""
+    paid, NULL after: unique per (network, pay_to_address) among open payments, across every
+    currency, so a transfer's digits name one quote whatever currency it was sent in."""
 
     __tablename__ = "crypto_payments"
     __table_args__ = (
-        UniqueConstraint("network", "currency", "pay_to_address", "open_slot"),
+        UniqueConstraint("network", "pay_to_address", "open_slot"),
         CheckConstraint(_one_of("status", CRYPTO_PAYMENT_STATUSES), name="status"),
+        CheckConstraint(_one_of("resolution", CRYPTO_PAYMENT_RESOLUTIONS), name="resolution"),
     )
 
     id: Mapped[str] = mapped_column(primary_key=True)
@@ -473,15 +500,25 @@ class CryptoPaymentRow(Base):
     #: What happened that an admin should know (reorgs, excess amounts).
     admin_note: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: When set, only transfers from this address pay the quote (checksummed).
+    payer_address: Mapped[str | None]
+    #: What arrived beyond the amount, in US cents at the quote's rate (0 unless overpaid).
+    excess_cents: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: An admin's decision on this payment's money ("credited", "refunded"), or
+    #: "admin_credit" for the payment a credit activated through; the chain no longer changes
+    #: a resolved payment.
+    resolution: Mapped[str | None]
 
 
 class CryptoTransferRow(Base):
-    """A transfer matched to a payment; recorded once per (chain_id, tx_hash, log_index)
-    (log_index -1 for a native transfer)."""
+    """A transfer matched to a payment; recorded once per (chain_id, tx_hash, log_position):
+    its position among its own transaction's logs (-1 for a native transfer), which a reorg
+    that re-mines the transaction elsewhere does not change (`log_index`, the position in the
+    block, does)."""
 
     __tablename__ = "crypto_transfers"
     __table_args__ = (
-        UniqueConstraint("chain_id", "tx_hash", "log_index"),
+        UniqueConstraint("chain_id", "tx_hash", "log_position"),
         CheckConstraint(_one_of("status", CRYPTO_TRANSFER_STATUSES), name="status"),
     )
 
@@ -500,13 +537,19 @@ class CryptoTransferRow(Base):
     status: Mapped[str] = mapped_column(index=True)
     seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     confirmed_at: Mapped[datetime | None]
+    log_position: Mapped[int] = mapped_column(Integer)
 
 
 class CryptoUnmatchedTransfer(Base):
-    """A transfer to the receiving address that paid no payment, kept for an admin."""
+    """A transfer to the receiving address that paid no payment, kept for an admin; identified
+    like a matched one by (chain_id, tx_hash, log_position)."""
 
     __tablename__ = "crypto_unmatched_transfers"
-    __table_args__ = (UniqueConstraint("chain_id", "tx_hash", "log_index"),)
+    __table_args__ = (
+        UniqueConstraint("chain_id", "tx_hash", "log_position"),
+        CheckConstraint(_one_of("kind", CRYPTO_UNMATCHED_KINDS), name="kind"),
+        CheckConstraint(_one_of("resolution", CRYPTO_RESOLUTIONS), name="resolution"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     network: Mapped[str]
@@ -523,6 +566,15 @@ class CryptoUnmatchedTransfer(Base):
     reason: Mapped[str] = mapped_column(Text)
     reorged: Mapped[bool] = mapped_column(Boolean, default=False)
     seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    log_position: Mapped[int] = mapped_column(Integer)
+    #: Why it paid nothing: "wrong_currency" (its digits name a quote in another currency),
+    #: "wrong_payer" (the quote names another payer), "unsupported" (a coin not accepted),
+    #: "unmatched" (no open quote carries its digits).
+    kind: Mapped[str] = mapped_column(default="unmatched", server_default="unmatched")
+    #: The quote its digits name, when there is one (wrong currency or payer).
+    named_payment_id: Mapped[str | None]
+    #: An admin's decision ("credited", "refunded").
+    resolution: Mapped[str | None]
 
 
 class CryptoWatchCursor(Base):
@@ -555,3 +607,72 @@ class CryptoRevenue(Base):
     chain_id: Mapped[int] = mapped_column(BigInteger)
     tx_hash: Mapped[str]
     confirmed_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class CryptoResolution(Base):
+    """An admin's decision on money received without access (an underpaid, overpaid or late
+    payment, or an unmatched transfer): credited to an account and plan, or refunded. One per
+    item; the same decision is also written to `override_audit`."""
+
+    __tablename__ = "crypto_resolutions"
+    __table_args__ = (CheckConstraint(_one_of("action", CRYPTO_RESOLUTIONS), name="action"),)
+
+    #: The item: a payment id ("cp_...") or an unmatched transfer ("ut_<id>").
+    item_id: Mapped[str] = mapped_column(primary_key=True)
+    action: Mapped[str]
+    #: The account and plan credited (empty for a refund).
+    account_id: Mapped[str]
+    plan_id: Mapped[str]
+    interval: Mapped[str]
+    #: The payment whose activation the credit went through.
+    payment_id: Mapped[str | None]
+    #: The refund's transaction (empty for a credit).
+    refund_tx_hash: Mapped[str]
+    actor: Mapped[str]
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- outbound events (transactional outbox) ---
+
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
+
+class OutboxEvent(Base):
+    """An outbound event, written in the transaction of the change it reports; `seq` orders
+    them, `dedup_key` makes a producer's event unique (a threshold level, a renewal period).
+    `fanned_out` turns true once its deliveries (one per subscribed endpoint) exist."""
+
+    __tablename__ = "outbox_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    id: Mapped[str] = mapped_column(unique=True)
+    type: Mapped[str]
+    account_id: Mapped[str] = mapped_column(index=True)
+    occurred_at_ms: Mapped[int] = mapped_column(BigInteger)
+    #: The JSON body sent, exactly as signed.
+    body: Mapped[str] = mapped_column(Text)
+    dedup_key: Mapped[str | None] = mapped_column(unique=True)
+    fanned_out: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class EventDelivery(Base):
+    """One event to one endpoint: claimed by a dispatcher (a lease in `next_attempt_ms`),
+    retried with backoff until delivered or failed."""
+
+    __tablename__ = "event_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_seq", "endpoint"),
+        CheckConstraint(_one_of("status", DELIVERY_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_seq: Mapped[int] = mapped_column(BigInteger, ForeignKey("outbox_events.seq"))
+    endpoint: Mapped[str]
+    account_id: Mapped[str]
+    status: Mapped[str] = mapped_column(index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    delivered_at_ms: Mapped[int | None] = mapped_column(BigInteger)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Literal, get_args
 
 __all__ = [
+    "ENDED_STATUSES",
     "OVERRIDE_KINDS",
     "PAYMENT_METHODS",
     "SUBSCRIPTION_INTERVALS",
@@ -39,6 +40,8 @@ SUBSCRIPTION_STATUSES: tuple[SubscriptionStatus, ...] = get_args(SubscriptionSta
 SUBSCRIPTION_INTERVALS: tuple[SubscriptionInterval, ...] = get_args(SubscriptionInterval)
 PAYMENT_METHODS: tuple[PaymentMethod, ...] = get_args(PaymentMethod)
 OVERRIDE_KINDS: tuple[OverrideKind, ...] = get_args(OverrideKind)
+#: Statuses a Stripe subscription never leaves.
+ENDED_STATUSES: tuple[SubscriptionStatus, ...] = ("canceled", "incomplete_expired")
 
 
 def utcnow() -> datetime:

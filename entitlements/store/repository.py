@@ -9,12 +9,13 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, cast
 
-from sqlalchemy import ColumnElement, delete, func, insert, or_, select, text, update
+from sqlalchemy import ColumnElement, case, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from entitlements.errors import AlreadyExists, InvalidArgument
+from entitlements.store.change_feed import notify_change
 from entitlements.store.engine import DEFAULT_DATABASE_URL, IMMEDIATE, create_engine
 from entitlements.store.failures import translate_errors
 from entitlements.store.models import (
@@ -25,6 +26,7 @@ from entitlements.store.models import (
     Subscription,
 )
 from entitlements.store.records import (
+    ENDED_STATUSES,
     AccountSnapshot,
     OverrideKind,
     OverrideRecord,
@@ -249,12 +251,14 @@ class Store(Sessions):
             .execution_options(synchronize_session=False)
         )
         revision: int = (await session.execute(bump)).scalar_one()
-        # The change feed other workers and replicas poll to drop their cached copy.
+        # The change feed other workers and replicas read to drop their cached copy; on
+        # PostgreSQL they are woken when this transaction commits.
         await session.execute(
             insert(EntitlementChange).values(
                 account_id=account_id, revision=revision, changed_at_ms=_now_ms()
             )
         )
+        await notify_change(session)
         return revision
 
     async def changes_since(self, since_ms: int) -> list[tuple[str, int, int]]:
@@ -300,6 +304,9 @@ class Store(Sessions):
                 partition_by=Subscription.account_id,
                 order_by=(
                     Subscription.created_at.desc(),
+                    # Stripe's `created` has one-second precision: of two subscriptions created
+                    # in the same second, one that has ended is not the latest.
+                    case((Subscription.status.in_(ENDED_STATUSES), 1), else_=0),
                     Subscription.updated_at.desc(),
                     Subscription.id.desc(),
                 ),

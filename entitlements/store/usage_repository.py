@@ -26,7 +26,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from entitlements.events.types import Event, threshold_crossed
 from entitlements.store.engine import IMMEDIATE, SQLITE_PRAGMAS, is_postgres
+from entitlements.store.events_repository import append_event, append_event_sqlite
 from entitlements.store.failures import translate_errors
 from entitlements.store.models import UsageMetric, UsageThreshold
 from entitlements.store.records import utcnow
@@ -154,6 +156,7 @@ class UsageRepository:
             )
             if result.first() is not None:
                 fresh.append(t)
+                await append_event(conn, _crossed(t))  # the outbox, in the same transaction
         return fresh
 
     async def counters(self, account_id: str, periods: Sequence[str]) -> dict[tuple[str, str], int]:
@@ -333,12 +336,19 @@ class _SqliteGroupWriter:
                 ).fetchone()
                 if row is not None:
                     fresh.append(t)
+                    append_event_sqlite(conn, _crossed(t))  # the outbox, in this transaction
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return write, fresh
+
+
+def _crossed(t: ThresholdRecord) -> Event:
+    return threshold_crossed(
+        t.account_id, t.metric, t.period, t.level, t.current, t.limit, now=utcnow()
+    )
 
 
 def _sqlite_stamp(now: datetime) -> str:

@@ -348,7 +348,7 @@ class TokenGate:
                 user_id,
                 list(given),
             )
-            self.feed.publish(
+            await self.feed.announce(
                 TokenAccessChanged(
                     channel_id=channel_id,
                     user_id=user_id,

@@ -19,8 +19,9 @@ from typing import NamedTuple
 
 from cachetools import LRUCache
 
-from entitlements.errors import AlreadyExists, EntitlementsError
+from entitlements.errors import AlreadyExists, EntitlementsError, InvalidArgument, Unavailable
 from entitlements.policies import crossed_levels
+from entitlements.store.failures import is_unstorable_value
 from entitlements.store.usage_repository import (
     CounterKey,
     GroupWrite,
@@ -218,18 +219,60 @@ class UsageLedger:
                 group.append(nxt)
                 size += nxt.size
             try:
-                await self._apply(group)
-            except Exception as exc:
-                if not isinstance(exc, EntitlementsError):
-                    log.exception("usage group of %d operations failed", len(group))
-                for pending in group:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                await self._commit(group)
+            except Exception as exc:  # never leave a caller waiting
+                log.exception("usage group of %d operations failed", len(group))
+                _fail(group, exc)
             finally:
                 for _ in group:
                     self._queue.task_done()
 
-    async def _apply(self, group: list[_Pending]) -> None:
+    async def _commit(self, group: list[_Pending], *, retry: bool = False) -> None:
+        """Apply `group` in one transaction. If it fails for something one member sent (a
+        value the database refuses), only that member's caller must see it: the group is
+        retried in halves, recursively, so the others commit and the culprit fails alone
+        (about 2 log2(n) transactions for one culprit among n). A failed transaction wrote
+        nothing, so a retried member is counted once. A database that is away fails every
+        member at once: each would fail alike, and UNAVAILABLE is retried by its caller."""
+        try:
+            done = await self._transact(group)
+        except Unavailable as exc:
+            _fail(group, exc)
+            return
+        except Exception as exc:
+            if len(group) > 1:
+                if not retry:
+                    log.warning(
+                        "usage group of %d operations failed (%s); retrying it in halves so "
+                        "that only the operations that fail are refused",
+                        len(group),
+                        _summary(exc),
+                    )
+                middle = len(group) // 2
+                await self._commit(group[:middle], retry=True)
+                await self._commit(group[middle:], retry=True)
+                return
+            _fail(group, self._culprit_error(group[0], exc))
+            return
+        self._settle(group, *done)
+
+    @staticmethod
+    def _culprit_error(pending: _Pending, exc: Exception) -> Exception:
+        """The error one operation that fails on its own is answered with."""
+        if not is_unstorable_value(exc):
+            log.error("usage operation failed on its own", exc_info=exc)
+            return exc
+        log.warning("the database refused a value of a usage operation: %s", _summary(exc))
+        field = "value" if isinstance(pending.ops, GaugeSet) else "events"
+        return InvalidArgument(
+            field,
+            "holds a value the database cannot store (a character or number out of its "
+            "range); nothing of this request was written",
+        )
+
+    async def _transact(
+        self, group: list[_Pending]
+    ) -> tuple[_Decision, GroupWrite, list[ThresholdRecord]]:
         counters: set[CounterKey] = set()
         keys: set[tuple[str, str]] = set()
         for pending in group:
@@ -250,15 +293,30 @@ class UsageLedger:
             return decision.write
 
         write, fresh = await self._repo.apply_group(counters, keys, decide)
+        return decision, write, fresh
+
+    def _settle(
+        self,
+        group: list[_Pending],
+        decision: _Decision,
+        write: GroupWrite,
+        fresh: list[ThresholdRecord],
+    ) -> None:
+        """After the commit: remember the counters, answer the callers, publish crossings."""
         self.commits += 1
         for key, value in write.counters.items():
             self._remember(key, value)
         for index, pending in enumerate(group):
             result = decision.results[index]
+            # A caller that went away (its call was cancelled) cancelled its future; the
+            # others are answered all the same.
+            answer = not pending.future.done()
             if isinstance(result, EntitlementsError):
-                pending.future.set_exception(result)
+                if answer:
+                    pending.future.set_exception(result)
             else:
-                pending.future.set_result(result)
+                if answer:
+                    pending.future.set_result(result)
                 for outcome in result:
                     if outcome.status == APPLIED:
                         self.events_applied += 1
@@ -385,6 +443,19 @@ class UsageLedger:
         if removed:
             log.info("pruned %d usage idempotency keys older than the retention window", removed)
         return removed
+
+
+def _fail(group: list[_Pending], exc: Exception) -> None:
+    for pending in group:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
+
+
+def _summary(exc: BaseException) -> str:
+    """An error in one line, without the statement and parameters SQLAlchemy appends."""
+    orig = getattr(exc, "orig", None)
+    shown = orig if isinstance(orig, BaseException) else exc
+    return f"{type(shown).__name__}: {str(shown).splitlines()[0] if str(shown) else ''}"
 
 
 def _reused_key_error(index: int, ev: Increment, known: KeyRecord) -> AlreadyExists:

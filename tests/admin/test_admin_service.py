@@ -17,7 +17,7 @@ from nchat.entitlements.v1 import subscription_pb2
 from sqlalchemy import select
 
 from entitlements.config import Settings
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.models import OverrideAudit
 from entitlements.store.repository import Store
 from tests.admin import dataset as d
@@ -294,7 +294,7 @@ async def test_in_dev_mode_overrides_are_audited_as_dev(
     sqlite_store: Store, tmp_path: Path
 ) -> None:
     settings = Settings.from_env({"ENTITLEMENTS_DEV_MODE": "1"})
-    running = await create_server(settings, Deps.build(settings, sqlite_store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, sqlite_store), addr="127.0.0.1:0")
     await running.server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:

@@ -19,7 +19,7 @@ from nchat.entitlements.v1 import (
 from adapters.webhooks import WebhookServer
 from entitlements.billing import Billing
 from entitlements.config import Settings
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.server.billing_setup import webhook_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
@@ -126,7 +126,7 @@ class Harness:
 async def start_harness(
     settings: Settings, store: Store, double: StripeDouble
 ) -> tuple[Running, WebhookServer]:
-    deps = Deps.build(settings, store)
+    deps = build_deps(settings, store)
     running = await create_server(settings, deps, addr="127.0.0.1:0")
     await running.server.start()
     await running.set_serving(True)

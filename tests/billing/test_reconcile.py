@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import replace
 
 from entitlements.billing import reconcile
 from entitlements.server.billing_setup import run_reconcile
 from tests.billing.conftest import Harness
 from tests.billing.helpers import subscribe
+from tests.stripe_double import event
 
 
 async def test_reconcile_repairs_a_drifted_subscription_and_a_second_run_changes_nothing(
@@ -81,3 +84,24 @@ async def test_reconcile_command_prints_a_summary(harness: Harness) -> None:
 
     assert "stripe subscriptions seen: 1" in lines
     assert "repaired: 0" in lines
+
+
+async def test_reconcile_whose_list_was_read_before_a_cancellation_does_not_undo_it(
+    harness: Harness,
+) -> None:
+    h = harness
+    _, sub = await subscribe(h, "acct-rec-race", "business")
+    # Stripe reads the list (active business); its answer is slow.
+    slow = h.double.delay("GET", "subscriptions")
+    running = asyncio.create_task(reconcile(h.billing))
+    await asyncio.wait_for(slow.arrived.wait(), 5)
+    now = int(time.time())
+    h.double.update_subscription(sub["id"], status="canceled", canceled_at=now, ended_at=now)
+    deleted = event("customer.subscription.deleted", h.double.subscriptions[sub["id"]])
+    assert (await h.sender.post(deleted))[0] == 200
+    assert await h.can_use("acct-rec-race", "slaGuarantee") == (False, "free")
+
+    slow.release.set()
+    await running
+
+    assert await h.can_use("acct-rec-race", "slaGuarantee") == (False, "free")

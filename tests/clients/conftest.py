@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from entitlements.config import Settings
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
 from tests.server.conftest import CALLERS_TOML
@@ -44,7 +44,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 async def start_server(settings: Settings, store: Store, port: int = 0) -> Running:
     """A serving server on 127.0.0.1:`port` (0: a free one)."""
-    running = await create_server(settings, Deps.build(settings, store), addr=f"127.0.0.1:{port}")
+    running = await create_server(settings, build_deps(settings, store), addr=f"127.0.0.1:{port}")
     await running.server.start()
     await running.set_serving(True)
     return running

@@ -20,7 +20,7 @@ from nchat.entitlements.v1 import plan_pb2, subscription_pb2
 
 from entitlements.config import Settings
 from entitlements.crypto.config import TokenConfig
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.repository import Store
 from tests.chain_fixtures import AnvilNode, ChainKit, TestTokens, local_settings, new_wallet
 from tests.crypto.conftest import DEPTH, crypto_settings
@@ -48,7 +48,7 @@ async def running(
             tokens={("local", "USDC"): TokenConfig(tokens.usdc6.address)},
         ),
     )
-    server = await create_server(configured, Deps.build(configured, store), addr="127.0.0.1:0")
+    server = await create_server(configured, build_deps(configured, store), addr="127.0.0.1:0")
     await server.server.start()
     await server.set_serving(True)
     try:
@@ -92,6 +92,8 @@ BAD = [
     ({"currency": "usdc"}, "currency", "ERROR_REASON_UNSUPPORTED_CURRENCY"),
     ({"currency": "USDT"}, "currency", "ERROR_REASON_UNSUPPORTED_CURRENCY"),
     ({"currency": ""}, "currency", "ERROR_REASON_INVALID_ARGUMENT"),
+    ({"payer_address": "0x1234"}, "payer_address", "ERROR_REASON_INVALID_ARGUMENT"),
+    ({"payer_address": "not an address"}, "payer_address", "ERROR_REASON_INVALID_ARGUMENT"),
 ]
 
 
@@ -138,7 +140,14 @@ async def test_a_quote_over_grpc_is_paid_confirmed_and_seen_by_entitlement_watch
     assert quote.amount.startswith("25.00") and len(quote.amount) == len("25.000001")
     assert quote.amount_base_units == str(25_000_000 + int(quote.amount[-4:]))
     assert quote.expires_at.ToSeconds() - quote.created_at.ToSeconds() == 900
-    assert quote.required_confirmations == DEPTH
+    assert quote.required_confirmations == DEPTH and quote.payer_address == ""
+    payer = new_wallet().address
+    bound = (
+        await stub.CreateCryptoPayment(
+            request(account_id="bound", payer_address=payer.lower()), metadata=OPS
+        )
+    ).payment
+    assert bound.payer_address == payer and bound.amount != quote.amount
     deps = running.deps
     assert deps.crypto is not None
     (watcher,) = deps.crypto.watchers
@@ -192,7 +201,7 @@ async def test_without_a_receiving_address_quotes_are_refused_as_failed_precondi
         chains=local_settings(anvil),
         crypto=crypto_settings(tokens, "0x" + "00" * 20, pay_to_address=None),
     )
-    server = await create_server(configured, Deps.build(configured, store), addr="127.0.0.1:0")
+    server = await create_server(configured, build_deps(configured, store), addr="127.0.0.1:0")
     await server.server.start()
     try:
         assert server.deps.crypto is not None and server.deps.crypto.watchers == []
@@ -236,3 +245,73 @@ async def test_the_watchers_position_is_exported_for_metrics(
     result = await watcher.catch_up()
     assert gauge("entitlements_chain_head_block") == result.head
     assert gauge("entitlements_chain_watcher_lag_blocks") == 0
+
+
+async def test_admin_lists_and_refunds_unsettled_funds_over_grpc(
+    running: Running, channel: grpc.aio.Channel, chain: ChainKit, tokens: TestTokens
+) -> None:
+    from tests.server.conftest import CHAT
+
+    admin = admin_grpc.AdminServiceStub(channel)
+    stub = pb_grpc.CryptoPaymentServiceStub(channel)
+    quote = (await stub.CreateCryptoPayment(request(), metadata=OPS)).payment
+    assert running.deps.crypto is not None
+    (watcher,) = running.deps.crypto.watchers
+    await watcher.catch_up()
+    # A round amount carries no quote's digits: unmatched.
+    await chain.transact(tokens.usdc6.functions.mint(quote.pay_to_address, 7 * 10**6))
+    await chain.w3.provider.make_request("anvil_mine", [hex(DEPTH - 1)])  # type: ignore[arg-type]
+    await watcher.catch_up()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin.ListUnsettledFunds(admin_pb.ListUnsettledFundsRequest(), metadata=CHAT)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    listed = await admin.ListUnsettledFunds(admin_pb.ListUnsettledFundsRequest(), metadata=OPS)
+    (item,) = listed.funds
+    assert item.kind == admin_pb.UNSETTLED_FUNDS_KIND_UNMATCHED
+    assert (item.currency, item.received_amount, item.network) == ("USDC", "7", "local")
+    assert item.id.startswith("ut_") and not item.HasField("resolution")
+    bad = [
+        (admin_pb.ResolveUnsettledFundsRequest(id=item.id), "action"),
+        (
+            admin_pb.ResolveUnsettledFundsRequest(
+                id=item.id, refund=admin_pb.RefundFunds(tx_hash="0x12")
+            ),
+            "refund.tx_hash",
+        ),
+        (
+            admin_pb.ResolveUnsettledFundsRequest(
+                id=item.id,
+                credit=admin_pb.CreditFunds(account_id="acme", plan_id="gold", interval=MONTH),
+            ),
+            "credit.plan_id",
+        ),
+    ]
+    for message, field in bad:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await admin.ResolveUnsettledFunds(message, metadata=OPS)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert details(caught.value)[1] == [field]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin.ListUnsettledFunds(admin_pb.ListUnsettledFundsRequest(kind=99), metadata=OPS)
+    assert details(caught.value)[1] == ["kind"]
+    refund = "0x" + "ab" * 32
+    resolved = await admin.ResolveUnsettledFunds(
+        admin_pb.ResolveUnsettledFundsRequest(
+            id=item.id, refund=admin_pb.RefundFunds(tx_hash=refund), reason="sent back"
+        ),
+        metadata=OPS,
+    )
+    r = resolved.funds.resolution
+    assert r.action == admin_pb.FUNDS_RESOLUTION_ACTION_REFUNDED
+    assert (r.refund_tx_hash, r.actor, r.reason) == (refund, "ops", "sent back")
+    assert not (
+        await admin.ListUnsettledFunds(admin_pb.ListUnsettledFundsRequest(), metadata=OPS)
+    ).funds
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin.ResolveUnsettledFunds(
+            admin_pb.ResolveUnsettledFundsRequest(
+                id=item.id, refund=admin_pb.RefundFunds(tx_hash=refund)
+            ),
+            metadata=OPS,
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -11,7 +11,7 @@ import pytest
 
 from adapters.webhooks import WebhookServer
 from entitlements.config import Settings
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.server.billing_setup import webhook_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
@@ -48,7 +48,7 @@ def ops_settings(tmp_path: Path, **env: str) -> Settings:
 
 
 async def start_ops(settings: Settings, store: Store) -> Ops:
-    deps = Deps.build(settings, store)
+    deps = build_deps(settings, store)
     running = await create_server(settings, deps, addr="127.0.0.1:0")
     await running.server.start()
     await running.set_serving(True)

@@ -117,3 +117,34 @@ async def test_admin_page_renders_in_headless_chromium(ops: Ops, tmp_path: Path)
     assert 'data-metric="churn_rate">25.0%</div>' in dom
     assert dom.count("<svg") == 2
     assert f'data-label="2026-08" data-value="{d.EXPECTED_MRR_AUGUST}"' in dom
+
+
+async def test_admin_page_lists_crypto_money_received_without_access(ops: Ops) -> None:
+    from entitlements.store.crypto_repository import CryptoStore, UnmatchedRecord
+    from entitlements.store.records import utcnow
+
+    status, html, _ = await ops.get(page_url(ops, token=OPS_TOKEN).removeprefix(ops.base))
+    assert status == 200 and 'id="unsettled_funds"' in html
+    assert "every payment received gave its access" in html
+    await CryptoStore(ops.running.deps.store.engine).add_unmatched(
+        UnmatchedRecord(
+            network="ethereum",
+            chain_id=1,
+            tx_hash="0x" + "ab" * 32,
+            log_position=-1,
+            log_index=-1,
+            block_number=100,
+            block_hash="0x" + "cd" * 32,
+            currency="ETH",
+            token_contract="",
+            from_address="0x" + "11" * 20,
+            to_address="0x" + "22" * 20,
+            value_base_units=str(5 * 10**16),
+            reason="no open payment holds the amount's slot 17",
+            seen_at=utcnow(),
+        )
+    )
+    status, html, _ = await ops.get(page_url(ops, token=OPS_TOKEN).removeprefix(ops.base))
+    assert status == 200
+    (row,) = re.findall(r'<tr data-item="(ut_\d+)">(.*?)</tr>', html)
+    assert "unmatched" in row[1] and "0.05 ETH" in row[1]

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from entitlements.config import Settings
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.records import SubscriptionRecord
 from entitlements.store.repository import Store
@@ -30,7 +30,7 @@ scopes = ["usage:write"]
 name = "ops"
 tokens = ["ops-token-0000000000001", "ops-token-rotated-00002"]
 scopes = ["entitlements:read", "usage:write", "usage:read", "tokengate:read",
-          "tokengate:write", "billing:write", "crypto:write", "admin"]
+          "tokengate:write", "billing:write", "crypto:read", "crypto:write", "admin"]
 """
 
 CHAT = (("authorization", "Bearer chat-backend-token-0001"),)
@@ -46,7 +46,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 async def _start(settings: Settings, store: Store) -> Running:
-    running = await create_server(settings, Deps.build(settings, store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
     await running.server.start()
     await running.set_serving(True)
     return running

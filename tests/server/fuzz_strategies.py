@@ -18,7 +18,16 @@ from hypothesis import strategies as st
 from adapters.chains.config import NETWORKS
 from entitlements.policies import default_catalog
 
-__all__ = ["LARGE_LIST", "field_strings", "message_strategy", "strings", "vocabulary"]
+__all__ = [
+    "LARGE_LIST",
+    "field_strings",
+    "message_strategy",
+    "strings",
+    "strings_in",
+    "undecodable",
+    "vocabulary",
+    "with_nul",
+]
 
 #: A repeated field is sometimes sent with this many items, past every per-request maximum.
 LARGE_LIST = 1001
@@ -73,6 +82,8 @@ def strings(*, max_size: int = 300) -> st.SearchStrategy[str]:
         st.text(max_size=20),
         st.builds(lambda w, c: w + c, words, controls),
         st.builds(lambda c, w: c + w, controls, words),
+        # A NUL inside a real value: PostgreSQL text cannot hold it.
+        st.builds(lambda w, i: w[:i] + "\x00" + w[i:], words, st.integers(0, 12)),
         st.builds(
             lambda w, n: (w * (n // max(len(w), 1) + 1))[:n], words, st.integers(0, max_size)
         ),
@@ -286,3 +297,75 @@ def message_strategy(descriptor: Descriptor, depth: int = 0) -> st.SearchStrateg
     return st.builds(
         _assemble(cls, descriptor), st.fixed_dictionaries(values), st.fixed_dictionaries(chosen)
     )
+
+
+# --- requests no handler should see ------------------------------------------------------------
+
+
+def undecodable(descriptor: Descriptor) -> st.SearchStrategy[bytes]:
+    """Bytes sent as a request of `descriptor`: random ones, and real requests cut short or with
+    one byte changed. Most are no message; those that decode are answered as any request."""
+    real = message_strategy(descriptor).map(lambda m: m.SerializeToString())
+    return st.one_of(
+        st.binary(min_size=1, max_size=40),
+        st.builds(_cut_short, real, st.integers(1, 30)),
+        st.builds(_one_byte_changed, real, st.integers(0, 2**16), st.integers(0, 255)),
+        st.sampled_from([b"\xff" * 7, b"\x0a\x02\xc3\x28", b"\x0a\x7f"]),
+    )
+
+
+def _cut_short(body: bytes, cut: int) -> bytes:
+    # A length-delimited field that announces more bytes than follow, when there is no body.
+    return body[:-cut] if len(body) > cut else body + b"\x0a\x7f"
+
+
+def _one_byte_changed(body: bytes, where: int, value: int) -> bytes:
+    if not body:
+        return bytes([value])
+    i = where % len(body)
+    return body[:i] + bytes([value]) + body[i + 1 :]
+
+
+@st.composite
+def with_nul(draw: st.DrawFn, descriptor: Descriptor) -> Message:
+    """Any request of `descriptor` with a NUL in one of its string fields (set or not, nested
+    and repeated ones included); unchanged if it has no string field to put one in."""
+    message = draw(message_strategy(descriptor))
+    spots = _string_spots(message)
+    if spots:
+        put = draw(st.sampled_from(spots))
+        put(draw(st.sampled_from(["\x00", "a\x00", "\x00b", "key-1\x00x", "acct_1\x00"])))
+    return message
+
+
+def _string_spots(message: Message) -> list[Callable[[str], None]]:
+    """Setters, one per place in `message` a string can be put."""
+    spots: list[Callable[[str], None]] = []
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.type == FieldDescriptor.TYPE_STRING:
+            if field.is_repeated:
+                spots.append(value.append)
+                for i in range(min(len(value), 3)):
+                    spots.append(lambda text, items=value, i=i: items.__setitem__(i, text))
+            else:
+                spots.append(lambda text, m=message, name=field.name: setattr(m, name, text))
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field):
+            if field.is_repeated:
+                for item in list(value)[:3]:
+                    spots += _string_spots(item)
+            elif message.HasField(field.name):
+                spots += _string_spots(value)
+    return spots
+
+
+def strings_in(message: Message) -> list[str]:
+    """Every string value set anywhere in `message`."""
+    found: list[str] = []
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING:
+            found += list(value) if field.is_repeated else [value]
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field):
+            for item in value if field.is_repeated else [value]:
+                found += strings_in(item)
+    return found

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
+from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nchat.entitlements.v1 import crypto_payment_service_pb2 as crypto_pb
 from nchat.entitlements.v1 import entitlements_service_pb2 as pb
 from nchat.entitlements.v1 import entitlements_service_pb2_grpc as pb_grpc
 
 from entitlements.config import Settings
-from entitlements.server.app import Deps, create_server
+from entitlements.server.app import build_deps, create_server
 from entitlements.store.repository import Store
 from tests.server.conftest import CHAT, MESSAGES
 from tests.server.helpers import details
@@ -82,11 +86,65 @@ async def test_health_needs_no_token(lone_channel: grpc.aio.Channel) -> None:
 
 async def test_dev_mode_needs_no_token(sqlite_store: Store) -> None:
     settings = Settings.from_env({"ENTITLEMENTS_DEV_MODE": "1"})
-    running = await create_server(settings, Deps.build(settings, sqlite_store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, sqlite_store), addr="127.0.0.1:0")
     await running.server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             answer = await pb_grpc.EntitlementsServiceStub(channel).CanUseFeature(REQUEST)
             assert answer.plan_id == "free"
+    finally:
+        await running.stop(0)
+
+
+CRYPTO_CALLERS = """
+[[callers]]
+name = "payments-page"
+tokens = ["payments-page-token-0001"]
+scopes = ["crypto:read"]
+
+[[callers]]
+name = "checkout"
+tokens = ["checkout-token-000000001"]
+scopes = ["crypto:write"]
+"""
+CRYPTO_READER = (("authorization", "Bearer payments-page-token-0001"),)
+CRYPTO_WRITER = (("authorization", "Bearer checkout-token-000000001"),)
+CRYPTO = crypto_pb.DESCRIPTOR.services_by_name["CryptoPaymentService"]
+CRYPTO_READS = ("GetCryptoPayment", "GetTransactionStatus")
+
+
+@pytest.mark.parametrize("method", list(CRYPTO.methods), ids=lambda m: m.name)
+async def test_crypto_reads_need_crypto_read_and_writes_crypto_write(
+    tmp_path: Path, sqlite_store: Store, method: MethodDescriptor
+) -> None:
+    """A page that shows a payment's status holds crypto:read, not the right to create
+    payments; a checkout that creates them does not read others' payments by id."""
+    callers = tmp_path / "crypto-callers.toml"
+    callers.write_text(CRYPTO_CALLERS)
+    settings = Settings.from_env({"ENTITLEMENTS_CALLERS_FILE": str(callers)})
+    running = await create_server(settings, build_deps(settings, sqlite_store), addr="127.0.0.1:0")
+    await running.server.start()
+    request_cls = getattr(crypto_pb, method.input_type.name)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            rpc = channel.unary_unary(
+                f"/{CRYPTO.full_name}/{method.name}",
+                request_serializer=request_cls.SerializeToString,
+                response_deserializer=lambda raw: raw,
+            )
+            needed = "crypto:read" if method.name in CRYPTO_READS else "crypto:write"
+            callers = ((CRYPTO_READER, "crypto:read"), (CRYPTO_WRITER, "crypto:write"))
+            for metadata, holds in callers:
+                try:
+                    await rpc(request_cls(), metadata=metadata)
+                    code = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as error:
+                    code = error.code()
+                    info, _ = details(error)
+                if holds == needed:
+                    assert code != grpc.StatusCode.PERMISSION_DENIED, (method.name, holds)
+                else:
+                    assert code == grpc.StatusCode.PERMISSION_DENIED, (method.name, holds)
+                    assert info is not None and info.metadata["scope"] == needed
     finally:
         await running.stop(0)

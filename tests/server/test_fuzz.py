@@ -46,13 +46,21 @@ from adapters.chains.config import NETWORKS, rpc_url_variable
 from adapters.stripe.prices import INTERVALS, PAID_PLANS
 from entitlements.config import Settings
 from entitlements.policies import default_catalog
-from entitlements.server.app import SERVICE_NAMES, Deps, Running, create_server
+from entitlements.server.app import SERVICE_NAMES, Running, build_deps, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.models import Base
 from entitlements.store.repository import Store
 from entitlements.store.tokengate_records import RequirementRecord
 from tests.server.conftest import CALLERS_TOML, OPS, subscription
-from tests.server.fuzz_strategies import either, field_strings, message_strategy, strings
+from tests.server.fuzz_strategies import (
+    either,
+    field_strings,
+    message_strategy,
+    strings,
+    strings_in,
+    undecodable,
+    with_nul,
+)
 from tests.server.helpers import details
 
 T = TypeVar("T")
@@ -194,7 +202,7 @@ def fuzz_settings(directory: Path, setup: Setup) -> Settings:
 
 
 async def _start(settings: Settings, store: Store) -> Running:
-    running = await create_server(settings, Deps.build(settings, store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
     await running.server.start()
     await running.set_serving(True)
     return running
@@ -304,6 +312,27 @@ class Client:
             return _failed(error)
         return Outcome(grpc.StatusCode.OK, response=response)
 
+    def call_raw(self, method: MethodDescriptor, body: bytes) -> Outcome:
+        """Send `body` as the request, as is (it need not be a message)."""
+        path = f"/{method.containing_service.full_name}/{method.name}"
+        try:
+            if method.server_streaming:
+                stream = self._channel.unary_stream(path)(body, timeout=STREAM_WAIT, metadata=OPS)
+                try:
+                    next(stream)
+                except StopIteration:
+                    pass
+                finally:
+                    stream.cancel()
+            else:
+                self._channel.unary_unary(path)(body, timeout=CALL_TIMEOUT, metadata=OPS)
+        except grpc.RpcError as error:
+            outcome = _failed(error)
+            if method.server_streaming and outcome.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return Outcome(grpc.StatusCode.OK)  # an open stream with nothing to say yet
+            return outcome
+        return Outcome(grpc.StatusCode.OK)
+
     def _first_message(self, path: str, response_type: Any, request: Message) -> Outcome:
         rpc: grpc.UnaryStreamMultiCallable[Message, Message] = self._channel.unary_stream(
             path,
@@ -399,6 +428,47 @@ def fuzz_method(target: Target, client: Client, method: MethodDescriptor) -> Non
     check()
 
 
+def fuzz_undecodable(target: Target, client: Client, method: MethodDescriptor, n: int) -> None:
+    """Bytes that are mostly no message: refused cleanly (INVALID_ARGUMENT, ErrorInfo), or
+    answered as any request when they happen to decode; a refusal writes nothing."""
+    where = f"{method.containing_service.name}.{method.name}"
+
+    @settings(FUZZ, max_examples=n)
+    @given(undecodable(method.input_type))
+    def check(body: bytes) -> None:
+        before = target.fingerprint()
+        outcome = client.call_raw(method, body)
+        said = f"{where} answered {outcome.code.name} {outcome.message!r} to bytes {body!r}"
+        assert outcome.code not in (*NEVER, grpc.StatusCode.DEADLINE_EXCEEDED), said
+        if not outcome.ok:
+            assert target.fingerprint() == before, f"{said}, and wrote"
+        if outcome.code == grpc.StatusCode.INVALID_ARGUMENT:
+            assert outcome.reason, f"{said}, without an ErrorInfo"
+
+    check()
+
+
+def fuzz_nul(target: Target, client: Client, method: MethodDescriptor, n: int) -> None:
+    """Any request with a NUL in a string field: INVALID_ARGUMENT naming a field, on either
+    database (SQLite could store it, PostgreSQL cannot: one rule for both), nothing written."""
+
+    @settings(FUZZ, max_examples=n)
+    @given(with_nul(method.input_type))
+    def check(request: Message) -> None:
+        if not any("\x00" in text for text in strings_in(request)):
+            return  # a request with no string field
+        before = target.fingerprint()
+        outcome = client.call(method, request)
+        assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, (
+            f"{method.name} answered {outcome.code.name} {outcome.message!r} to a NUL in:\n"
+            f"{shown(request)}"
+        )
+        assert_well_behaved(method, request, outcome)
+        assert target.fingerprint() == before, f"{method.name} wrote for:\n{shown(request)}"
+
+    check()
+
+
 async def in_thread(function: Callable[[], None]) -> None:
     """Run blocking hypothesis code off the loop, so the server keeps serving."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -453,13 +523,32 @@ async def test_any_request_on_postgresql_gets_a_deliberate_answer(
         def run() -> None:
             failures: list[str] = []
             for method in METHODS:  # every RPC, even after one fails
-                try:
-                    fuzz_method(target, client, method)
-                except Exception as error:
-                    failures.append(f"{method.full_name}: {error}")
+                for fuzz in (
+                    lambda m: fuzz_method(target, client, m),
+                    lambda m: fuzz_undecodable(target, client, m, 2),
+                    lambda m: fuzz_nul(target, client, m, 2),
+                ):
+                    try:
+                        fuzz(method)
+                    except Exception as error:
+                        failures.append(f"{method.full_name}: {error}")
             assert not failures, "\n\n".join(failures)
 
         await in_thread(run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method", METHODS, ids=[f"{m.containing_service.name}.{m.name}" for m in METHODS]
+)
+async def test_undecodable_bytes_and_nul_in_any_string_field_are_refused_and_write_nothing(
+    hot: Target, hot_client: Client, method: MethodDescriptor
+) -> None:
+    def run() -> None:
+        fuzz_undecodable(hot, hot_client, method, 12)
+        fuzz_nul(hot, hot_client, method, 12)
+
+    await in_thread(run)
 
 
 async def test_fingerprint_sees_an_accepted_write(hot: Target, hot_client: Client) -> None:

@@ -14,7 +14,7 @@ from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 
 from entitlements.config import Settings
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
 from tests.server.conftest import OPS, subscription
@@ -26,7 +26,7 @@ async def replicas(database_url: str, settings: Settings) -> AsyncIterator[tuple
     running = []
     for _ in range(2):
         store = Store.open(database_url)
-        server = await create_server(settings, Deps.build(settings, store), addr="127.0.0.1:0")
+        server = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
         server.deps.closers.insert(0, store.close)
         await server.server.start()
         running.append(server)

@@ -16,7 +16,7 @@ from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 from sqlalchemy.engine import make_url
 
 from entitlements.config import Settings
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
 from tests.conftest import PostgresServer
@@ -47,7 +47,7 @@ async def start(tmp_path: Path, url: str, **env: str) -> Running:
     callers.write_text(CALLERS_TOML)
     settings = Settings.from_env({"ENTITLEMENTS_CALLERS_FILE": str(callers), **env})
     store = Store.open(url)
-    running = await create_server(settings, Deps.build(settings, store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
     running.deps.closers.insert(0, store.close)
     await running.server.start()
     return running

@@ -21,7 +21,7 @@ from nchat.entitlements.v1 import token_gate_service_pb2_grpc as pb_grpc
 
 from adapters.chains import ChainSettings
 from entitlements.config import Settings
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.store.repository import Store
 from tests.chain_fixtures import (
     AnvilNode,
@@ -64,7 +64,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 async def start(settings: Settings, store: Store) -> Running:
-    running = await create_server(settings, Deps.build(settings, store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, store), addr="127.0.0.1:0")
     await running.server.start()
     await running.set_serving(True)
     return running

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -17,7 +17,7 @@ from nchat.entitlements.v1 import usage_service_pb2 as pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as pb_grpc
 
 from entitlements.config import Settings
-from entitlements.server.app import Deps, Running, create_server
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.usage.periods import current_period
 from tests.server.conftest import CALLERS_TOML, OPS, subscription
 from tests.server.helpers import details
@@ -102,31 +102,46 @@ async def test_a_reused_key_with_another_payload_fails_the_batch_and_writes_noth
 @pytest.mark.parametrize(
     ("events", "field"),
     [
-        ([], "events"),
-        ([event("ws", "a", metric="teleports")], "events[0].metric"),
-        ([event("ws", "a"), event("ws", "b", -1)], "events[1].delta"),
-        ([event("ws", "a", 2**62)], "events[0].delta"),
-        ([event("ws", "")], "events[0].idempotency_key"),
-        ([event("ws", "x" * 201)], "events[0].idempotency_key"),
-        ([event("", "a")], "events[0].account_id"),
+        (list, "events"),
+        (lambda: [event("ws", "a", metric="teleports")], "events[0].metric"),
+        (lambda: [event("ws", "a"), event("ws", "b", -1)], "events[1].delta"),
+        (lambda: [event("ws", "a", 2**62)], "events[0].delta"),
+        (lambda: [event("ws", "")], "events[0].idempotency_key"),
+        (lambda: [event("ws", "x" * 201)], "events[0].idempotency_key"),
+        (lambda: [event("", "a")], "events[0].account_id"),
+        # Times are taken when the test runs, not when it is collected: a slow run must not
+        # bring "10 minutes from now" within the 5 minutes' tolerance.
         (
-            [event("ws", "a", occurred_at=at(datetime.now(UTC) + timedelta(minutes=10)))],
+            lambda: [event("ws", "a", occurred_at=at(datetime.now(UTC) + timedelta(minutes=10)))],
             "events[0].occurred_at",
         ),
         (
-            [event("ws", "a", occurred_at=at(datetime.now(UTC) - timedelta(days=30)))],
+            lambda: [event("ws", "a", occurred_at=at(datetime.now(UTC) - timedelta(days=30)))],
             "events[0].occurred_at",
         ),
-        ([event("ws", str(i)) for i in range(1001)], "events"),
+        (lambda: [event("ws", str(i)) for i in range(1001)], "events"),
+    ],
+    ids=[
+        "none",
+        "unknown-metric",
+        "negative-delta",
+        "huge-delta",
+        "empty-key",
+        "long-key",
+        "no-account",
+        "future",
+        "past-retention",
+        "too-many",
     ],
 )
 async def test_bad_events_are_invalid_argument_naming_the_field_and_nothing_is_written(
-    stub, events: list[pb.UsageEvent], field: str
+    stub, events: Callable[[], list[pb.UsageEvent]], field: str
 ) -> None:
+    batch = events()
     # a good event first, so a partial write would show
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await report(stub, event("ws", "good-1"), *events) if field != "events" else await report(
-            stub, *events
+        await report(stub, event("ws", "good-1"), *batch) if field != "events" else await report(
+            stub, *batch
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     _, fields = details(caught.value)
@@ -149,7 +164,7 @@ async def long_memory_stub(tmp_path, sqlite_store) -> AsyncIterator[pb_grpc.Usag
             "ENTITLEMENTS_USAGE_KEY_RETENTION_DAYS": "40",
         }
     )
-    running = await create_server(settings, Deps.build(settings, sqlite_store), addr="127.0.0.1:0")
+    running = await create_server(settings, build_deps(settings, sqlite_store), addr="127.0.0.1:0")
     await running.server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from nchat.entitlements.v1 import entitlements_service_pb2 as pb
@@ -134,3 +137,120 @@ def test_worker_count_must_be_positive(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "--workers" in done.stderr
+
+
+async def metrics_text(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.text()
+
+
+async def test_a_killed_worker_is_replaced_while_the_others_keep_serving(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'workers.db'}"
+    server = ServerProcess(url, tmp_path)
+    migrate(server.env, tmp_path)
+    log_path = tmp_path / "workers.log"
+    log = log_path.open("wb")
+    process = await asyncio.create_subprocess_exec(
+        *ENTITLEMENTS,
+        "serve",
+        "--workers",
+        "2",
+        env={**server.env, "ENTITLEMENTS_LOG_LEVEL": "INFO"},
+        cwd=tmp_path,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(children_of(process.pid)) < 2:
+            assert process.returncode is None, log_path.read_text()
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        while True:
+            try:
+                assert await plans_seen(server.target, "ws", 6) == {"free"}
+                break
+            except grpc.aio.AioRpcError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+        victim, survivor = children_of(process.pid)
+        os.kill(victim, signal.SIGKILL)
+        # The survivor answers every call meanwhile (a connection the dead worker had accepted
+        # is refused, and the caller's channel connects again).
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.EntitlementsServiceStub(channel)
+            for _ in range(20):
+                answer = await stub.CanUseFeature(
+                    pb.CanUseFeatureRequest(account_id="ws", feature="apiAccess"),
+                    timeout=10,
+                    wait_for_ready=True,
+                )
+                assert answer.plan_id == "free"
+        while True:
+            workers = children_of(process.pid)
+            if len(workers) == 2 and victim not in workers:
+                break
+            assert process.returncode is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            await asyncio.sleep(0.1)
+        assert survivor in workers, "the other worker kept running"
+        replacement = next(pid for pid in workers if pid != survivor)
+        log_text = log_path.read_text()
+        assert f"pid {victim}) was killed by SIGKILL" in log_text
+        assert f"restarted as pid {replacement}" in log_text
+        # Every worker reports the service's count of replacements.
+        metrics_url = f"http://{server.env['ENTITLEMENTS_HTTP_ADDR']}/metrics"
+        while "entitlements_worker_restarts_total 1.0" not in await metrics_text(metrics_url):
+            assert time.monotonic() < deadline, "the restart was not counted in /metrics"
+            await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        assert children_of(process.pid) == []
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        log.close()
+
+
+CRASH_LOOP = """
+import logging, sys
+from entitlements.server.workers import run_workers
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+sys.exit(run_workers(1, lambda index: 1, backoff_seconds=0.05, max_backoff_seconds=0.2,
+                     give_up_after=4))
+"""
+
+
+def test_a_worker_crash_looping_at_start_is_retried_with_backoff_then_given_up(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CRASH_LOOP],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    delays = re.findall(r"restarting it in ([0-9.]+)s", done.stderr)
+    assert delays == ["0.05", "0.1", "0.2", "0.2"], done.stderr
+    assert "died 5 times in a row" in done.stderr and "giving up" in done.stderr
+
+
+CONFIG_ERROR = """
+import sys
+from entitlements.server.workers import run_workers
+sys.exit(run_workers(2, lambda index: 2 if index == 0 else __import__("time").sleep(60) or 0))
+"""
+
+
+def test_a_worker_with_a_configuration_error_stops_the_service(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CONFIG_ERROR],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr

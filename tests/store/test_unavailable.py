@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from entitlements.errors import Unavailable
+from entitlements.store.failures import UNAVAILABLE_MESSAGE
 from entitlements.store.migrate import current_revision, upgrade
 from entitlements.store.records import SubscriptionRecord
 from entitlements.store.repository import Store
@@ -62,13 +63,15 @@ async def test_migrating_an_unreachable_database_is_unavailable(unreachable_url:
         await current_revision(unreachable_url)
 
 
-async def test_unavailable_message_names_the_database_without_its_password() -> None:
+async def test_unavailable_detail_names_the_database_without_its_password() -> None:
+    """The detail (logs, the command line) says where; the message (callers) does not."""
     async with Store.open("postgresql://postgres:s3cret@127.0.0.1:1/test") as store:
         with pytest.raises(Unavailable) as raised:
             await store.ping()
 
-    assert "127.0.0.1:1" in raised.value.message
-    assert "s3cret" not in raised.value.message
+    assert "127.0.0.1:1" in str(raised.value)
+    assert "s3cret" not in str(raised.value)
+    assert raised.value.message == UNAVAILABLE_MESSAGE
 
 
 @pytest.mark.postgres

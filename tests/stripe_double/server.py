@@ -4,17 +4,20 @@ Stateful (customers, prices, checkout and portal sessions, subscriptions with th
 price and `current_period_*` on the item as in recent API versions, invoices), with paginated
 lists (`has_more`, `starting_after`), idempotency keys honoured like Stripe's (same key and
 parameters: the first answer again; same key, other parameters: a 400 idempotency_error), and
-an outage switch (every request answers 500). Tests drive what happens on Stripe's side
+an outage switch (every request answers 500), and delayed answers (`delay`: the state is read
+when the request arrives, the answer leaves later). Tests drive what happens on Stripe's side
 (a checkout completing, a renewal failing) with its Python methods.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -53,6 +56,28 @@ def decode_form(pairs: Mapping[str, str] | list[tuple[str, str]]) -> dict[str, A
     return root
 
 
+@dataclass
+class Delay:
+    """One delayed answer: the state is read when the request arrives (`arrived` is set), the
+    answer leaves after `seconds`, or when `release` is set if `seconds` is None."""
+
+    method: str
+    path: str
+    seconds: float | None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.method == method and path.startswith(self.path)
+
+    async def wait(self) -> None:
+        self.arrived.set()
+        if self.seconds is None:
+            await self.release.wait()
+        else:
+            await asyncio.sleep(self.seconds)
+
+
 def _error(status: int, type_: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": {"type": type_, "message": message, **extra}}, status=status)
 
@@ -73,6 +98,13 @@ class StripeDouble:
         self.requests: list[tuple[str, str, dict[str, Any], str | None]] = []
         #: True: every request answers 500 (Stripe down).
         self.outage = False
+        #: Stripe's clock (`created`, `canceled_at`, ...); a simulation sets its own.
+        self.clock: Callable[[], float] = time.time
+        #: Pending delays, used by the first matching request each (see `delay`).
+        self._delays: list[Delay] = []
+        #: Called with (method, path) for every request without a pending delay: a delay in
+        #: seconds for its answer, or None (the simulation draws them from its seed).
+        self.delay_for: Callable[[str, str], float | None] | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -92,6 +124,18 @@ class StripeDouble:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    def delay(self, method: str, path: str, seconds: float | None = None) -> Delay:
+        """Delay the answer to the next `method` request whose path (after /v1/) starts with
+        `path`: Stripe reads its state when the request arrives, and the answer arrives after
+        `seconds`, or when the returned Delay's `release` is set (seconds None)."""
+        pending = Delay(method, path, seconds)
+        self._delays.append(pending)
+        return pending
+
+    def clear_delays(self) -> None:
+        """Forget the delays no request has used yet."""
+        self._delays.clear()
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_test_{next(self._ids):06d}"
@@ -125,7 +169,7 @@ class StripeDouble:
         status: str = "active",
         metadata: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        now = int(time.time())
+        now = int(self.clock())
         sub_id = self.new_id("sub")
         sub = {
             "id": sub_id,
@@ -195,7 +239,7 @@ class StripeDouble:
     ) -> dict[str, Any]:
         sub = self.subscriptions[sub_id]
         price = sub["items"]["data"][0]["price"]
-        now = int(time.time())
+        now = int(self.clock())
         invoice = {
             "id": self.new_id("in"),
             "object": "invoice",
@@ -249,6 +293,16 @@ class StripeDouble:
         status, body = self._route(request.method, path, params)
         if key and request.method in ("POST", "DELETE") and status < 500:
             self._idempotency[key] = (request.method, path, params, status, body)
+        # The state was read above, on arrival; only the answer is late.
+        body = json.loads(json.dumps(body))
+        pending = next((d for d in self._delays if d.matches(request.method, path)), None)
+        if pending is not None:
+            self._delays.remove(pending)
+            await pending.wait()
+        elif self.delay_for is not None:
+            seconds = self.delay_for(request.method, path)
+            if seconds:
+                await asyncio.sleep(seconds)
         return web.json_response(body, status=status)
 
     def _route(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -271,7 +325,7 @@ class StripeDouble:
                 if method == "POST":
                     return self._update_subscription(sub, params)
                 if method == "DELETE":
-                    now = int(time.time())
+                    now = int(self.clock())
                     sub.update(status="canceled", canceled_at=now, ended_at=now)
                     return 200, self.public(sub)
         except _Missing as missing:
@@ -358,7 +412,7 @@ class StripeDouble:
         if "cancel_at_period_end" in params:
             flag = params["cancel_at_period_end"] == "true"
             sub["cancel_at_period_end"] = flag
-            sub["canceled_at"] = int(time.time()) if flag else None
+            sub["canceled_at"] = int(self.clock()) if flag else None
         if "metadata" in params:
             sub["metadata"].update(params["metadata"])
         return 200, self.public(sub)

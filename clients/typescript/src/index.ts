@@ -20,6 +20,7 @@ export * from "./gen/nchat/entitlements/v1/billing_service_pb.js";
 export * from "./gen/nchat/entitlements/v1/crypto_payment_service_pb.js";
 export * from "./gen/nchat/entitlements/v1/entitlements_service_pb.js";
 export * from "./gen/nchat/entitlements/v1/error_reason_pb.js";
+export * from "./gen/nchat/entitlements/v1/event_delivery_pb.js";
 export * from "./gen/nchat/entitlements/v1/plan_pb.js";
 export * from "./gen/nchat/entitlements/v1/subscription_pb.js";
 export * from "./gen/nchat/entitlements/v1/token_gate_service_pb.js";
@@ -27,6 +28,15 @@ export * from "./gen/nchat/entitlements/v1/usage_service_pb.js";
 
 export type { AnswerSource, FeatureCheck, LimitCheck, LocalState, MinimumPlanCheck } from "./answers.js";
 export { judgeLimit, PlanCatalog } from "./catalog.js";
+export {
+  type EntitlementsEvent,
+  EventVerificationError,
+  type OtherEventType,
+  type RenewalUpcomingData,
+  type ThresholdCrossedData,
+  verifyEvent,
+  type VerifyOptions,
+} from "./events.js";
 export {
   type CallOptions,
   type ClientOptions,

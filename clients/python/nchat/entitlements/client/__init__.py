@@ -14,6 +14,13 @@ from __future__ import annotations
 import contextlib as _contextlib
 
 from nchat.entitlements.client._async import AsyncEntitlementsClient
+from nchat.entitlements.client._events import (
+    Event,
+    EventVerificationError,
+    RenewalUpcoming,
+    ThresholdCrossed,
+    verify_event,
+)
 from nchat.entitlements.client._exceptions import (
     AlreadyExists,
     BufferFull,
@@ -74,6 +81,8 @@ __all__ = [
     "Entitlements",
     "EntitlementsClient",
     "EntitlementsError",
+    "Event",
+    "EventVerificationError",
     "FailedPrecondition",
     "FailedUsage",
     "FeatureCheck",
@@ -91,11 +100,13 @@ __all__ = [
     "Plan",
     "PlanCatalog",
     "Price",
+    "RenewalUpcoming",
     "ReporterClosed",
     "ReporterError",
     "RetryPolicy",
     "ServerError",
     "SubscriptionStatus",
+    "ThresholdCrossed",
     "Unauthenticated",
     "Unavailable",
     "UndeliveredUsage",
@@ -107,6 +118,7 @@ __all__ = [
     "UsageEventStatus",
     "UsageLevel",
     "UsageReporter",
+    "verify_event",
 ]
 
 # Public objects claim this package as their home, as httpx does, so reprs and docs show

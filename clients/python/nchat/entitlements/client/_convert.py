@@ -71,11 +71,17 @@ def feature_check(msg: ent_pb.CanUseFeatureResponse) -> FeatureCheck:
         revision=msg.revision,
         message=msg.message,
         source="rpc",
+        as_of=_time(msg.as_of) if msg.HasField("as_of") else None,
     )
 
 
 def minimum_plan_check(msg: ent_pb.CheckMinimumPlanResponse) -> MinimumPlanCheck:
-    return MinimumPlanCheck(allowed=msg.allowed, plan_id=msg.plan_id, revision=msg.revision)
+    return MinimumPlanCheck(
+        allowed=msg.allowed,
+        plan_id=msg.plan_id,
+        revision=msg.revision,
+        as_of=_time(msg.as_of) if msg.HasField("as_of") else None,
+    )
 
 
 def entitlements(msg: ent_pb.Entitlements) -> Entitlements:
@@ -147,6 +153,7 @@ def limit_check(msg: usage_pb.CheckLimitResponse) -> LimitCheck:
         plan_id=msg.plan_id,
         revision=msg.revision,
         source="rpc",
+        as_of=_time(msg.as_of) if msg.HasField("as_of") else None,
     )
 
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 from nchat.entitlements.client import _convert
 from nchat.entitlements.client._exceptions import InvalidArgument
@@ -73,6 +73,10 @@ class LocalEntry:
     @property
     def revision(self) -> int:
         return self.entitlements.revision
+
+
+def _utc(epoch_seconds: float) -> datetime:
+    return datetime.fromtimestamp(epoch_seconds, UTC)
 
 
 def _valid_until(ent: Entitlements, now: float) -> float:
@@ -144,7 +148,10 @@ class LocalStore:
             self._limit_keys = frozenset(lim.key for plan in catalog.plans for lim in plan.limits)
             self._catalog = catalog
             for account, entry in list(self._entries.items()):
-                prepared = replace(entry, features=prepare_features(catalog, entry.entitlements))
+                prepared = replace(
+                    entry,
+                    features=prepare_features(catalog, entry.entitlements, _utc(entry.received_at)),
+                )
                 self._entries[account] = prepared
                 if account in self._answers:
                     self._answers[account] = prepared
@@ -195,8 +202,8 @@ class LocalStore:
         ent = _convert.entitlements(msg.entitlements)
         catalog = self._catalog
         # Prepared outside the lock: the slow path of other threads does not wait for it.
-        features = prepare_features(catalog, ent) if catalog is not None else {}
         now = _now()
+        features = prepare_features(catalog, ent, _utc(now)) if catalog is not None else {}
         with self._lock:
             self._last_event_at = now
             account = ent.account_id
@@ -249,8 +256,8 @@ class LocalStore:
         """A wanted account's state fetched by RPC after a miss: it answers this call and, while
         the stream is not down, the next ones until the stream delivers the account."""
         catalog = self._catalog
-        features = prepare_features(catalog, ent) if catalog is not None else {}
         now = _now()
+        features = prepare_features(catalog, ent, _utc(now)) if catalog is not None else {}
         with self._lock:
             account = ent.account_id
             entry = self._entry(ent, features, now, provisional=account not in self._covered)
@@ -295,8 +302,11 @@ class LocalStore:
             # (a stream opened since has its own, later one: no second reopen for it).
             return entry, now >= self._resync_at
 
-    def feature(self, account_id: str, feature: str, *, stale: bool = False) -> FeatureCheck | None:
-        """The local answer, or None when the account must be asked over RPC.
+    def feature(
+        self, account_id: str, feature: str, *, stale: bool = False, min_revision: int = 0
+    ) -> FeatureCheck | None:
+        """The local answer, or None when the account must be asked over RPC (also when the
+        local copy is older than `min_revision`).
 
         `stale=True` (the RPC failed as unavailable): any known state not older than `max_stale`.
         """
@@ -304,7 +314,7 @@ class LocalStore:
             entry = self._answers.get(account_id)
             if entry is not None and _now() < entry.deadline:
                 check = entry.features.get(feature)
-                if check is not None:
+                if check is not None and check.revision >= min_revision:
                     self._local_answers += 1
                     return check
         if self._catalog is None:
@@ -320,13 +330,23 @@ class LocalStore:
             self.request_reopen()
         if found is None:
             return None
+        if found.revision < min_revision:
+            # Not fresh enough: the server answers (reading through for it); the stream
+            # pushes the newer revision here on its own, so no resync is needed.
+            return None
         check = found.features.get(feature)
         if check is None or not stale:
             return check
         return replace(check, source="stale")
 
     def limit(
-        self, account_id: str, limit_key: str, current: int, *, stale: bool = False
+        self,
+        account_id: str,
+        limit_key: str,
+        current: int,
+        *,
+        stale: bool = False,
+        min_revision: int = 0,
     ) -> LimitCheck | None:
         """The local judgement of the caller's `current` against the account's limit, or None."""
         if self._catalog is None:
@@ -338,7 +358,7 @@ class LocalStore:
         if current < 0:
             raise InvalidArgument(f"must be zero or more, got {current}", field="current")
         entry = None if stale else self._answers.get(account_id)
-        if entry is not None and _now() < entry.deadline:
+        if entry is not None and _now() < entry.deadline and entry.revision >= min_revision:
             self._local_answers += 1
         else:
             entry, resync = self._lookup(account_id, stale)
@@ -349,7 +369,15 @@ class LocalStore:
         found = entry.limits.get(limit_key)
         if found is None:
             return None
-        return limit_check(entry.entitlements, found, current, "stale" if stale else "local")
+        if entry.revision < min_revision:
+            return None
+        return limit_check(
+            entry.entitlements,
+            found,
+            current,
+            "stale" if stale else "local",
+            _utc(entry.received_at),
+        )
 
     def _stale(self, account_id: str) -> LocalEntry | None:
         entry = self._entries.get(account_id)

@@ -89,6 +89,9 @@ class FeatureCheck:
     revision: int
     message: str = ""
     source: AnswerSource = "rpc"
+    #: How fresh the answer is: when the server read the state it came from (an RPC answer),
+    #: or when this client's watch stream delivered it (a local one).
+    as_of: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,9 @@ class MinimumPlanCheck:
     allowed: bool
     plan_id: str
     revision: int
+    #: How fresh the answer is: when the server read the state it came from (an RPC answer),
+    #: or when this client's watch stream delivered it (a local one).
+    as_of: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,9 @@ class LimitCheck:
     plan_id: str
     revision: int
     source: AnswerSource = "rpc"
+    #: How fresh the answer is: when the server read the state it came from (an RPC answer),
+    #: or when this client's watch stream delivered it (a local one).
+    as_of: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

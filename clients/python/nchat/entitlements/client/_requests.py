@@ -82,8 +82,12 @@ def _status_error(status: status_pb2.Status) -> EntitlementsError:
     return error_from_status(code, status.message, status)
 
 
-def check_limit(account_id: str, limit: str, current: int | None) -> usage_pb.CheckLimitRequest:
-    request = usage_pb.CheckLimitRequest(account_id=account_id, limit=limit)
+def check_limit(
+    account_id: str, limit: str, current: int | None, min_revision: int = 0
+) -> usage_pb.CheckLimitRequest:
+    request = usage_pb.CheckLimitRequest(
+        account_id=account_id, limit=limit, min_revision=min_revision
+    )
     if current is not None:
         request.current = current
     return request

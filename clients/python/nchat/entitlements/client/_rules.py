@@ -3,6 +3,8 @@ of an account's `Entitlements` and the plan catalog."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from nchat.entitlements.client._models import (
     AnswerSource,
     Entitlements,
@@ -52,8 +54,11 @@ def feature_message(plan_id: str, feature: str, reason: FeatureDecisionReason, u
     return f"{message}; upgrade to {upgrade}" if upgrade else message
 
 
-def prepare_features(catalog: PlanCatalog, ent: Entitlements) -> dict[str, FeatureCheck]:
-    """Every catalog feature's answer for `ent`, as the server would give it."""
+def prepare_features(
+    catalog: PlanCatalog, ent: Entitlements, as_of: datetime | None = None
+) -> dict[str, FeatureCheck]:
+    """Every catalog feature's answer for `ent`, as the server would give it (`as_of`: when the
+    state arrived)."""
     answers: dict[str, FeatureCheck] = {}
     for info in catalog.features:
         allowed, upgrade, reason = evaluate_feature(catalog, ent, info.key)
@@ -65,6 +70,7 @@ def prepare_features(catalog: PlanCatalog, ent: Entitlements) -> dict[str, Featu
             revision=ent.revision,
             message=feature_message(ent.plan_id, info.key, reason, upgrade),
             source="local",
+            as_of=as_of,
         )
     return answers
 
@@ -88,7 +94,13 @@ def judge_limit(limit: int | None, current: int) -> tuple[bool, float, UsageLeve
     return remaining > 0, 100 * current / limit, level, max(remaining, 0)
 
 
-def limit_check(ent: Entitlements, found: Limit, current: int, source: AnswerSource) -> LimitCheck:
+def limit_check(
+    ent: Entitlements,
+    found: Limit,
+    current: int,
+    source: AnswerSource,
+    as_of: datetime | None = None,
+) -> LimitCheck:
     """`current` judged against the account's limit `found`."""
     allowed, percentage, level, remaining = judge_limit(found.value, current)
     return LimitCheck(
@@ -102,4 +114,5 @@ def limit_check(ent: Entitlements, found: Limit, current: int, source: AnswerSou
         plan_id=ent.plan_id,
         revision=ent.revision,
         source=source,
+        as_of=as_of,
     )

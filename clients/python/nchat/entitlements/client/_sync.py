@@ -151,49 +151,66 @@ class EntitlementsClient:
                 raise error from None
 
     def can_use_feature(
-        self, account_id: str, feature: str, *, timeout: float | None = None
+        self,
+        account_id: str,
+        feature: str,
+        *,
+        min_revision: int = 0,
+        timeout: float | None = None,
     ) -> FeatureCheck:
-        """May `account_id` use `feature`? A denial is an answer, not an error."""
+        """May `account_id` use `feature`? A denial is an answer, not an error.
+
+        `min_revision` (a `revision` a write or an earlier answer returned): the answer reflects
+        at least that revision; a local copy older than it is not used.
+        """
         store = self._store
         if store is not None:
-            answer = store.feature(account_id, feature)
+            answer = store.feature(account_id, feature, min_revision=min_revision)
             if answer is not None:
                 return answer
-            return self._feature_on_miss(store, account_id, feature, timeout)
-        return self._can_use_feature(account_id, feature, timeout)
+            return self._feature_on_miss(store, account_id, feature, min_revision, timeout)
+        return self._can_use_feature(account_id, feature, min_revision, timeout)
 
     def _feature_on_miss(
-        self, store: LocalStore, account_id: str, feature: str, timeout: float | None
+        self,
+        store: LocalStore,
+        account_id: str,
+        feature: str,
+        min_revision: int,
+        timeout: float | None,
     ) -> FeatureCheck:
         """Not answerable locally: the account's state by RPC answers this call and the next ones
         (the stream is reopened for it); beyond the account cap, CanUseFeature answers."""
         try:
-            entry = self._fetch_for_local(store, account_id, timeout)
+            entry = self._fetch_for_local(store, account_id, min_revision, timeout)
             if entry is None:
-                return self._can_use_feature(account_id, feature, timeout)
+                return self._can_use_feature(account_id, feature, min_revision, timeout)
         except Unavailable:
-            stale = store.feature(account_id, feature, stale=True)
+            stale = store.feature(account_id, feature, stale=True, min_revision=min_revision)
             if stale is None:
                 raise
             return stale
         return store.answer(entry, feature)
 
     def _fetch_for_local(
-        self, store: LocalStore, account_id: str, timeout: float | None
+        self, store: LocalStore, account_id: str, min_revision: int, timeout: float | None
     ) -> LocalEntry | None:
-        """The account's state, fetched and kept for local answers (None: not to be watched)."""
+        """The account's state (at least `min_revision`: the server reads through for it),
+        fetched and kept for local answers (None: not to be watched)."""
         if not valid_account_id(account_id) or not store.want(account_id):
             return None
         if store.catalog is None:  # the first check of this client: the watcher may be loading it
             store.set_catalog(self.list_plans())
-        request = ent_pb.GetEntitlementsRequest(account_id=account_id)
+        request = ent_pb.GetEntitlementsRequest(account_id=account_id, min_revision=min_revision)
         response = self._call(self._ent.GetEntitlements, request, timeout or self._timeout)
         return store.adopt(_convert.entitlements(response.entitlements))
 
     def _can_use_feature(
-        self, account_id: str, feature: str, timeout: float | None
+        self, account_id: str, feature: str, min_revision: int, timeout: float | None
     ) -> FeatureCheck:
-        request = ent_pb.CanUseFeatureRequest(account_id=account_id, feature=feature)
+        request = ent_pb.CanUseFeatureRequest(
+            account_id=account_id, feature=feature, min_revision=min_revision
+        )
         response = self._call(self._ent.CanUseFeature, request, timeout or self._timeout)
         return _convert.feature_check(response)
 
@@ -206,16 +223,23 @@ class EntitlementsClient:
         return _requests.check_features_results(response)
 
     def check_minimum_plan(
-        self, account_id: str, minimum_plan_id: str, *, timeout: float | None = None
+        self,
+        account_id: str,
+        minimum_plan_id: str,
+        *,
+        min_revision: int = 0,
+        timeout: float | None = None,
     ) -> MinimumPlanCheck:
         request = ent_pb.CheckMinimumPlanRequest(
-            account_id=account_id, minimum_plan_id=minimum_plan_id
+            account_id=account_id, minimum_plan_id=minimum_plan_id, min_revision=min_revision
         )
         response = self._call(self._ent.CheckMinimumPlan, request, timeout or self._timeout)
         return _convert.minimum_plan_check(response)
 
-    def get_entitlements(self, account_id: str, *, timeout: float | None = None) -> Entitlements:
-        request = ent_pb.GetEntitlementsRequest(account_id=account_id)
+    def get_entitlements(
+        self, account_id: str, *, min_revision: int = 0, timeout: float | None = None
+    ) -> Entitlements:
+        request = ent_pb.GetEntitlementsRequest(account_id=account_id, min_revision=min_revision)
         response = self._call(self._ent.GetEntitlements, request, timeout or self._timeout)
         return _convert.entitlements(response.entitlements)
 
@@ -238,6 +262,7 @@ class EntitlementsClient:
         limit: str,
         current: int | None = None,
         *,
+        min_revision: int = 0,
         timeout: float | None = None,
     ) -> LimitCheck:
         """Room for one more under `limit`? Judges `current` when given, else tracked usage.
@@ -246,26 +271,31 @@ class EntitlementsClient:
         """
         store = self._store
         if store is None or current is None:
-            return self._check_limit(account_id, limit, current, timeout)
-        answer = store.limit(account_id, limit, current)
+            return self._check_limit(account_id, limit, current, min_revision, timeout)
+        answer = store.limit(account_id, limit, current, min_revision=min_revision)
         if answer is not None:
             return answer
         try:
-            entry = self._fetch_for_local(store, account_id, timeout)
+            entry = self._fetch_for_local(store, account_id, min_revision, timeout)
         except Unavailable:
-            stale = store.limit(account_id, limit, current, stale=True)
+            stale = store.limit(account_id, limit, current, stale=True, min_revision=min_revision)
             if stale is None:
                 raise
             return stale
         fetched = entry.limits.get(limit) if entry is not None else None
         if entry is None or fetched is None or current < 0:  # the server names the bad field
-            return self._check_limit(account_id, limit, current, timeout)
+            return self._check_limit(account_id, limit, current, min_revision, timeout)
         return limit_check(entry.entitlements, fetched, current, "rpc")
 
     def _check_limit(
-        self, account_id: str, limit: str, current: int | None, timeout: float | None
+        self,
+        account_id: str,
+        limit: str,
+        current: int | None,
+        min_revision: int,
+        timeout: float | None,
     ) -> LimitCheck:
-        request = _requests.check_limit(account_id, limit, current)
+        request = _requests.check_limit(account_id, limit, current, min_revision)
         response = self._call(self._usage.CheckLimit, request, timeout or self._timeout)
         return _convert.limit_check(response)
 

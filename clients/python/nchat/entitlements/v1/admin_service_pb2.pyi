@@ -8,6 +8,8 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from nchat.entitlements.v1 import plan_pb2 as _plan_pb2
 from nchat.entitlements.v1 import subscription_pb2 as _subscription_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +21,74 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _UnsettledFundsKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UnsettledFundsKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UnsettledFundsKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UNSETTLED_FUNDS_KIND_UNSPECIFIED: _UnsettledFundsKind.ValueType  # 0
+    """Not set: any kind (in a filter)."""
+    UNSETTLED_FUNDS_KIND_UNDERPAID: _UnsettledFundsKind.ValueType  # 1
+    """A payment received less than its amount."""
+    UNSETTLED_FUNDS_KIND_OVERPAID: _UnsettledFundsKind.ValueType  # 2
+    """A payment received more than its amount by more than the tolerance (it did activate)."""
+    UNSETTLED_FUNDS_KIND_PAID_LATE: _UnsettledFundsKind.ValueType  # 3
+    """A payment paid after its quote expired."""
+    UNSETTLED_FUNDS_KIND_WRONG_CURRENCY: _UnsettledFundsKind.ValueType  # 4
+    """A transfer whose amount names a quote made for another currency."""
+    UNSETTLED_FUNDS_KIND_WRONG_PAYER: _UnsettledFundsKind.ValueType  # 5
+    """A transfer whose amount names a quote to be paid from another wallet."""
+    UNSETTLED_FUNDS_KIND_UNMATCHED: _UnsettledFundsKind.ValueType  # 6
+    """A transfer whose amount names no open quote."""
+    UNSETTLED_FUNDS_KIND_UNSUPPORTED: _UnsettledFundsKind.ValueType  # 7
+    """A transfer in a coin the service does not accept on that network."""
+
+class UnsettledFundsKind(_UnsettledFundsKind, metaclass=_UnsettledFundsKindEnumTypeWrapper):
+    """UnsettledFundsKind is why received money gave no (or not all its) access."""
+
+UNSETTLED_FUNDS_KIND_UNSPECIFIED: UnsettledFundsKind.ValueType  # 0
+"""Not set: any kind (in a filter)."""
+UNSETTLED_FUNDS_KIND_UNDERPAID: UnsettledFundsKind.ValueType  # 1
+"""A payment received less than its amount."""
+UNSETTLED_FUNDS_KIND_OVERPAID: UnsettledFundsKind.ValueType  # 2
+"""A payment received more than its amount by more than the tolerance (it did activate)."""
+UNSETTLED_FUNDS_KIND_PAID_LATE: UnsettledFundsKind.ValueType  # 3
+"""A payment paid after its quote expired."""
+UNSETTLED_FUNDS_KIND_WRONG_CURRENCY: UnsettledFundsKind.ValueType  # 4
+"""A transfer whose amount names a quote made for another currency."""
+UNSETTLED_FUNDS_KIND_WRONG_PAYER: UnsettledFundsKind.ValueType  # 5
+"""A transfer whose amount names a quote to be paid from another wallet."""
+UNSETTLED_FUNDS_KIND_UNMATCHED: UnsettledFundsKind.ValueType  # 6
+"""A transfer whose amount names no open quote."""
+UNSETTLED_FUNDS_KIND_UNSUPPORTED: UnsettledFundsKind.ValueType  # 7
+"""A transfer in a coin the service does not accept on that network."""
+Global___UnsettledFundsKind: _TypeAlias = UnsettledFundsKind  # noqa: Y015
+
+class _FundsResolutionAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FundsResolutionActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FundsResolutionAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FUNDS_RESOLUTION_ACTION_UNSPECIFIED: _FundsResolutionAction.ValueType  # 0
+    """Not resolved."""
+    FUNDS_RESOLUTION_ACTION_CREDITED: _FundsResolutionAction.ValueType  # 1
+    """Credited to an account and plan."""
+    FUNDS_RESOLUTION_ACTION_REFUNDED: _FundsResolutionAction.ValueType  # 2
+    """Sent back."""
+
+class FundsResolutionAction(_FundsResolutionAction, metaclass=_FundsResolutionActionEnumTypeWrapper):
+    """FundsResolutionAction is what an admin decided."""
+
+FUNDS_RESOLUTION_ACTION_UNSPECIFIED: FundsResolutionAction.ValueType  # 0
+"""Not resolved."""
+FUNDS_RESOLUTION_ACTION_CREDITED: FundsResolutionAction.ValueType  # 1
+"""Credited to an account and plan."""
+FUNDS_RESOLUTION_ACTION_REFUNDED: FundsResolutionAction.ValueType  # 2
+"""Sent back."""
+Global___FundsResolutionAction: _TypeAlias = FundsResolutionAction  # noqa: Y015
 
 @_typing.final
 class GetRevenueMetricsRequest(_message.Message):
@@ -431,3 +501,339 @@ class SetAccountOverridesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetAccountOverridesResponse: _TypeAlias = SetAccountOverridesResponse  # noqa: Y015
+
+@_typing.final
+class FundsResolution(_message.Message):
+    """FundsResolution is an admin's decision on one item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REFUND_TX_HASH_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RESOLVED_AT_FIELD_NUMBER: _builtins.int
+    action: Global___FundsResolutionAction.ValueType
+    """Credited or refunded."""
+    account_id: _builtins.str
+    """The account credited (credits only)."""
+    plan_id: _builtins.str
+    """The plan credited (credits only)."""
+    interval: _plan_pb2.BillingInterval.ValueType
+    """The interval credited (credits only)."""
+    payment_id: _builtins.str
+    """The crypto payment the credit activated the plan through (credits only)."""
+    refund_tx_hash: _builtins.str
+    """The refund's transaction hash (refunds only)."""
+    actor: _builtins.str
+    """The admin caller who decided."""
+    reason: _builtins.str
+    """Why, as the admin wrote it."""
+    @_builtins.property
+    def resolved_at(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___FundsResolutionAction.ValueType = ...,
+        account_id: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+        interval: _plan_pb2.BillingInterval.ValueType = ...,
+        payment_id: _builtins.str = ...,
+        refund_tx_hash: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        resolved_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resolved_at", b"resolved_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "action", b"action", "actor", b"actor", "interval", b"interval", "payment_id", b"payment_id", "plan_id", b"plan_id", "reason", b"reason", "refund_tx_hash", b"refund_tx_hash", "resolved_at", b"resolved_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FundsResolution: _TypeAlias = FundsResolution  # noqa: Y015
+
+@_typing.final
+class UnsettledFunds(_message.Message):
+    """UnsettledFunds is one item of crypto money received without (full) access."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    RECEIVED_AMOUNT_FIELD_NUMBER: _builtins.int
+    RECEIVED_BASE_UNITS_FIELD_NUMBER: _builtins.int
+    EXPECTED_AMOUNT_FIELD_NUMBER: _builtins.int
+    EXCESS_CENTS_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    TX_HASH_FIELD_NUMBER: _builtins.int
+    FROM_ADDRESS_FIELD_NUMBER: _builtins.int
+    BLOCK_NUMBER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The item's id: a payment id ("cp_...") or an unmatched transfer ("ut_...")."""
+    kind: Global___UnsettledFundsKind.ValueType
+    """Why it gave no access."""
+    network: _builtins.str
+    """The network it arrived on."""
+    currency: _builtins.str
+    """"ETH", "USDC", "USDT", or the native coin's symbol for an unsupported coin."""
+    received_amount: _builtins.str
+    """What arrived, a decimal string in the currency."""
+    received_base_units: _builtins.str
+    """The same in base units, a decimal string."""
+    expected_amount: _builtins.str
+    """For a payment: the amount quoted, a decimal string."""
+    excess_cents: _builtins.int
+    """For an overpaid payment: the excess in US cents at the quote's rate."""
+    payment_id: _builtins.str
+    """The payment: for a payment item itself; for a transfer, the quote its amount names."""
+    account_id: _builtins.str
+    """For a payment: its account."""
+    plan_id: _builtins.str
+    """For a payment: its plan."""
+    tx_hash: _builtins.str
+    """The (first) transaction that brought the money."""
+    from_address: _builtins.str
+    """The wallet it came from (where a refund goes)."""
+    block_number: _builtins.int
+    """The block it is in (the latest, for a payment of several transfers)."""
+    reason: _builtins.str
+    """What the service noted (its reason or the payment's admin note)."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the item arose: the quote's time for a payment, when the transfer was seen otherwise."""
+
+    @_builtins.property
+    def resolution(self) -> Global___FundsResolution:
+        """The admin's decision; unset while open."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        kind: Global___UnsettledFundsKind.ValueType = ...,
+        network: _builtins.str = ...,
+        currency: _builtins.str = ...,
+        received_amount: _builtins.str = ...,
+        received_base_units: _builtins.str = ...,
+        expected_amount: _builtins.str = ...,
+        excess_cents: _builtins.int = ...,
+        payment_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+        tx_hash: _builtins.str = ...,
+        from_address: _builtins.str = ...,
+        block_number: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        resolution: Global___FundsResolution | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "resolution", b"resolution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "block_number", b"block_number", "created_at", b"created_at", "currency", b"currency", "excess_cents", b"excess_cents", "expected_amount", b"expected_amount", "from_address", b"from_address", "id", b"id", "kind", b"kind", "network", b"network", "payment_id", b"payment_id", "plan_id", b"plan_id", "reason", b"reason", "received_amount", b"received_amount", "received_base_units", b"received_base_units", "resolution", b"resolution", "tx_hash", b"tx_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnsettledFunds: _TypeAlias = UnsettledFunds  # noqa: Y015
+
+@_typing.final
+class ListUnsettledFundsRequest(_message.Message):
+    """ListUnsettledFundsRequest is a page request with filters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_RESOLVED_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many items (default 50, at most 500)."""
+    page_token: _builtins.str
+    """A `next_page_token` from an earlier call with the same filters."""
+    kind: Global___UnsettledFundsKind.ValueType
+    """Only items of this kind; any when unspecified."""
+    network: _builtins.str
+    """Only items on this network."""
+    account_id: _builtins.str
+    """Only payments of this account (transfers belong to no account)."""
+    include_resolved: _builtins.bool
+    """Also list items already resolved (they are left out otherwise)."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        kind: Global___UnsettledFundsKind.ValueType = ...,
+        network: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        include_resolved: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "include_resolved", b"include_resolved", "kind", b"kind", "network", b"network", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnsettledFundsRequest: _TypeAlias = ListUnsettledFundsRequest  # noqa: Y015
+
+@_typing.final
+class ListUnsettledFundsResponse(_message.Message):
+    """ListUnsettledFundsResponse is a page of items."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty on the last."""
+    @_builtins.property
+    def funds(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnsettledFunds]:
+        """The items, newest first."""
+
+    def __init__(
+        self,
+        *,
+        funds: _abc.Iterable[Global___UnsettledFunds] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["funds", b"funds", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnsettledFundsResponse: _TypeAlias = ListUnsettledFundsResponse  # noqa: Y015
+
+@_typing.final
+class CreditFunds(_message.Message):
+    """CreditFunds credits money to an account and plan for one interval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account to credit; for a payment, its own account when empty. Required for a transfer."""
+    plan_id: _builtins.str
+    """The plan (one with a list price for the interval); for a payment, its own when empty."""
+    interval: _plan_pb2.BillingInterval.ValueType
+    """The interval; for a payment, its own when unspecified. Required for a transfer."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+        interval: _plan_pb2.BillingInterval.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "interval", b"interval", "plan_id", b"plan_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditFunds: _TypeAlias = CreditFunds  # noqa: Y015
+
+@_typing.final
+class RefundFunds(_message.Message):
+    """RefundFunds records that the money was sent back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TX_HASH_FIELD_NUMBER: _builtins.int
+    tx_hash: _builtins.str
+    """The refund's transaction hash, 0x and 64 hex digits. Required."""
+    def __init__(
+        self,
+        *,
+        tx_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tx_hash", b"tx_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundFunds: _TypeAlias = RefundFunds  # noqa: Y015
+
+@_typing.final
+class ResolveUnsettledFundsRequest(_message.Message):
+    """ResolveUnsettledFundsRequest decides one item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CREDIT_FIELD_NUMBER: _builtins.int
+    REFUND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The item's id from ListUnsettledFunds. Required."""
+    reason: _builtins.str
+    """Why (kept in the audit log); at most 2000 characters."""
+    @_builtins.property
+    def credit(self) -> Global___CreditFunds:
+        """Credit it to an account and plan."""
+
+    @_builtins.property
+    def refund(self) -> Global___RefundFunds:
+        """Record its refund."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        credit: Global___CreditFunds | None = ...,
+        refund: Global___RefundFunds | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "credit", b"credit", "refund", b"refund"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "credit", b"credit", "id", b"id", "reason", b"reason", "refund", b"refund"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["credit", "refund"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
+
+Global___ResolveUnsettledFundsRequest: _TypeAlias = ResolveUnsettledFundsRequest  # noqa: Y015
+
+@_typing.final
+class ResolveUnsettledFundsResponse(_message.Message):
+    """ResolveUnsettledFundsResponse is the item as resolved."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNDS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """For a credit: the credited account's entitlement revision after it; 0 for a refund."""
+    @_builtins.property
+    def funds(self) -> Global___UnsettledFunds:
+        """The item with its resolution."""
+
+    def __init__(
+        self,
+        *,
+        funds: Global___UnsettledFunds | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["funds", b"funds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["funds", b"funds", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveUnsettledFundsResponse: _TypeAlias = ResolveUnsettledFundsResponse  # noqa: Y015

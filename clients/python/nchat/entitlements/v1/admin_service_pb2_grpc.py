@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from nchat.entitlements.v1 import admin_service_pb2 as nchat_dot_entitlements_dot_v1_dot_admin__service__pb2
+from nchat.entitlements.v1 import event_delivery_pb2 as nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -26,8 +27,8 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService gives operators revenue analytics and per-account overrides. Every RPC needs the
-    `admin` scope.
+    """AdminService gives operators revenue analytics, per-account overrides and the crypto money
+    that needs a decision. Every RPC needs the `admin` scope.
     """
 
     def __init__(self, channel):
@@ -51,11 +52,36 @@ class AdminServiceStub:
                 request_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.SetAccountOverridesRequest.SerializeToString,
                 response_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.SetAccountOverridesResponse.FromString,
                 _registered_method=True)
+        self.ListUnsettledFunds = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/ListUnsettledFunds',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ListUnsettledFundsRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ListUnsettledFundsResponse.FromString,
+                _registered_method=True)
+        self.ResolveUnsettledFunds = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/ResolveUnsettledFunds',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ResolveUnsettledFundsRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ResolveUnsettledFundsResponse.FromString,
+                _registered_method=True)
+        self.ListEventDeliveries = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/ListEventDeliveries',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ListEventDeliveriesRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ListEventDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.ReplayEvent = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/ReplayEvent',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayEventRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayEventResponse.FromString,
+                _registered_method=True)
+        self.ReplayFailedEvents = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/ReplayFailedEvents',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """AdminService gives operators revenue analytics and per-account overrides. Every RPC needs the
-    `admin` scope.
+    """AdminService gives operators revenue analytics, per-account overrides and the crypto money
+    that needs a decision. Every RPC needs the `admin` scope.
     """
 
     def GetRevenueMetrics(self, request, context):
@@ -79,6 +105,46 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUnsettledFunds(self, request, context):
+        """ListUnsettledFunds pages through crypto money received that gave no access, or more than
+        the access it gave: underpaid, overpaid beyond the tolerance, paid late, sent in the wrong
+        currency or from the wrong wallet, and transfers that match no quote. Newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveUnsettledFunds(self, request, context):
+        """ResolveUnsettledFunds decides one listed item once: credit it to an account and plan (the
+        plan is activated as a confirmed payment activates it, and counts as crypto revenue) or
+        record its refund with the refund's transaction hash. Audited like SetAccountOverrides.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEventDeliveries(self, request, context):
+        """ListEventDeliveries pages through outbound event deliveries (status, attempts, last
+        error), filtered by endpoint, status or account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayEvent(self, request, context):
+        """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayFailedEvents(self, request, context):
+        """ReplayFailedEvents sends every failed delivery of an endpoint again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +163,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.SetAccountOverridesRequest.FromString,
                     response_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.SetAccountOverridesResponse.SerializeToString,
             ),
+            'ListUnsettledFunds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnsettledFunds,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ListUnsettledFundsRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ListUnsettledFundsResponse.SerializeToString,
+            ),
+            'ResolveUnsettledFunds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveUnsettledFunds,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ResolveUnsettledFundsRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ResolveUnsettledFundsResponse.SerializeToString,
+            ),
+            'ListEventDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEventDeliveries,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ListEventDeliveriesRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ListEventDeliveriesResponse.SerializeToString,
+            ),
+            'ReplayEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayEvent,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayEventRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayEventResponse.SerializeToString,
+            ),
+            'ReplayFailedEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayFailedEvents,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'nchat.entitlements.v1.AdminService', rpc_method_handlers)
@@ -106,8 +197,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService gives operators revenue analytics and per-account overrides. Every RPC needs the
-    `admin` scope.
+    """AdminService gives operators revenue analytics, per-account overrides and the crypto money
+    that needs a decision. Every RPC needs the `admin` scope.
     """
 
     @staticmethod
@@ -181,6 +272,141 @@ class AdminService:
             '/nchat.entitlements.v1.AdminService/SetAccountOverrides',
             nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.SetAccountOverridesRequest.SerializeToString,
             nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.SetAccountOverridesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnsettledFunds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/ListUnsettledFunds',
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ListUnsettledFundsRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ListUnsettledFundsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveUnsettledFunds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/ResolveUnsettledFunds',
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ResolveUnsettledFundsRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ResolveUnsettledFundsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEventDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/ListEventDeliveries',
+            nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ListEventDeliveriesRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ListEventDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/ReplayEvent',
+            nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayEventRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayFailedEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/ReplayFailedEvents',
+            nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from nchat.entitlements.v1 import admin_service_pb2 as _admin_service_pb2
+from nchat.entitlements.v1 import event_delivery_pb2 as _event_delivery_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -27,8 +28,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService gives operators revenue analytics and per-account overrides. Every RPC needs the
-    `admin` scope.
+    """AdminService gives operators revenue analytics, per-account overrides and the crypto money
+    that needs a decision. Every RPC needs the `admin` scope.
     """
 
     @_typing.overload
@@ -41,11 +42,29 @@ class AdminServiceStub:
     """ListSubscriptions pages through subscriptions, optionally filtered."""
     SetAccountOverrides: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetAccountOverridesRequest, _admin_service_pb2.SetAccountOverridesResponse]
     """SetAccountOverrides replaces an account's custom limits and feature grants; audited."""
+    ListUnsettledFunds: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListUnsettledFundsRequest, _admin_service_pb2.ListUnsettledFundsResponse]
+    """ListUnsettledFunds pages through crypto money received that gave no access, or more than
+    the access it gave: underpaid, overpaid beyond the tolerance, paid late, sent in the wrong
+    currency or from the wrong wallet, and transfers that match no quote. Newest first.
+    """
+    ResolveUnsettledFunds: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ResolveUnsettledFundsRequest, _admin_service_pb2.ResolveUnsettledFundsResponse]
+    """ResolveUnsettledFunds decides one listed item once: credit it to an account and plan (the
+    plan is activated as a confirmed payment activates it, and counts as crypto revenue) or
+    record its refund with the refund's transaction hash. Audited like SetAccountOverrides.
+    """
+    ListEventDeliveries: _grpc.UnaryUnaryMultiCallable[_event_delivery_pb2.ListEventDeliveriesRequest, _event_delivery_pb2.ListEventDeliveriesResponse]
+    """ListEventDeliveries pages through outbound event deliveries (status, attempts, last
+    error), filtered by endpoint, status or account.
+    """
+    ReplayEvent: _grpc.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayEventRequest, _event_delivery_pb2.ReplayEventResponse]
+    """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown)."""
+    ReplayFailedEvents: _grpc.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayFailedEventsRequest, _event_delivery_pb2.ReplayFailedEventsResponse]
+    """ReplayFailedEvents sends every failed delivery of an endpoint again."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService gives operators revenue analytics and per-account overrides. Every RPC needs the
-    `admin` scope.
+    """AdminService gives operators revenue analytics, per-account overrides and the crypto money
+    that needs a decision. Every RPC needs the `admin` scope.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -55,10 +74,28 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """ListSubscriptions pages through subscriptions, optionally filtered."""
     SetAccountOverrides: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetAccountOverridesRequest, _admin_service_pb2.SetAccountOverridesResponse]  # type: ignore[assignment]
     """SetAccountOverrides replaces an account's custom limits and feature grants; audited."""
+    ListUnsettledFunds: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListUnsettledFundsRequest, _admin_service_pb2.ListUnsettledFundsResponse]  # type: ignore[assignment]
+    """ListUnsettledFunds pages through crypto money received that gave no access, or more than
+    the access it gave: underpaid, overpaid beyond the tolerance, paid late, sent in the wrong
+    currency or from the wrong wallet, and transfers that match no quote. Newest first.
+    """
+    ResolveUnsettledFunds: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ResolveUnsettledFundsRequest, _admin_service_pb2.ResolveUnsettledFundsResponse]  # type: ignore[assignment]
+    """ResolveUnsettledFunds decides one listed item once: credit it to an account and plan (the
+    plan is activated as a confirmed payment activates it, and counts as crypto revenue) or
+    record its refund with the refund's transaction hash. Audited like SetAccountOverrides.
+    """
+    ListEventDeliveries: _aio.UnaryUnaryMultiCallable[_event_delivery_pb2.ListEventDeliveriesRequest, _event_delivery_pb2.ListEventDeliveriesResponse]  # type: ignore[assignment]
+    """ListEventDeliveries pages through outbound event deliveries (status, attempts, last
+    error), filtered by endpoint, status or account.
+    """
+    ReplayEvent: _aio.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayEventRequest, _event_delivery_pb2.ReplayEventResponse]  # type: ignore[assignment]
+    """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown)."""
+    ReplayFailedEvents: _aio.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayFailedEventsRequest, _event_delivery_pb2.ReplayFailedEventsResponse]  # type: ignore[assignment]
+    """ReplayFailedEvents sends every failed delivery of an endpoint again."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService gives operators revenue analytics and per-account overrides. Every RPC needs the
-    `admin` scope.
+    """AdminService gives operators revenue analytics, per-account overrides and the crypto money
+    that needs a decision. Every RPC needs the `admin` scope.
     """
 
     @_abc_1.abstractmethod
@@ -84,5 +121,53 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.SetAccountOverridesResponse, _abc.Awaitable[_admin_service_pb2.SetAccountOverridesResponse]]:
         """SetAccountOverrides replaces an account's custom limits and feature grants; audited."""
+
+    @_abc_1.abstractmethod
+    def ListUnsettledFunds(
+        self,
+        request: _admin_service_pb2.ListUnsettledFundsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListUnsettledFundsResponse, _abc.Awaitable[_admin_service_pb2.ListUnsettledFundsResponse]]:
+        """ListUnsettledFunds pages through crypto money received that gave no access, or more than
+        the access it gave: underpaid, overpaid beyond the tolerance, paid late, sent in the wrong
+        currency or from the wrong wallet, and transfers that match no quote. Newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveUnsettledFunds(
+        self,
+        request: _admin_service_pb2.ResolveUnsettledFundsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ResolveUnsettledFundsResponse, _abc.Awaitable[_admin_service_pb2.ResolveUnsettledFundsResponse]]:
+        """ResolveUnsettledFunds decides one listed item once: credit it to an account and plan (the
+        plan is activated as a confirmed payment activates it, and counts as crypto revenue) or
+        record its refund with the refund's transaction hash. Audited like SetAccountOverrides.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEventDeliveries(
+        self,
+        request: _event_delivery_pb2.ListEventDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_delivery_pb2.ListEventDeliveriesResponse, _abc.Awaitable[_event_delivery_pb2.ListEventDeliveriesResponse]]:
+        """ListEventDeliveries pages through outbound event deliveries (status, attempts, last
+        error), filtered by endpoint, status or account.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplayEvent(
+        self,
+        request: _event_delivery_pb2.ReplayEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_delivery_pb2.ReplayEventResponse, _abc.Awaitable[_event_delivery_pb2.ReplayEventResponse]]:
+        """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown)."""
+
+    @_abc_1.abstractmethod
+    def ReplayFailedEvents(
+        self,
+        request: _event_delivery_pb2.ReplayFailedEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_delivery_pb2.ReplayFailedEventsResponse, _abc.Awaitable[_event_delivery_pb2.ReplayFailedEventsResponse]]:
+        """ReplayFailedEvents sends every failed delivery of an endpoint again."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -229,6 +229,11 @@ class UpdateSubscriptionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The account's entitlement revision after the change: pass it as `min_revision` to a check
+    (on any replica) to see the change. 0 when the change did not alter the account's state.
+    """
     @_builtins.property
     def subscription(self) -> _subscription_pb2.Subscription:
         """The subscription after the change."""
@@ -237,10 +242,11 @@ class UpdateSubscriptionResponse(_message.Message):
         self,
         *,
         subscription: _subscription_pb2.Subscription | None = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "subscription", b"subscription"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -122,6 +122,7 @@ class CryptoPayment(_message.Message):
     REQUIRED_CONFIRMATIONS_FIELD_NUMBER: _builtins.int
     RECEIVED_AMOUNT_FIELD_NUMBER: _builtins.int
     CONFIRMED_AT_FIELD_NUMBER: _builtins.int
+    PAYER_ADDRESS_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     """The payment's id."""
     account_id: _builtins.str
@@ -158,6 +159,8 @@ class CryptoPayment(_message.Message):
     """Confirmations needed on this network."""
     received_amount: _builtins.str
     """The amount received, a decimal string in the currency."""
+    payer_address: _builtins.str
+    """The wallet the quote must be paid from (checksummed); empty when any wallet may pay."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the quote was made."""
@@ -194,10 +197,11 @@ class CryptoPayment(_message.Message):
         required_confirmations: _builtins.int = ...,
         received_amount: _builtins.str = ...,
         confirmed_at: _timestamp_pb2.Timestamp | None = ...,
+        payer_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["confirmed_at", b"confirmed_at", "created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "amount_base_units", b"amount_base_units", "chain_id", b"chain_id", "confirmations", b"confirmations", "confirmed_at", b"confirmed_at", "created_at", b"created_at", "currency", b"currency", "decimals", b"decimals", "expires_at", b"expires_at", "interval", b"interval", "network", b"network", "pay_to_address", b"pay_to_address", "payment_id", b"payment_id", "plan_id", b"plan_id", "price_cents", b"price_cents", "received_amount", b"received_amount", "required_confirmations", b"required_confirmations", "status", b"status", "token_contract", b"token_contract", "tx_hash", b"tx_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "amount_base_units", b"amount_base_units", "chain_id", b"chain_id", "confirmations", b"confirmations", "confirmed_at", b"confirmed_at", "created_at", b"created_at", "currency", b"currency", "decimals", b"decimals", "expires_at", b"expires_at", "interval", b"interval", "network", b"network", "pay_to_address", b"pay_to_address", "payer_address", b"payer_address", "payment_id", b"payment_id", "plan_id", b"plan_id", "price_cents", b"price_cents", "received_amount", b"received_amount", "required_confirmations", b"required_confirmations", "status", b"status", "token_contract", b"token_contract", "tx_hash", b"tx_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,6 +218,7 @@ class CreateCryptoPaymentRequest(_message.Message):
     INTERVAL_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
+    PAYER_ADDRESS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The billing account. Required."""
     plan_id: _builtins.str
@@ -224,6 +229,11 @@ class CreateCryptoPaymentRequest(_message.Message):
     """The network. Required."""
     currency: _builtins.str
     """"ETH", "USDC" or "USDT"; native ETH only where the network's native coin is ETH. Required."""
+    payer_address: _builtins.str
+    """The wallet that will pay (0x-prefixed, 20 bytes), e.g. the one the user connected before
+    quoting. Optional; when given, only a transfer from this wallet pays the quote, and one
+    from any other wallet is kept for an admin instead.
+    """
     def __init__(
         self,
         *,
@@ -232,10 +242,11 @@ class CreateCryptoPaymentRequest(_message.Message):
         interval: _plan_pb2.BillingInterval.ValueType = ...,
         network: _builtins.str = ...,
         currency: _builtins.str = ...,
+        payer_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "currency", b"currency", "interval", b"interval", "network", b"network", "plan_id", b"plan_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "currency", b"currency", "interval", b"interval", "network", b"network", "payer_address", b"payer_address", "plan_id", b"plan_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

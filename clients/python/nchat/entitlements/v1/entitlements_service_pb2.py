@@ -28,51 +28,51 @@ from nchat.entitlements.v1 import plan_pb2 as nchat_dot_entitlements_dot_v1_dot_
 from nchat.entitlements.v1 import subscription_pb2 as nchat_dot_entitlements_dot_v1_dot_subscription__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0nchat/entitlements/v1/entitlements_service.proto\x12\x15nchat.entitlements.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a nchat/entitlements/v1/plan.proto\x1a(nchat/entitlements/v1/subscription.proto\";\n\x14\x43\x61nUseFeatureRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\"\xb3\x01\n\x15\x43\x61nUseFeatureResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12\x17\n\x0fupgrade_plan_id\x18\x03 \x01(\t\x12<\n\x06reason\x18\x04 \x01(\x0e\x32,.nchat.entitlements.v1.FeatureDecisionReason\x12\x10\n\x08revision\x18\x05 \x01(\x03\x12\x0f\n\x07message\x18\x06 \x01(\t\"S\n\x14\x43heckFeaturesRequest\x12;\n\x06\x63hecks\x18\x01 \x03(\x0b\x32+.nchat.entitlements.v1.CanUseFeatureRequest\"\x84\x01\n\x13\x43heckFeaturesResult\x12<\n\x04item\x18\x01 \x01(\x0b\x32,.nchat.entitlements.v1.CanUseFeatureResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\n\n\x08response\"T\n\x15\x43heckFeaturesResponse\x12;\n\x07results\x18\x01 \x03(\x0b\x32*.nchat.entitlements.v1.CheckFeaturesResult\"F\n\x17\x43heckMinimumPlanRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0fminimum_plan_id\x18\x02 \x01(\t\"N\n\x18\x43heckMinimumPlanResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\",\n\x16GetEntitlementsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\xe7\x03\n\x0c\x45ntitlements\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12\x46\n\x13subscription_status\x18\x03 \x01(\x0e\x32).nchat.entitlements.v1.SubscriptionStatus\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x03(\t\x12,\n\x06limits\x18\x05 \x03(\x0b\x32\x1c.nchat.entitlements.v1.Limit\x12\x36\n\x12\x63urrent_period_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63\x61ncel_at_period_end\x18\x07 \x01(\x08\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12\x1a\n\x12subscribed_plan_id\x18\t \x01(\t\x12\x34\n\x10grace_period_end\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x0epayment_method\x18\x0b \x01(\x0e\x32$.nchat.entitlements.v1.PaymentMethod\x12\x18\n\x10granted_features\x18\x0c \x03(\t\x12\x18\n\x10revoked_features\x18\r \x03(\t\"T\n\x17GetEntitlementsResponse\x12\x39\n\x0c\x65ntitlements\x18\x01 \x01(\x0b\x32#.nchat.entitlements.v1.Entitlements\"9\n\x15GetUpgradePathRequest\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\"C\n\x16GetUpgradePathResponse\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x18\n\x10\x61lready_included\x18\x02 \x01(\x08\"\x12\n\x10ListPlansRequest\"q\n\x11ListPlansResponse\x12*\n\x05plans\x18\x01 \x03(\x0b\x32\x1b.nchat.entitlements.v1.Plan\x12\x30\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x1e.nchat.entitlements.v1.Feature\"p\n\x18WatchEntitlementsRequest\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x01 \x03(\t\x12\x14\n\x0c\x61ll_accounts\x18\x02 \x01(\x08\x12\x14\n\x0csend_initial\x18\x03 \x01(\x08\x12\x13\n\x0b\x63hannel_ids\x18\x04 \x03(\t\"\xb4\x01\n\x12TokenAccessChanged\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10wallet_addresses\x18\x03 \x03(\t\x12\x0f\n\x07granted\x18\x04 \x01(\x08\x12\x1d\n\x15unmet_requirement_ids\x18\x05 \x03(\t\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe1\x01\n\x15UsageThresholdCrossed\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x11\n\tlimit_key\x18\x03 \x01(\t\x12\x0e\n\x06period\x18\x04 \x01(\t\x12\x30\n\x05level\x18\x05 \x01(\x0e\x32!.nchat.entitlements.v1.UsageLevel\x12\x0f\n\x07\x63urrent\x18\x06 \x01(\x03\x12\r\n\x05limit\x18\x07 \x01(\x03\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf7\x01\n\x19WatchEntitlementsResponse\x12;\n\x0c\x65ntitlements\x18\x01 \x01(\x0b\x32#.nchat.entitlements.v1.EntitlementsH\x00\x12I\n\x11threshold_crossed\x18\x02 \x01(\x0b\x32,.nchat.entitlements.v1.UsageThresholdCrossedH\x00\x12I\n\x14token_access_changed\x18\x03 \x01(\x0b\x32).nchat.entitlements.v1.TokenAccessChangedH\x00\x42\x07\n\x05\x65vent*\x81\x02\n\x15\x46\x65\x61tureDecisionReason\x12\'\n#FEATURE_DECISION_REASON_UNSPECIFIED\x10\x00\x12,\n(FEATURE_DECISION_REASON_INCLUDED_IN_PLAN\x10\x01\x12/\n+FEATURE_DECISION_REASON_GRANTED_BY_OVERRIDE\x10\x02\x12/\n+FEATURE_DECISION_REASON_REVOKED_BY_OVERRIDE\x10\x03\x12/\n+FEATURE_DECISION_REASON_FEATURE_NOT_IN_PLAN\x10\x04\x32\x9d\x06\n\x13\x45ntitlementsService\x12j\n\rCanUseFeature\x12+.nchat.entitlements.v1.CanUseFeatureRequest\x1a,.nchat.entitlements.v1.CanUseFeatureResponse\x12j\n\rCheckFeatures\x12+.nchat.entitlements.v1.CheckFeaturesRequest\x1a,.nchat.entitlements.v1.CheckFeaturesResponse\x12s\n\x10\x43heckMinimumPlan\x12..nchat.entitlements.v1.CheckMinimumPlanRequest\x1a/.nchat.entitlements.v1.CheckMinimumPlanResponse\x12p\n\x0fGetEntitlements\x12-.nchat.entitlements.v1.GetEntitlementsRequest\x1a..nchat.entitlements.v1.GetEntitlementsResponse\x12m\n\x0eGetUpgradePath\x12,.nchat.entitlements.v1.GetUpgradePathRequest\x1a-.nchat.entitlements.v1.GetUpgradePathResponse\x12^\n\tListPlans\x12\'.nchat.entitlements.v1.ListPlansRequest\x1a(.nchat.entitlements.v1.ListPlansResponse\x12x\n\x11WatchEntitlements\x12/.nchat.entitlements.v1.WatchEntitlementsRequest\x1a\x30.nchat.entitlements.v1.WatchEntitlementsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0nchat/entitlements/v1/entitlements_service.proto\x12\x15nchat.entitlements.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a nchat/entitlements/v1/plan.proto\x1a(nchat/entitlements/v1/subscription.proto\"Q\n\x14\x43\x61nUseFeatureRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x14\n\x0cmin_revision\x18\x03 \x01(\x03\"\xde\x01\n\x15\x43\x61nUseFeatureResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12\x17\n\x0fupgrade_plan_id\x18\x03 \x01(\t\x12<\n\x06reason\x18\x04 \x01(\x0e\x32,.nchat.entitlements.v1.FeatureDecisionReason\x12\x10\n\x08revision\x18\x05 \x01(\x03\x12\x0f\n\x07message\x18\x06 \x01(\t\x12)\n\x05\x61s_of\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\x14\x43heckFeaturesRequest\x12;\n\x06\x63hecks\x18\x01 \x03(\x0b\x32+.nchat.entitlements.v1.CanUseFeatureRequest\"\x84\x01\n\x13\x43heckFeaturesResult\x12<\n\x04item\x18\x01 \x01(\x0b\x32,.nchat.entitlements.v1.CanUseFeatureResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\n\n\x08response\"T\n\x15\x43heckFeaturesResponse\x12;\n\x07results\x18\x01 \x03(\x0b\x32*.nchat.entitlements.v1.CheckFeaturesResult\"\\\n\x17\x43heckMinimumPlanRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0fminimum_plan_id\x18\x02 \x01(\t\x12\x14\n\x0cmin_revision\x18\x03 \x01(\x03\"y\n\x18\x43heckMinimumPlanResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12)\n\x05\x61s_of\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x16GetEntitlementsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0cmin_revision\x18\x02 \x01(\x03\"\xe7\x03\n\x0c\x45ntitlements\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12\x46\n\x13subscription_status\x18\x03 \x01(\x0e\x32).nchat.entitlements.v1.SubscriptionStatus\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x03(\t\x12,\n\x06limits\x18\x05 \x03(\x0b\x32\x1c.nchat.entitlements.v1.Limit\x12\x36\n\x12\x63urrent_period_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63\x61ncel_at_period_end\x18\x07 \x01(\x08\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12\x1a\n\x12subscribed_plan_id\x18\t \x01(\t\x12\x34\n\x10grace_period_end\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x0epayment_method\x18\x0b \x01(\x0e\x32$.nchat.entitlements.v1.PaymentMethod\x12\x18\n\x10granted_features\x18\x0c \x03(\t\x12\x18\n\x10revoked_features\x18\r \x03(\t\"\x7f\n\x17GetEntitlementsResponse\x12\x39\n\x0c\x65ntitlements\x18\x01 \x01(\x0b\x32#.nchat.entitlements.v1.Entitlements\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\x15GetUpgradePathRequest\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\"C\n\x16GetUpgradePathResponse\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x18\n\x10\x61lready_included\x18\x02 \x01(\x08\"\x12\n\x10ListPlansRequest\"q\n\x11ListPlansResponse\x12*\n\x05plans\x18\x01 \x03(\x0b\x32\x1b.nchat.entitlements.v1.Plan\x12\x30\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x1e.nchat.entitlements.v1.Feature\"p\n\x18WatchEntitlementsRequest\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x01 \x03(\t\x12\x14\n\x0c\x61ll_accounts\x18\x02 \x01(\x08\x12\x14\n\x0csend_initial\x18\x03 \x01(\x08\x12\x13\n\x0b\x63hannel_ids\x18\x04 \x03(\t\"\xb4\x01\n\x12TokenAccessChanged\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10wallet_addresses\x18\x03 \x03(\t\x12\x0f\n\x07granted\x18\x04 \x01(\x08\x12\x1d\n\x15unmet_requirement_ids\x18\x05 \x03(\t\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe1\x01\n\x15UsageThresholdCrossed\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x11\n\tlimit_key\x18\x03 \x01(\t\x12\x0e\n\x06period\x18\x04 \x01(\t\x12\x30\n\x05level\x18\x05 \x01(\x0e\x32!.nchat.entitlements.v1.UsageLevel\x12\x0f\n\x07\x63urrent\x18\x06 \x01(\x03\x12\r\n\x05limit\x18\x07 \x01(\x03\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf7\x01\n\x19WatchEntitlementsResponse\x12;\n\x0c\x65ntitlements\x18\x01 \x01(\x0b\x32#.nchat.entitlements.v1.EntitlementsH\x00\x12I\n\x11threshold_crossed\x18\x02 \x01(\x0b\x32,.nchat.entitlements.v1.UsageThresholdCrossedH\x00\x12I\n\x14token_access_changed\x18\x03 \x01(\x0b\x32).nchat.entitlements.v1.TokenAccessChangedH\x00\x42\x07\n\x05\x65vent*\x81\x02\n\x15\x46\x65\x61tureDecisionReason\x12\'\n#FEATURE_DECISION_REASON_UNSPECIFIED\x10\x00\x12,\n(FEATURE_DECISION_REASON_INCLUDED_IN_PLAN\x10\x01\x12/\n+FEATURE_DECISION_REASON_GRANTED_BY_OVERRIDE\x10\x02\x12/\n+FEATURE_DECISION_REASON_REVOKED_BY_OVERRIDE\x10\x03\x12/\n+FEATURE_DECISION_REASON_FEATURE_NOT_IN_PLAN\x10\x04\x32\x9d\x06\n\x13\x45ntitlementsService\x12j\n\rCanUseFeature\x12+.nchat.entitlements.v1.CanUseFeatureRequest\x1a,.nchat.entitlements.v1.CanUseFeatureResponse\x12j\n\rCheckFeatures\x12+.nchat.entitlements.v1.CheckFeaturesRequest\x1a,.nchat.entitlements.v1.CheckFeaturesResponse\x12s\n\x10\x43heckMinimumPlan\x12..nchat.entitlements.v1.CheckMinimumPlanRequest\x1a/.nchat.entitlements.v1.CheckMinimumPlanResponse\x12p\n\x0fGetEntitlements\x12-.nchat.entitlements.v1.GetEntitlementsRequest\x1a..nchat.entitlements.v1.GetEntitlementsResponse\x12m\n\x0eGetUpgradePath\x12,.nchat.entitlements.v1.GetUpgradePathRequest\x1a-.nchat.entitlements.v1.GetUpgradePathResponse\x12^\n\tListPlans\x12\'.nchat.entitlements.v1.ListPlansRequest\x1a(.nchat.entitlements.v1.ListPlansResponse\x12x\n\x11WatchEntitlements\x12/.nchat.entitlements.v1.WatchEntitlementsRequest\x1a\x30.nchat.entitlements.v1.WatchEntitlementsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nchat.entitlements.v1.entitlements_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATUREDECISIONREASON']._serialized_start=2571
-  _globals['_FEATUREDECISIONREASON']._serialized_end=2828
+  _globals['_FEATUREDECISIONREASON']._serialized_start=2766
+  _globals['_FEATUREDECISIONREASON']._serialized_end=3023
   _globals['_CANUSEFEATUREREQUEST']._serialized_start=209
-  _globals['_CANUSEFEATUREREQUEST']._serialized_end=268
-  _globals['_CANUSEFEATURERESPONSE']._serialized_start=271
-  _globals['_CANUSEFEATURERESPONSE']._serialized_end=450
-  _globals['_CHECKFEATURESREQUEST']._serialized_start=452
-  _globals['_CHECKFEATURESREQUEST']._serialized_end=535
-  _globals['_CHECKFEATURESRESULT']._serialized_start=538
-  _globals['_CHECKFEATURESRESULT']._serialized_end=670
-  _globals['_CHECKFEATURESRESPONSE']._serialized_start=672
-  _globals['_CHECKFEATURESRESPONSE']._serialized_end=756
-  _globals['_CHECKMINIMUMPLANREQUEST']._serialized_start=758
-  _globals['_CHECKMINIMUMPLANREQUEST']._serialized_end=828
-  _globals['_CHECKMINIMUMPLANRESPONSE']._serialized_start=830
-  _globals['_CHECKMINIMUMPLANRESPONSE']._serialized_end=908
-  _globals['_GETENTITLEMENTSREQUEST']._serialized_start=910
-  _globals['_GETENTITLEMENTSREQUEST']._serialized_end=954
-  _globals['_ENTITLEMENTS']._serialized_start=957
-  _globals['_ENTITLEMENTS']._serialized_end=1444
-  _globals['_GETENTITLEMENTSRESPONSE']._serialized_start=1446
-  _globals['_GETENTITLEMENTSRESPONSE']._serialized_end=1530
-  _globals['_GETUPGRADEPATHREQUEST']._serialized_start=1532
-  _globals['_GETUPGRADEPATHREQUEST']._serialized_end=1589
-  _globals['_GETUPGRADEPATHRESPONSE']._serialized_start=1591
-  _globals['_GETUPGRADEPATHRESPONSE']._serialized_end=1658
-  _globals['_LISTPLANSREQUEST']._serialized_start=1660
-  _globals['_LISTPLANSREQUEST']._serialized_end=1678
-  _globals['_LISTPLANSRESPONSE']._serialized_start=1680
-  _globals['_LISTPLANSRESPONSE']._serialized_end=1793
-  _globals['_WATCHENTITLEMENTSREQUEST']._serialized_start=1795
-  _globals['_WATCHENTITLEMENTSREQUEST']._serialized_end=1907
-  _globals['_TOKENACCESSCHANGED']._serialized_start=1910
-  _globals['_TOKENACCESSCHANGED']._serialized_end=2090
-  _globals['_USAGETHRESHOLDCROSSED']._serialized_start=2093
-  _globals['_USAGETHRESHOLDCROSSED']._serialized_end=2318
-  _globals['_WATCHENTITLEMENTSRESPONSE']._serialized_start=2321
-  _globals['_WATCHENTITLEMENTSRESPONSE']._serialized_end=2568
-  _globals['_ENTITLEMENTSSERVICE']._serialized_start=2831
-  _globals['_ENTITLEMENTSSERVICE']._serialized_end=3628
+  _globals['_CANUSEFEATUREREQUEST']._serialized_end=290
+  _globals['_CANUSEFEATURERESPONSE']._serialized_start=293
+  _globals['_CANUSEFEATURERESPONSE']._serialized_end=515
+  _globals['_CHECKFEATURESREQUEST']._serialized_start=517
+  _globals['_CHECKFEATURESREQUEST']._serialized_end=600
+  _globals['_CHECKFEATURESRESULT']._serialized_start=603
+  _globals['_CHECKFEATURESRESULT']._serialized_end=735
+  _globals['_CHECKFEATURESRESPONSE']._serialized_start=737
+  _globals['_CHECKFEATURESRESPONSE']._serialized_end=821
+  _globals['_CHECKMINIMUMPLANREQUEST']._serialized_start=823
+  _globals['_CHECKMINIMUMPLANREQUEST']._serialized_end=915
+  _globals['_CHECKMINIMUMPLANRESPONSE']._serialized_start=917
+  _globals['_CHECKMINIMUMPLANRESPONSE']._serialized_end=1038
+  _globals['_GETENTITLEMENTSREQUEST']._serialized_start=1040
+  _globals['_GETENTITLEMENTSREQUEST']._serialized_end=1106
+  _globals['_ENTITLEMENTS']._serialized_start=1109
+  _globals['_ENTITLEMENTS']._serialized_end=1596
+  _globals['_GETENTITLEMENTSRESPONSE']._serialized_start=1598
+  _globals['_GETENTITLEMENTSRESPONSE']._serialized_end=1725
+  _globals['_GETUPGRADEPATHREQUEST']._serialized_start=1727
+  _globals['_GETUPGRADEPATHREQUEST']._serialized_end=1784
+  _globals['_GETUPGRADEPATHRESPONSE']._serialized_start=1786
+  _globals['_GETUPGRADEPATHRESPONSE']._serialized_end=1853
+  _globals['_LISTPLANSREQUEST']._serialized_start=1855
+  _globals['_LISTPLANSREQUEST']._serialized_end=1873
+  _globals['_LISTPLANSRESPONSE']._serialized_start=1875
+  _globals['_LISTPLANSRESPONSE']._serialized_end=1988
+  _globals['_WATCHENTITLEMENTSREQUEST']._serialized_start=1990
+  _globals['_WATCHENTITLEMENTSREQUEST']._serialized_end=2102
+  _globals['_TOKENACCESSCHANGED']._serialized_start=2105
+  _globals['_TOKENACCESSCHANGED']._serialized_end=2285
+  _globals['_USAGETHRESHOLDCROSSED']._serialized_start=2288
+  _globals['_USAGETHRESHOLDCROSSED']._serialized_end=2513
+  _globals['_WATCHENTITLEMENTSRESPONSE']._serialized_start=2516
+  _globals['_WATCHENTITLEMENTSRESPONSE']._serialized_end=2763
+  _globals['_ENTITLEMENTSSERVICE']._serialized_start=3026
+  _globals['_ENTITLEMENTSSERVICE']._serialized_end=3823
 # @@protoc_insertion_point(module_scope)

@@ -63,19 +63,28 @@ class CanUseFeatureRequest(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     FEATURE_FIELD_NUMBER: _builtins.int
+    MIN_REVISION_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The billing account (nchat workspace). Required."""
     feature: _builtins.str
     """The feature key, e.g. "customBranding". Required; must be in the catalog."""
+    min_revision: _builtins.int
+    """Consistency token: the answer must reflect at least this revision of the account (a
+    `revision` returned by a write or an earlier answer). A replica whose cached copy is older
+    reads the database; if the database is older too (after a short wait), the call fails with
+    FAILED_PRECONDITION, ErrorInfo reason ERROR_REASON_STALE_REVISION. 0 (the default): the
+    cached answer, which the change feed keeps within about a second of every change.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         feature: _builtins.str = ...,
+        min_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "feature", b"feature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "feature", b"feature", "min_revision", b"min_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -93,6 +102,7 @@ class CanUseFeatureResponse(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     """True when the account may use the feature."""
     plan_id: _builtins.str
@@ -105,6 +115,12 @@ class CanUseFeatureResponse(_message.Message):
     """The account's entitlement revision the answer was computed from; it grows on every change."""
     message: _builtins.str
     """A human explanation of `reason`."""
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """When the state the answer was computed from was read from the database: the answer reflects
+        every change committed before it.
+        """
+
     def __init__(
         self,
         *,
@@ -114,10 +130,11 @@ class CanUseFeatureResponse(_message.Message):
         reason: Global___FeatureDecisionReason.ValueType = ...,
         revision: _builtins.int = ...,
         message: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "message", b"message", "plan_id", b"plan_id", "reason", b"reason", "revision", b"revision", "upgrade_plan_id", b"upgrade_plan_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "as_of", b"as_of", "message", b"message", "plan_id", b"plan_id", "reason", b"reason", "revision", b"revision", "upgrade_plan_id", b"upgrade_plan_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -211,19 +228,28 @@ class CheckMinimumPlanRequest(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     MINIMUM_PLAN_ID_FIELD_NUMBER: _builtins.int
+    MIN_REVISION_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The billing account. Required."""
     minimum_plan_id: _builtins.str
     """The lowest acceptable plan. Required; must be in the catalog."""
+    min_revision: _builtins.int
+    """Consistency token: the answer must reflect at least this revision of the account (a
+    `revision` returned by a write or an earlier answer). A replica whose cached copy is older
+    reads the database; if the database is older too (after a short wait), the call fails with
+    FAILED_PRECONDITION, ErrorInfo reason ERROR_REASON_STALE_REVISION. 0 (the default): the
+    cached answer, which the change feed keeps within about a second of every change.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         minimum_plan_id: _builtins.str = ...,
+        min_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "minimum_plan_id", b"minimum_plan_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "min_revision", b"min_revision", "minimum_plan_id", b"minimum_plan_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,22 +264,30 @@ class CheckMinimumPlanResponse(_message.Message):
     ALLOWED_FIELD_NUMBER: _builtins.int
     PLAN_ID_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     """True when the account's plan is `minimum_plan_id` or higher."""
     plan_id: _builtins.str
     """The account's current plan."""
     revision: _builtins.int
     """The account's entitlement revision."""
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """When the state the answer was computed from was read from the database: the answer reflects
+        every change committed before it.
+        """
+
     def __init__(
         self,
         *,
         allowed: _builtins.bool = ...,
         plan_id: _builtins.str = ...,
         revision: _builtins.int = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "plan_id", b"plan_id", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "as_of", b"as_of", "plan_id", b"plan_id", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -266,16 +300,25 @@ class GetEntitlementsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    MIN_REVISION_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The billing account. Required."""
+    min_revision: _builtins.int
+    """Consistency token: the answer must reflect at least this revision of the account (a
+    `revision` returned by a write or an earlier answer). A replica whose cached copy is older
+    reads the database; if the database is older too (after a short wait), the call fails with
+    FAILED_PRECONDITION, ErrorInfo reason ERROR_REASON_STALE_REVISION. 0 (the default): the
+    cached answer, which the change feed keeps within about a second of every change.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
+        min_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "min_revision", b"min_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -370,18 +413,26 @@ class GetEntitlementsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTITLEMENTS_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def entitlements(self) -> Global___Entitlements:
         """The account's entitlements."""
+
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """When the state the answer was computed from was read from the database: the answer reflects
+        every change committed before it.
+        """
 
     def __init__(
         self,
         *,
         entitlements: Global___Entitlements | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "entitlements", b"entitlements"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entitlements", b"entitlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "entitlements", b"entitlements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -102,6 +102,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     "requirement.contract_address", "contract_address": "0x...", "network": "polygon",
     "token_type": "ERC20"}}
     """
+    ERROR_REASON_STALE_REVISION: _ErrorReason.ValueType  # 19
+    """A check asked for `min_revision`, but neither this replica nor the database has that revision
+    of the account yet (a revision from the future, or from another deployment's database).
+    Example: {"reason": "ERROR_REASON_STALE_REVISION", "metadata": {"min_revision": "7", "revision": "5"}}
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the stable `reason` of the google.rpc.ErrorInfo detail on every error this
@@ -187,5 +192,10 @@ FAILED_PRECONDITION; not retryable: the requirement must change.
 Example: {"reason": "ERROR_REASON_TOKEN_CONTRACT_MISMATCH", "metadata": {"field":
 "requirement.contract_address", "contract_address": "0x...", "network": "polygon",
 "token_type": "ERC20"}}
+"""
+ERROR_REASON_STALE_REVISION: ErrorReason.ValueType  # 19
+"""A check asked for `min_revision`, but neither this replica nor the database has that revision
+of the account yet (a revision from the future, or from another deployment's database).
+Example: {"reason": "ERROR_REASON_STALE_REVISION", "metadata": {"min_revision": "7", "revision": "5"}}
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -26,15 +26,15 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.nchat/entitlements/v1/token_gate_service.proto\x12\x15nchat.entitlements.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x03\n\x10TokenRequirement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\x12\x0f\n\x07role_id\x18\x03 \x01(\t\x12\x12\n\nfeature_id\x18\x04 \x01(\t\x12\x34\n\ntoken_type\x18\x05 \x01(\x0e\x32 .nchat.entitlements.v1.TokenType\x12\x18\n\x10\x63ontract_address\x18\x06 \x01(\t\x12\x0f\n\x07network\x18\x07 \x01(\t\x12\x13\n\x0bmin_balance\x18\x08 \x01(\t\x12\x11\n\ttoken_ids\x18\t \x03(\t\x12\x17\n\x0fmin_token_count\x18\n \x01(\x03\x12\x0c\n\x04name\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x0f\n\x07\x65nabled\x18\r \x01(\x08\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x01\n\x12VerifyTokenRequest\x12>\n\x0brequirement\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.TokenRequirementH\x00\x12\x18\n\x0erequirement_id\x18\x02 \x01(\tH\x00\x12\x16\n\x0ewallet_address\x18\x03 \x01(\tB\x14\n\x12requirement_source\"\x87\x01\n\x13VerifyTokenResponse\x12\x10\n\x08verified\x18\x01 \x01(\x08\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12.\n\nchecked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x19\x43heckChannelAccessRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10wallet_addresses\x18\x03 \x03(\t\"\x83\x01\n\x11RequirementResult\x12\x16\n\x0erequirement_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08verified\x18\x03 \x01(\x08\x12\x16\n\x0ewallet_address\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"h\n\x1a\x43heckChannelAccessResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x39\n\x07results\x18\x02 \x03(\x0b\x32(.nchat.entitlements.v1.RequirementResult\"]\n\x1d\x43reateTokenRequirementRequest\x12<\n\x0brequirement\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.TokenRequirement\"^\n\x1e\x43reateTokenRequirementResponse\x12<\n\x0brequirement\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.TokenRequirement\"\x8e\x01\n\x1dUpdateTokenRequirementRequest\x12<\n\x0brequirement\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.TokenRequirement\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"^\n\x1eUpdateTokenRequirementResponse\x12<\n\x0brequirement\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.TokenRequirement\"+\n\x1d\x44\x65leteTokenRequirementRequest\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x1e\x44\x65leteTokenRequirementResponse\"Y\n\x1cListTokenRequirementsRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"w\n\x1dListTokenRequirementsResponse\x12=\n\x0crequirements\x18\x01 \x03(\x0b\x32\'.nchat.entitlements.v1.TokenRequirement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x1c\x43reateWalletChallengeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x03 \x01(\x03\"\x9e\x01\n\x1d\x43reateWalletChallengeResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12-\n\tissued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x1cVerifyWalletOwnershipRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\"\x84\x01\n\x1dVerifyWalletOwnershipResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x03 \x01(\x03\x12/\n\x0bverified_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*l\n\tTokenType\x12\x1a\n\x16TOKEN_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TOKEN_TYPE_ERC20\x10\x01\x12\x15\n\x11TOKEN_TYPE_ERC721\x10\x02\x12\x16\n\x12TOKEN_TYPE_ERC1155\x10\x03\x32\x9a\x08\n\x10TokenGateService\x12\x64\n\x0bVerifyToken\x12).nchat.entitlements.v1.VerifyTokenRequest\x1a*.nchat.entitlements.v1.VerifyTokenResponse\x12y\n\x12\x43heckChannelAccess\x12\x30.nchat.entitlements.v1.CheckChannelAccessRequest\x1a\x31.nchat.entitlements.v1.CheckChannelAccessResponse\x12\x85\x01\n\x16\x43reateTokenRequirement\x12\x34.nchat.entitlements.v1.CreateTokenRequirementRequest\x1a\x35.nchat.entitlements.v1.CreateTokenRequirementResponse\x12\x85\x01\n\x16UpdateTokenRequirement\x12\x34.nchat.entitlements.v1.UpdateTokenRequirementRequest\x1a\x35.nchat.entitlements.v1.UpdateTokenRequirementResponse\x12\x85\x01\n\x16\x44\x65leteTokenRequirement\x12\x34.nchat.entitlements.v1.DeleteTokenRequirementRequest\x1a\x35.nchat.entitlements.v1.DeleteTokenRequirementResponse\x12\x82\x01\n\x15ListTokenRequirements\x12\x33.nchat.entitlements.v1.ListTokenRequirementsRequest\x1a\x34.nchat.entitlements.v1.ListTokenRequirementsResponse\x12\x82\x01\n\x15\x43reateWalletChallenge\x12\x33.nchat.entitlements.v1.CreateWalletChallengeRequest\x1a\x34.nchat.entitlements.v1.CreateWalletChallengeResponse\x12\x82\x01\n\x15VerifyWalletOwnership\x12\x33.nchat.entitlements.v1.VerifyWalletOwnershipRequest\x1a\x34.nchat.entitlements.v1.VerifyWalletOwnershipResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.nchat/entitlements/v1/token_gate_service.proto\x12\x15nchat.entitlements.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x03\n\x10TokenRequirement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\x12\x0f\n\x07role_id\x18\x03 \x01(\t\x12\x12\n\nfeature_id\x18\x04 \x01(\t\x12\x34\n\ntoken_type\x18\x05 \x01(\x0e\x32 .nchat.entitlements.v1.TokenType\x12\x18\n\x10\x63ontract_address\x18\x06 \x01(\t\x12\x0f\n\x07network\x18\x07 \x01(\t\x12\x13\n\x0bmin_balance\x18\x08 \x01(\t\x12\x11\n\ttoken_ids\x18\t \x03(\t\x12\x17\n\x0fmin_token_count\x18\n \x01(\x03\x12\x0c\n\x04name\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x0f\n\x07\x65nabled\x18\r \x01(\x08\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x01\n\x12VerifyTokenRequest\x12>\n\x0brequirement\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.TokenRequirementH\x00\x12\x18\n\x0erequirement_id\x18\x02 \x01(\tH\x00\x12\x16\n\x0ewallet_address\x18\x03 \x01(\tB\x14\n\x12requirement_source\"\x87\x01\n\x13VerifyTokenResponse\x12\x10\n\x08verified\x18\x01 \x01(\x08\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12.\n\nchecked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x19\x43heckChannelAccessRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10wallet_addresses\x18\x03 \x03(\t\x12\x14\n\x0cmin_revision\x18\x04 \x01(\x03\"\x83\x01\n\x11RequirementResult\x12\x16\n\x0erequirement_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08verified\x18\x03 \x01(\x08\x12\x16\n\x0ewallet_address\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\x93\x01\n\x1a\x43heckChannelAccessResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x39\n\x07results\x18\x02 \x03(\x0b\x32(.nchat.entitlements.v1.RequirementResult\x12)\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x1d\x43reateTokenRequirementRequest\x12<\n\x0brequirement\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.TokenRequirement\"^\n\x1e\x43reateTokenRequirementResponse\x12<\n\x0brequirement\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.TokenRequirement\"\x8e\x01\n\x1dUpdateTokenRequirementRequest\x12<\n\x0brequirement\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.TokenRequirement\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"^\n\x1eUpdateTokenRequirementResponse\x12<\n\x0brequirement\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.TokenRequirement\"+\n\x1d\x44\x65leteTokenRequirementRequest\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x1e\x44\x65leteTokenRequirementResponse\"Y\n\x1cListTokenRequirementsRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"w\n\x1dListTokenRequirementsResponse\x12=\n\x0crequirements\x18\x01 \x03(\x0b\x32\'.nchat.entitlements.v1.TokenRequirement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x1c\x43reateWalletChallengeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x03 \x01(\x03\"\x9e\x01\n\x1d\x43reateWalletChallengeResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12-\n\tissued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x1cVerifyWalletOwnershipRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\"\x84\x01\n\x1dVerifyWalletOwnershipResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x03 \x01(\x03\x12/\n\x0bverified_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*l\n\tTokenType\x12\x1a\n\x16TOKEN_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TOKEN_TYPE_ERC20\x10\x01\x12\x15\n\x11TOKEN_TYPE_ERC721\x10\x02\x12\x16\n\x12TOKEN_TYPE_ERC1155\x10\x03\x32\x9a\x08\n\x10TokenGateService\x12\x64\n\x0bVerifyToken\x12).nchat.entitlements.v1.VerifyTokenRequest\x1a*.nchat.entitlements.v1.VerifyTokenResponse\x12y\n\x12\x43heckChannelAccess\x12\x30.nchat.entitlements.v1.CheckChannelAccessRequest\x1a\x31.nchat.entitlements.v1.CheckChannelAccessResponse\x12\x85\x01\n\x16\x43reateTokenRequirement\x12\x34.nchat.entitlements.v1.CreateTokenRequirementRequest\x1a\x35.nchat.entitlements.v1.CreateTokenRequirementResponse\x12\x85\x01\n\x16UpdateTokenRequirement\x12\x34.nchat.entitlements.v1.UpdateTokenRequirementRequest\x1a\x35.nchat.entitlements.v1.UpdateTokenRequirementResponse\x12\x85\x01\n\x16\x44\x65leteTokenRequirement\x12\x34.nchat.entitlements.v1.DeleteTokenRequirementRequest\x1a\x35.nchat.entitlements.v1.DeleteTokenRequirementResponse\x12\x82\x01\n\x15ListTokenRequirements\x12\x33.nchat.entitlements.v1.ListTokenRequirementsRequest\x1a\x34.nchat.entitlements.v1.ListTokenRequirementsResponse\x12\x82\x01\n\x15\x43reateWalletChallenge\x12\x33.nchat.entitlements.v1.CreateWalletChallengeRequest\x1a\x34.nchat.entitlements.v1.CreateWalletChallengeResponse\x12\x82\x01\n\x15VerifyWalletOwnership\x12\x33.nchat.entitlements.v1.VerifyWalletOwnershipRequest\x1a\x34.nchat.entitlements.v1.VerifyWalletOwnershipResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nchat.entitlements.v1.token_gate_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOKENTYPE']._serialized_start=2340
-  _globals['_TOKENTYPE']._serialized_end=2448
+  _globals['_TOKENTYPE']._serialized_start=2406
+  _globals['_TOKENTYPE']._serialized_end=2514
   _globals['_TOKENREQUIREMENT']._serialized_start=141
   _globals['_TOKENREQUIREMENT']._serialized_end=538
   _globals['_VERIFYTOKENREQUEST']._serialized_start=541
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYTOKENRESPONSE']._serialized_start=700
   _globals['_VERIFYTOKENRESPONSE']._serialized_end=835
   _globals['_CHECKCHANNELACCESSREQUEST']._serialized_start=837
-  _globals['_CHECKCHANNELACCESSREQUEST']._serialized_end=927
-  _globals['_REQUIREMENTRESULT']._serialized_start=930
-  _globals['_REQUIREMENTRESULT']._serialized_end=1061
-  _globals['_CHECKCHANNELACCESSRESPONSE']._serialized_start=1063
-  _globals['_CHECKCHANNELACCESSRESPONSE']._serialized_end=1167
-  _globals['_CREATETOKENREQUIREMENTREQUEST']._serialized_start=1169
-  _globals['_CREATETOKENREQUIREMENTREQUEST']._serialized_end=1262
-  _globals['_CREATETOKENREQUIREMENTRESPONSE']._serialized_start=1264
-  _globals['_CREATETOKENREQUIREMENTRESPONSE']._serialized_end=1358
-  _globals['_UPDATETOKENREQUIREMENTREQUEST']._serialized_start=1361
-  _globals['_UPDATETOKENREQUIREMENTREQUEST']._serialized_end=1503
-  _globals['_UPDATETOKENREQUIREMENTRESPONSE']._serialized_start=1505
-  _globals['_UPDATETOKENREQUIREMENTRESPONSE']._serialized_end=1599
-  _globals['_DELETETOKENREQUIREMENTREQUEST']._serialized_start=1601
-  _globals['_DELETETOKENREQUIREMENTREQUEST']._serialized_end=1644
-  _globals['_DELETETOKENREQUIREMENTRESPONSE']._serialized_start=1646
-  _globals['_DELETETOKENREQUIREMENTRESPONSE']._serialized_end=1678
-  _globals['_LISTTOKENREQUIREMENTSREQUEST']._serialized_start=1680
-  _globals['_LISTTOKENREQUIREMENTSREQUEST']._serialized_end=1769
-  _globals['_LISTTOKENREQUIREMENTSRESPONSE']._serialized_start=1771
-  _globals['_LISTTOKENREQUIREMENTSRESPONSE']._serialized_end=1890
-  _globals['_CREATEWALLETCHALLENGEREQUEST']._serialized_start=1892
-  _globals['_CREATEWALLETCHALLENGEREQUEST']._serialized_end=1974
-  _globals['_CREATEWALLETCHALLENGERESPONSE']._serialized_start=1977
-  _globals['_CREATEWALLETCHALLENGERESPONSE']._serialized_end=2135
-  _globals['_VERIFYWALLETOWNERSHIPREQUEST']._serialized_start=2137
-  _globals['_VERIFYWALLETOWNERSHIPREQUEST']._serialized_end=2203
-  _globals['_VERIFYWALLETOWNERSHIPRESPONSE']._serialized_start=2206
-  _globals['_VERIFYWALLETOWNERSHIPRESPONSE']._serialized_end=2338
-  _globals['_TOKENGATESERVICE']._serialized_start=2451
-  _globals['_TOKENGATESERVICE']._serialized_end=3501
+  _globals['_CHECKCHANNELACCESSREQUEST']._serialized_end=949
+  _globals['_REQUIREMENTRESULT']._serialized_start=952
+  _globals['_REQUIREMENTRESULT']._serialized_end=1083
+  _globals['_CHECKCHANNELACCESSRESPONSE']._serialized_start=1086
+  _globals['_CHECKCHANNELACCESSRESPONSE']._serialized_end=1233
+  _globals['_CREATETOKENREQUIREMENTREQUEST']._serialized_start=1235
+  _globals['_CREATETOKENREQUIREMENTREQUEST']._serialized_end=1328
+  _globals['_CREATETOKENREQUIREMENTRESPONSE']._serialized_start=1330
+  _globals['_CREATETOKENREQUIREMENTRESPONSE']._serialized_end=1424
+  _globals['_UPDATETOKENREQUIREMENTREQUEST']._serialized_start=1427
+  _globals['_UPDATETOKENREQUIREMENTREQUEST']._serialized_end=1569
+  _globals['_UPDATETOKENREQUIREMENTRESPONSE']._serialized_start=1571
+  _globals['_UPDATETOKENREQUIREMENTRESPONSE']._serialized_end=1665
+  _globals['_DELETETOKENREQUIREMENTREQUEST']._serialized_start=1667
+  _globals['_DELETETOKENREQUIREMENTREQUEST']._serialized_end=1710
+  _globals['_DELETETOKENREQUIREMENTRESPONSE']._serialized_start=1712
+  _globals['_DELETETOKENREQUIREMENTRESPONSE']._serialized_end=1744
+  _globals['_LISTTOKENREQUIREMENTSREQUEST']._serialized_start=1746
+  _globals['_LISTTOKENREQUIREMENTSREQUEST']._serialized_end=1835
+  _globals['_LISTTOKENREQUIREMENTSRESPONSE']._serialized_start=1837
+  _globals['_LISTTOKENREQUIREMENTSRESPONSE']._serialized_end=1956
+  _globals['_CREATEWALLETCHALLENGEREQUEST']._serialized_start=1958
+  _globals['_CREATEWALLETCHALLENGEREQUEST']._serialized_end=2040
+  _globals['_CREATEWALLETCHALLENGERESPONSE']._serialized_start=2043
+  _globals['_CREATEWALLETCHALLENGERESPONSE']._serialized_end=2201
+  _globals['_VERIFYWALLETOWNERSHIPREQUEST']._serialized_start=2203
+  _globals['_VERIFYWALLETOWNERSHIPREQUEST']._serialized_end=2269
+  _globals['_VERIFYWALLETOWNERSHIPRESPONSE']._serialized_start=2272
+  _globals['_VERIFYWALLETOWNERSHIPRESPONSE']._serialized_end=2404
+  _globals['_TOKENGATESERVICE']._serialized_start=2517
+  _globals['_TOKENGATESERVICE']._serialized_end=3567
 # @@protoc_insertion_point(module_scope)

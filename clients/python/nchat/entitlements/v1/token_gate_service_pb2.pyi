@@ -218,10 +218,18 @@ class CheckChannelAccessRequest(_message.Message):
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     WALLET_ADDRESSES_FIELD_NUMBER: _builtins.int
+    MIN_REVISION_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     """The gated channel. Required."""
     user_id: _builtins.str
     """The user whose proved wallets (VerifyWalletOwnership) to check."""
+    min_revision: _builtins.int
+    """Consistency token. Channel access has no account revision: the channel's requirements and
+    the user's wallet links are read from the database on every call, so they are always current;
+    only token balances are cached. Any value above 0 makes this check read every balance from
+    the chain node now (at its latest block) instead of the cache: use it right after a transfer
+    or a wallet link the caller knows of. Never fails as stale.
+    """
     @_builtins.property
     def wallet_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Wallets to check besides the user's proved wallets (or instead of a user). Only for callers
@@ -235,10 +243,11 @@ class CheckChannelAccessRequest(_message.Message):
         channel_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         wallet_addresses: _abc.Iterable[_builtins.str] | None = ...,
+        min_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "user_id", b"user_id", "wallet_addresses", b"wallet_addresses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "min_revision", b"min_revision", "user_id", b"user_id", "wallet_addresses", b"wallet_addresses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,6 +303,7 @@ class CheckChannelAccessResponse(_message.Message):
 
     GRANTED_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     granted: _builtins.bool
     """True when every enabled requirement of the channel is met (a channel without requirements is
     open).
@@ -302,15 +312,23 @@ class CheckChannelAccessResponse(_message.Message):
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequirementResult]:
         """Each enabled requirement's result."""
 
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """When the decision was made (requirements, wallet links and, with `min_revision`, balances
+        read at this time; otherwise balances may come from the cache, see each VerifyToken answer's
+        `checked_at`).
+        """
+
     def __init__(
         self,
         *,
         granted: _builtins.bool = ...,
         results: _abc.Iterable[Global___RequirementResult] | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted", b"granted", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "granted", b"granted", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

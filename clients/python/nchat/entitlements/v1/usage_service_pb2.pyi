@@ -312,22 +312,31 @@ class CheckLimitRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     CURRENT_FIELD_NUMBER: _builtins.int
+    MIN_REVISION_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The billing account. Required."""
     limit: _builtins.str
     """The limit key ("maxUsers"). Required; must be in the catalog."""
     current: _builtins.int
     """The usage to judge; when absent the service uses the tracked usage of the current period."""
+    min_revision: _builtins.int
+    """Consistency token: the answer must reflect at least this revision of the account (a
+    `revision` returned by a write or an earlier answer). A replica whose cached copy is older
+    reads the database; if the database is older too (after a short wait), the call fails with
+    FAILED_PRECONDITION, ErrorInfo reason ERROR_REASON_STALE_REVISION. 0 (the default): the
+    cached answer, which the change feed keeps within about a second of every change.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         limit: _builtins.str = ...,
         current: _builtins.int | None = ...,
+        min_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_current", b"_current", "current", b"current"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current", b"_current", "account_id", b"account_id", "current", b"current", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current", b"_current", "account_id", b"account_id", "current", b"current", "limit", b"limit", "min_revision", b"min_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__current: _TypeAlias = _typing.Literal["current"]  # noqa: Y015
     _WhichOneofArgType__current: _TypeAlias = _typing.Literal["_current", b"_current"]  # noqa: Y015
@@ -350,6 +359,7 @@ class CheckLimitResponse(_message.Message):
     REMAINING_FIELD_NUMBER: _builtins.int
     PLAN_ID_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     """True when there is room for one more (`current < limit`), or the limit is unlimited."""
     limit: _builtins.int
@@ -368,6 +378,12 @@ class CheckLimitResponse(_message.Message):
     """The account's plan."""
     revision: _builtins.int
     """The account's entitlement revision."""
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """When the state the answer was computed from was read from the database: the answer reflects
+        every change committed before it.
+        """
+
     def __init__(
         self,
         *,
@@ -380,10 +396,11 @@ class CheckLimitResponse(_message.Message):
         remaining: _builtins.int = ...,
         plan_id: _builtins.str = ...,
         revision: _builtins.int = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "current", b"current", "level", b"level", "limit", b"limit", "percentage", b"percentage", "plan_id", b"plan_id", "remaining", b"remaining", "revision", b"revision", "unlimited", b"unlimited"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "as_of", b"as_of", "current", b"current", "level", b"level", "limit", b"limit", "percentage", b"percentage", "plan_id", b"plan_id", "remaining", b"remaining", "revision", b"revision", "unlimited", b"unlimited"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

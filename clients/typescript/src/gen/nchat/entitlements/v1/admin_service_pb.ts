@@ -2,10 +2,14 @@
 // @generated from file nchat/entitlements/v1/admin_service.proto (package nchat.entitlements.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { ListEventDeliveriesRequestSchema, ListEventDeliveriesResponseSchema, ReplayEventRequestSchema, ReplayEventResponseSchema, ReplayFailedEventsRequestSchema, ReplayFailedEventsResponseSchema } from "./event_delivery_pb.js";
+import { file_nchat_entitlements_v1_event_delivery } from "./event_delivery_pb.js";
+import type { BillingInterval } from "./plan_pb.js";
+import { file_nchat_entitlements_v1_plan } from "./plan_pb.js";
 import type { PaymentMethod, Subscription, SubscriptionStatus } from "./subscription_pb.js";
 import { file_nchat_entitlements_v1_subscription } from "./subscription_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nchat/entitlements/v1/admin_service.proto.
  */
 export const file_nchat_entitlements_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiluY2hhdC9lbnRpdGxlbWVudHMvdjEvYWRtaW5fc2VydmljZS5wcm90bxIVbmNoYXQuZW50aXRsZW1lbnRzLnYxImAKGEdldFJldmVudWVNZXRyaWNzUmVxdWVzdBIZChFjaHVybl93aW5kb3dfZGF5cxgBIAEoBRIpCgVhc19vZhgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKwoJUGxhbkNvdW50Eg8KB3BsYW5faWQYASABKAkSDQoFY291bnQYAiABKAMimwEKFFBheW1lbnRNZXRob2RSZXZlbnVlEjwKDnBheW1lbnRfbWV0aG9kGAEgASgOMiQubmNoYXQuZW50aXRsZW1lbnRzLnYxLlBheW1lbnRNZXRob2QSFQoNcmV2ZW51ZV9jZW50cxgCIAEoAxIQCghwYXltZW50cxgDIAEoAxIcChRhY3RpdmVfc3Vic2NyaXB0aW9ucxgEIAEoAyI1Cg5GYWlsZWRQYXltZW50cxINCgVjb3VudBgBIAEoAxIUCgxhbW91bnRfY2VudHMYAiABKAMiewoPVXBjb21pbmdSZW5ld2FsEhIKCmFjY291bnRfaWQYASABKAkSDwoHcGxhbl9pZBgCIAEoCRItCglyZW5ld3NfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGFtb3VudF9jZW50cxgEIAEoAyLKAwoZR2V0UmV2ZW51ZU1ldHJpY3NSZXNwb25zZRIbChN0b3RhbF9yZXZlbnVlX2NlbnRzGAEgASgDEhEKCW1ycl9jZW50cxgCIAEoAxIRCglhcnJfY2VudHMYAyABKAMSHAoUYWN0aXZlX3N1YnNjcmlwdGlvbnMYBCABKAMSEgoKY2h1cm5fcmF0ZRgFIAEoARI7ChFwbGFuX2Rpc3RyaWJ1dGlvbhgGIAMoCzIgLm5jaGF0LmVudGl0bGVtZW50cy52MS5QbGFuQ291bnQSTQoYcGF5bWVudF9tZXRob2RfYnJlYWtkb3duGAcgAygLMisubmNoYXQuZW50aXRsZW1lbnRzLnYxLlBheW1lbnRNZXRob2RSZXZlbnVlEj4KD2ZhaWxlZF9wYXltZW50cxgIIAEoCzIlLm5jaGF0LmVudGl0bGVtZW50cy52MS5GYWlsZWRQYXltZW50cxJBChF1cGNvbWluZ19yZW5ld2FscxgJIAMoCzImLm5jaGF0LmVudGl0bGVtZW50cy52MS5VcGNvbWluZ1JlbmV3YWwSKQoFYXNfb2YYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIo0BChhMaXN0U3Vic2NyaXB0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSOQoGc3RhdHVzGAMgASgOMikubmNoYXQuZW50aXRsZW1lbnRzLnYxLlN1YnNjcmlwdGlvblN0YXR1cxIPCgdwbGFuX2lkGAQgASgJInAKGUxpc3RTdWJzY3JpcHRpb25zUmVzcG9uc2USOgoNc3Vic2NyaXB0aW9ucxgBIAMoCzIjLm5jaGF0LmVudGl0bGVtZW50cy52MS5TdWJzY3JpcHRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj4KDUxpbWl0T3ZlcnJpZGUSCwoDa2V5GAEgASgJEhEKCXVubGltaXRlZBgCIAEoCBINCgV2YWx1ZRgDIAEoAyLQAQoQQWNjb3VudE92ZXJyaWRlcxISCgphY2NvdW50X2lkGAEgASgJEjQKBmxpbWl0cxgCIAMoCzIkLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaW1pdE92ZXJyaWRlEhgKEGdyYW50ZWRfZmVhdHVyZXMYAyADKAkSGAoQcmV2b2tlZF9mZWF0dXJlcxgEIAMoCRIuCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBiABKAkiWAoaU2V0QWNjb3VudE92ZXJyaWRlc1JlcXVlc3QSOgoJb3ZlcnJpZGVzGAEgASgLMicubmNoYXQuZW50aXRsZW1lbnRzLnYxLkFjY291bnRPdmVycmlkZXMiawobU2V0QWNjb3VudE92ZXJyaWRlc1Jlc3BvbnNlEjoKCW92ZXJyaWRlcxgBIAEoCzInLm5jaGF0LmVudGl0bGVtZW50cy52MS5BY2NvdW50T3ZlcnJpZGVzEhAKCHJldmlzaW9uGAIgASgDMvwCCgxBZG1pblNlcnZpY2USdgoRR2V0UmV2ZW51ZU1ldHJpY3MSLy5uY2hhdC5lbnRpdGxlbWVudHMudjEuR2V0UmV2ZW51ZU1ldHJpY3NSZXF1ZXN0GjAubmNoYXQuZW50aXRsZW1lbnRzLnYxLkdldFJldmVudWVNZXRyaWNzUmVzcG9uc2USdgoRTGlzdFN1YnNjcmlwdGlvbnMSLy5uY2hhdC5lbnRpdGxlbWVudHMudjEuTGlzdFN1YnNjcmlwdGlvbnNSZXF1ZXN0GjAubmNoYXQuZW50aXRsZW1lbnRzLnYxLkxpc3RTdWJzY3JpcHRpb25zUmVzcG9uc2USfAoTU2V0QWNjb3VudE92ZXJyaWRlcxIxLm5jaGF0LmVudGl0bGVtZW50cy52MS5TZXRBY2NvdW50T3ZlcnJpZGVzUmVxdWVzdBoyLm5jaGF0LmVudGl0bGVtZW50cy52MS5TZXRBY2NvdW50T3ZlcnJpZGVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_nchat_entitlements_v1_subscription]);
+  fileDesc("CiluY2hhdC9lbnRpdGxlbWVudHMvdjEvYWRtaW5fc2VydmljZS5wcm90bxIVbmNoYXQuZW50aXRsZW1lbnRzLnYxImAKGEdldFJldmVudWVNZXRyaWNzUmVxdWVzdBIZChFjaHVybl93aW5kb3dfZGF5cxgBIAEoBRIpCgVhc19vZhgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKwoJUGxhbkNvdW50Eg8KB3BsYW5faWQYASABKAkSDQoFY291bnQYAiABKAMimwEKFFBheW1lbnRNZXRob2RSZXZlbnVlEjwKDnBheW1lbnRfbWV0aG9kGAEgASgOMiQubmNoYXQuZW50aXRsZW1lbnRzLnYxLlBheW1lbnRNZXRob2QSFQoNcmV2ZW51ZV9jZW50cxgCIAEoAxIQCghwYXltZW50cxgDIAEoAxIcChRhY3RpdmVfc3Vic2NyaXB0aW9ucxgEIAEoAyI1Cg5GYWlsZWRQYXltZW50cxINCgVjb3VudBgBIAEoAxIUCgxhbW91bnRfY2VudHMYAiABKAMiewoPVXBjb21pbmdSZW5ld2FsEhIKCmFjY291bnRfaWQYASABKAkSDwoHcGxhbl9pZBgCIAEoCRItCglyZW5ld3NfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGFtb3VudF9jZW50cxgEIAEoAyLKAwoZR2V0UmV2ZW51ZU1ldHJpY3NSZXNwb25zZRIbChN0b3RhbF9yZXZlbnVlX2NlbnRzGAEgASgDEhEKCW1ycl9jZW50cxgCIAEoAxIRCglhcnJfY2VudHMYAyABKAMSHAoUYWN0aXZlX3N1YnNjcmlwdGlvbnMYBCABKAMSEgoKY2h1cm5fcmF0ZRgFIAEoARI7ChFwbGFuX2Rpc3RyaWJ1dGlvbhgGIAMoCzIgLm5jaGF0LmVudGl0bGVtZW50cy52MS5QbGFuQ291bnQSTQoYcGF5bWVudF9tZXRob2RfYnJlYWtkb3duGAcgAygLMisubmNoYXQuZW50aXRsZW1lbnRzLnYxLlBheW1lbnRNZXRob2RSZXZlbnVlEj4KD2ZhaWxlZF9wYXltZW50cxgIIAEoCzIlLm5jaGF0LmVudGl0bGVtZW50cy52MS5GYWlsZWRQYXltZW50cxJBChF1cGNvbWluZ19yZW5ld2FscxgJIAMoCzImLm5jaGF0LmVudGl0bGVtZW50cy52MS5VcGNvbWluZ1JlbmV3YWwSKQoFYXNfb2YYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIo0BChhMaXN0U3Vic2NyaXB0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSOQoGc3RhdHVzGAMgASgOMikubmNoYXQuZW50aXRsZW1lbnRzLnYxLlN1YnNjcmlwdGlvblN0YXR1cxIPCgdwbGFuX2lkGAQgASgJInAKGUxpc3RTdWJzY3JpcHRpb25zUmVzcG9uc2USOgoNc3Vic2NyaXB0aW9ucxgBIAMoCzIjLm5jaGF0LmVudGl0bGVtZW50cy52MS5TdWJzY3JpcHRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj4KDUxpbWl0T3ZlcnJpZGUSCwoDa2V5GAEgASgJEhEKCXVubGltaXRlZBgCIAEoCBINCgV2YWx1ZRgDIAEoAyLQAQoQQWNjb3VudE92ZXJyaWRlcxISCgphY2NvdW50X2lkGAEgASgJEjQKBmxpbWl0cxgCIAMoCzIkLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaW1pdE92ZXJyaWRlEhgKEGdyYW50ZWRfZmVhdHVyZXMYAyADKAkSGAoQcmV2b2tlZF9mZWF0dXJlcxgEIAMoCRIuCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBiABKAkiWAoaU2V0QWNjb3VudE92ZXJyaWRlc1JlcXVlc3QSOgoJb3ZlcnJpZGVzGAEgASgLMicubmNoYXQuZW50aXRsZW1lbnRzLnYxLkFjY291bnRPdmVycmlkZXMiawobU2V0QWNjb3VudE92ZXJyaWRlc1Jlc3BvbnNlEjoKCW92ZXJyaWRlcxgBIAEoCzInLm5jaGF0LmVudGl0bGVtZW50cy52MS5BY2NvdW50T3ZlcnJpZGVzEhAKCHJldmlzaW9uGAIgASgDIqoCCg9GdW5kc1Jlc29sdXRpb24SPAoGYWN0aW9uGAEgASgOMiwubmNoYXQuZW50aXRsZW1lbnRzLnYxLkZ1bmRzUmVzb2x1dGlvbkFjdGlvbhISCgphY2NvdW50X2lkGAIgASgJEg8KB3BsYW5faWQYAyABKAkSOAoIaW50ZXJ2YWwYBCABKA4yJi5uY2hhdC5lbnRpdGxlbWVudHMudjEuQmlsbGluZ0ludGVydmFsEhIKCnBheW1lbnRfaWQYBSABKAkSFgoOcmVmdW5kX3R4X2hhc2gYBiABKAkSDQoFYWN0b3IYByABKAkSDgoGcmVhc29uGAggASgJEi8KC3Jlc29sdmVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLPAwoOVW5zZXR0bGVkRnVuZHMSCgoCaWQYASABKAkSNwoEa2luZBgCIAEoDjIpLm5jaGF0LmVudGl0bGVtZW50cy52MS5VbnNldHRsZWRGdW5kc0tpbmQSDwoHbmV0d29yaxgDIAEoCRIQCghjdXJyZW5jeRgEIAEoCRIXCg9yZWNlaXZlZF9hbW91bnQYBSABKAkSGwoTcmVjZWl2ZWRfYmFzZV91bml0cxgGIAEoCRIXCg9leHBlY3RlZF9hbW91bnQYByABKAkSFAoMZXhjZXNzX2NlbnRzGAggASgDEhIKCnBheW1lbnRfaWQYCSABKAkSEgoKYWNjb3VudF9pZBgKIAEoCRIPCgdwbGFuX2lkGAsgASgJEg8KB3R4X2hhc2gYDCABKAkSFAoMZnJvbV9hZGRyZXNzGA0gASgJEhQKDGJsb2NrX251bWJlchgOIAEoAxIOCgZyZWFzb24YDyABKAkSLgoKY3JlYXRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOgoKcmVzb2x1dGlvbhgRIAEoCzImLm5jaGF0LmVudGl0bGVtZW50cy52MS5GdW5kc1Jlc29sdXRpb24iugEKGUxpc3RVbnNldHRsZWRGdW5kc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSNwoEa2luZBgDIAEoDjIpLm5jaGF0LmVudGl0bGVtZW50cy52MS5VbnNldHRsZWRGdW5kc0tpbmQSDwoHbmV0d29yaxgEIAEoCRISCgphY2NvdW50X2lkGAUgASgJEhgKEGluY2x1ZGVfcmVzb2x2ZWQYBiABKAgiawoaTGlzdFVuc2V0dGxlZEZ1bmRzUmVzcG9uc2USNAoFZnVuZHMYASADKAsyJS5uY2hhdC5lbnRpdGxlbWVudHMudjEuVW5zZXR0bGVkRnVuZHMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImwKC0NyZWRpdEZ1bmRzEhIKCmFjY291bnRfaWQYASABKAkSDwoHcGxhbl9pZBgCIAEoCRI4CghpbnRlcnZhbBgDIAEoDjImLm5jaGF0LmVudGl0bGVtZW50cy52MS5CaWxsaW5nSW50ZXJ2YWwiHgoLUmVmdW5kRnVuZHMSDwoHdHhfaGFzaBgBIAEoCSKwAQocUmVzb2x2ZVVuc2V0dGxlZEZ1bmRzUmVxdWVzdBIKCgJpZBgBIAEoCRI0CgZjcmVkaXQYAiABKAsyIi5uY2hhdC5lbnRpdGxlbWVudHMudjEuQ3JlZGl0RnVuZHNIABI0CgZyZWZ1bmQYAyABKAsyIi5uY2hhdC5lbnRpdGxlbWVudHMudjEuUmVmdW5kRnVuZHNIABIOCgZyZWFzb24YBCABKAlCCAoGYWN0aW9uImcKHVJlc29sdmVVbnNldHRsZWRGdW5kc1Jlc3BvbnNlEjQKBWZ1bmRzGAEgASgLMiUubmNoYXQuZW50aXRsZW1lbnRzLnYxLlVuc2V0dGxlZEZ1bmRzEhAKCHJldmlzaW9uGAIgASgDKr4CChJVbnNldHRsZWRGdW5kc0tpbmQSJAogVU5TRVRUTEVEX0ZVTkRTX0tJTkRfVU5TUEVDSUZJRUQQABIiCh5VTlNFVFRMRURfRlVORFNfS0lORF9VTkRFUlBBSUQQARIhCh1VTlNFVFRMRURfRlVORFNfS0lORF9PVkVSUEFJRBACEiIKHlVOU0VUVExFRF9GVU5EU19LSU5EX1BBSURfTEFURRADEicKI1VOU0VUVExFRF9GVU5EU19LSU5EX1dST05HX0NVUlJFTkNZEAQSJAogVU5TRVRUTEVEX0ZVTkRTX0tJTkRfV1JPTkdfUEFZRVIQBRIiCh5VTlNFVFRMRURfRlVORFNfS0lORF9VTk1BVENIRUQQBhIkCiBVTlNFVFRMRURfRlVORFNfS0lORF9VTlNVUFBPUlRFRBAHKowBChVGdW5kc1Jlc29sdXRpb25BY3Rpb24SJwojRlVORFNfUkVTT0xVVElPTl9BQ1RJT05fVU5TUEVDSUZJRUQQABIkCiBGVU5EU19SRVNPTFVUSU9OX0FDVElPTl9DUkVESVRFRBABEiQKIEZVTkRTX1JFU09MVVRJT05fQUNUSU9OX1JFRlVOREVEEAIy2wcKDEFkbWluU2VydmljZRJ2ChFHZXRSZXZlbnVlTWV0cmljcxIvLm5jaGF0LmVudGl0bGVtZW50cy52MS5HZXRSZXZlbnVlTWV0cmljc1JlcXVlc3QaMC5uY2hhdC5lbnRpdGxlbWVudHMudjEuR2V0UmV2ZW51ZU1ldHJpY3NSZXNwb25zZRJ2ChFMaXN0U3Vic2NyaXB0aW9ucxIvLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0U3Vic2NyaXB0aW9uc1JlcXVlc3QaMC5uY2hhdC5lbnRpdGxlbWVudHMudjEuTGlzdFN1YnNjcmlwdGlvbnNSZXNwb25zZRJ8ChNTZXRBY2NvdW50T3ZlcnJpZGVzEjEubmNoYXQuZW50aXRsZW1lbnRzLnYxLlNldEFjY291bnRPdmVycmlkZXNSZXF1ZXN0GjIubmNoYXQuZW50aXRsZW1lbnRzLnYxLlNldEFjY291bnRPdmVycmlkZXNSZXNwb25zZRJ5ChJMaXN0VW5zZXR0bGVkRnVuZHMSMC5uY2hhdC5lbnRpdGxlbWVudHMudjEuTGlzdFVuc2V0dGxlZEZ1bmRzUmVxdWVzdBoxLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0VW5zZXR0bGVkRnVuZHNSZXNwb25zZRKCAQoVUmVzb2x2ZVVuc2V0dGxlZEZ1bmRzEjMubmNoYXQuZW50aXRsZW1lbnRzLnYxLlJlc29sdmVVbnNldHRsZWRGdW5kc1JlcXVlc3QaNC5uY2hhdC5lbnRpdGxlbWVudHMudjEuUmVzb2x2ZVVuc2V0dGxlZEZ1bmRzUmVzcG9uc2USfAoTTGlzdEV2ZW50RGVsaXZlcmllcxIxLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0RXZlbnREZWxpdmVyaWVzUmVxdWVzdBoyLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0RXZlbnREZWxpdmVyaWVzUmVzcG9uc2USZAoLUmVwbGF5RXZlbnQSKS5uY2hhdC5lbnRpdGxlbWVudHMudjEuUmVwbGF5RXZlbnRSZXF1ZXN0GioubmNoYXQuZW50aXRsZW1lbnRzLnYxLlJlcGxheUV2ZW50UmVzcG9uc2USeQoSUmVwbGF5RmFpbGVkRXZlbnRzEjAubmNoYXQuZW50aXRsZW1lbnRzLnYxLlJlcGxheUZhaWxlZEV2ZW50c1JlcXVlc3QaMS5uY2hhdC5lbnRpdGxlbWVudHMudjEuUmVwbGF5RmFpbGVkRXZlbnRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_nchat_entitlements_v1_event_delivery, file_nchat_entitlements_v1_plan, file_nchat_entitlements_v1_subscription]);
 
 /**
  * GetRevenueMetricsRequest sets the window of the figures.
@@ -479,8 +483,540 @@ export const SetAccountOverridesResponseSchema: GenMessage<SetAccountOverridesRe
   messageDesc(file_nchat_entitlements_v1_admin_service, 11);
 
 /**
- * AdminService gives operators revenue analytics and per-account overrides. Every RPC needs the
- * `admin` scope.
+ * FundsResolution is an admin's decision on one item.
+ *
+ * @generated from message nchat.entitlements.v1.FundsResolution
+ */
+export type FundsResolution = Message<"nchat.entitlements.v1.FundsResolution"> & {
+  /**
+   * Credited or refunded.
+   *
+   * @generated from field: nchat.entitlements.v1.FundsResolutionAction action = 1;
+   */
+  action: FundsResolutionAction;
+
+  /**
+   * The account credited (credits only).
+   *
+   * @generated from field: string account_id = 2;
+   */
+  accountId: string;
+
+  /**
+   * The plan credited (credits only).
+   *
+   * @generated from field: string plan_id = 3;
+   */
+  planId: string;
+
+  /**
+   * The interval credited (credits only).
+   *
+   * @generated from field: nchat.entitlements.v1.BillingInterval interval = 4;
+   */
+  interval: BillingInterval;
+
+  /**
+   * The crypto payment the credit activated the plan through (credits only).
+   *
+   * @generated from field: string payment_id = 5;
+   */
+  paymentId: string;
+
+  /**
+   * The refund's transaction hash (refunds only).
+   *
+   * @generated from field: string refund_tx_hash = 6;
+   */
+  refundTxHash: string;
+
+  /**
+   * The admin caller who decided.
+   *
+   * @generated from field: string actor = 7;
+   */
+  actor: string;
+
+  /**
+   * Why, as the admin wrote it.
+   *
+   * @generated from field: string reason = 8;
+   */
+  reason: string;
+
+  /**
+   * When.
+   *
+   * @generated from field: google.protobuf.Timestamp resolved_at = 9;
+   */
+  resolvedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.FundsResolution.
+ * Use `create(FundsResolutionSchema)` to create a new message.
+ */
+export const FundsResolutionSchema: GenMessage<FundsResolution> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 12);
+
+/**
+ * UnsettledFunds is one item of crypto money received without (full) access.
+ *
+ * @generated from message nchat.entitlements.v1.UnsettledFunds
+ */
+export type UnsettledFunds = Message<"nchat.entitlements.v1.UnsettledFunds"> & {
+  /**
+   * The item's id: a payment id ("cp_...") or an unmatched transfer ("ut_...").
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Why it gave no access.
+   *
+   * @generated from field: nchat.entitlements.v1.UnsettledFundsKind kind = 2;
+   */
+  kind: UnsettledFundsKind;
+
+  /**
+   * The network it arrived on.
+   *
+   * @generated from field: string network = 3;
+   */
+  network: string;
+
+  /**
+   * "ETH", "USDC", "USDT", or the native coin's symbol for an unsupported coin.
+   *
+   * @generated from field: string currency = 4;
+   */
+  currency: string;
+
+  /**
+   * What arrived, a decimal string in the currency.
+   *
+   * @generated from field: string received_amount = 5;
+   */
+  receivedAmount: string;
+
+  /**
+   * The same in base units, a decimal string.
+   *
+   * @generated from field: string received_base_units = 6;
+   */
+  receivedBaseUnits: string;
+
+  /**
+   * For a payment: the amount quoted, a decimal string.
+   *
+   * @generated from field: string expected_amount = 7;
+   */
+  expectedAmount: string;
+
+  /**
+   * For an overpaid payment: the excess in US cents at the quote's rate.
+   *
+   * @generated from field: int64 excess_cents = 8;
+   */
+  excessCents: bigint;
+
+  /**
+   * The payment: for a payment item itself; for a transfer, the quote its amount names.
+   *
+   * @generated from field: string payment_id = 9;
+   */
+  paymentId: string;
+
+  /**
+   * For a payment: its account.
+   *
+   * @generated from field: string account_id = 10;
+   */
+  accountId: string;
+
+  /**
+   * For a payment: its plan.
+   *
+   * @generated from field: string plan_id = 11;
+   */
+  planId: string;
+
+  /**
+   * The (first) transaction that brought the money.
+   *
+   * @generated from field: string tx_hash = 12;
+   */
+  txHash: string;
+
+  /**
+   * The wallet it came from (where a refund goes).
+   *
+   * @generated from field: string from_address = 13;
+   */
+  fromAddress: string;
+
+  /**
+   * The block it is in (the latest, for a payment of several transfers).
+   *
+   * @generated from field: int64 block_number = 14;
+   */
+  blockNumber: bigint;
+
+  /**
+   * What the service noted (its reason or the payment's admin note).
+   *
+   * @generated from field: string reason = 15;
+   */
+  reason: string;
+
+  /**
+   * When the item arose: the quote's time for a payment, when the transfer was seen otherwise.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 16;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * The admin's decision; unset while open.
+   *
+   * @generated from field: nchat.entitlements.v1.FundsResolution resolution = 17;
+   */
+  resolution?: FundsResolution | undefined;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.UnsettledFunds.
+ * Use `create(UnsettledFundsSchema)` to create a new message.
+ */
+export const UnsettledFundsSchema: GenMessage<UnsettledFunds> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 13);
+
+/**
+ * ListUnsettledFundsRequest is a page request with filters.
+ *
+ * @generated from message nchat.entitlements.v1.ListUnsettledFundsRequest
+ */
+export type ListUnsettledFundsRequest = Message<"nchat.entitlements.v1.ListUnsettledFundsRequest"> & {
+  /**
+   * At most this many items (default 50, at most 500).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * A `next_page_token` from an earlier call with the same filters.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only items of this kind; any when unspecified.
+   *
+   * @generated from field: nchat.entitlements.v1.UnsettledFundsKind kind = 3;
+   */
+  kind: UnsettledFundsKind;
+
+  /**
+   * Only items on this network.
+   *
+   * @generated from field: string network = 4;
+   */
+  network: string;
+
+  /**
+   * Only payments of this account (transfers belong to no account).
+   *
+   * @generated from field: string account_id = 5;
+   */
+  accountId: string;
+
+  /**
+   * Also list items already resolved (they are left out otherwise).
+   *
+   * @generated from field: bool include_resolved = 6;
+   */
+  includeResolved: boolean;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.ListUnsettledFundsRequest.
+ * Use `create(ListUnsettledFundsRequestSchema)` to create a new message.
+ */
+export const ListUnsettledFundsRequestSchema: GenMessage<ListUnsettledFundsRequest> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 14);
+
+/**
+ * ListUnsettledFundsResponse is a page of items.
+ *
+ * @generated from message nchat.entitlements.v1.ListUnsettledFundsResponse
+ */
+export type ListUnsettledFundsResponse = Message<"nchat.entitlements.v1.ListUnsettledFundsResponse"> & {
+  /**
+   * The items, newest first.
+   *
+   * @generated from field: repeated nchat.entitlements.v1.UnsettledFunds funds = 1;
+   */
+  funds: UnsettledFunds[];
+
+  /**
+   * The token of the next page; empty on the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.ListUnsettledFundsResponse.
+ * Use `create(ListUnsettledFundsResponseSchema)` to create a new message.
+ */
+export const ListUnsettledFundsResponseSchema: GenMessage<ListUnsettledFundsResponse> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 15);
+
+/**
+ * CreditFunds credits money to an account and plan for one interval.
+ *
+ * @generated from message nchat.entitlements.v1.CreditFunds
+ */
+export type CreditFunds = Message<"nchat.entitlements.v1.CreditFunds"> & {
+  /**
+   * The account to credit; for a payment, its own account when empty. Required for a transfer.
+   *
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * The plan (one with a list price for the interval); for a payment, its own when empty.
+   *
+   * @generated from field: string plan_id = 2;
+   */
+  planId: string;
+
+  /**
+   * The interval; for a payment, its own when unspecified. Required for a transfer.
+   *
+   * @generated from field: nchat.entitlements.v1.BillingInterval interval = 3;
+   */
+  interval: BillingInterval;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.CreditFunds.
+ * Use `create(CreditFundsSchema)` to create a new message.
+ */
+export const CreditFundsSchema: GenMessage<CreditFunds> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 16);
+
+/**
+ * RefundFunds records that the money was sent back.
+ *
+ * @generated from message nchat.entitlements.v1.RefundFunds
+ */
+export type RefundFunds = Message<"nchat.entitlements.v1.RefundFunds"> & {
+  /**
+   * The refund's transaction hash, 0x and 64 hex digits. Required.
+   *
+   * @generated from field: string tx_hash = 1;
+   */
+  txHash: string;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.RefundFunds.
+ * Use `create(RefundFundsSchema)` to create a new message.
+ */
+export const RefundFundsSchema: GenMessage<RefundFunds> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 17);
+
+/**
+ * ResolveUnsettledFundsRequest decides one item.
+ *
+ * @generated from message nchat.entitlements.v1.ResolveUnsettledFundsRequest
+ */
+export type ResolveUnsettledFundsRequest = Message<"nchat.entitlements.v1.ResolveUnsettledFundsRequest"> & {
+  /**
+   * The item's id from ListUnsettledFunds. Required.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * What to do; exactly one is required.
+   *
+   * @generated from oneof nchat.entitlements.v1.ResolveUnsettledFundsRequest.action
+   */
+  action: {
+    /**
+     * Credit it to an account and plan.
+     *
+     * @generated from field: nchat.entitlements.v1.CreditFunds credit = 2;
+     */
+    value: CreditFunds;
+    case: "credit";
+  } | {
+    /**
+     * Record its refund.
+     *
+     * @generated from field: nchat.entitlements.v1.RefundFunds refund = 3;
+     */
+    value: RefundFunds;
+    case: "refund";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * Why (kept in the audit log); at most 2000 characters.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.ResolveUnsettledFundsRequest.
+ * Use `create(ResolveUnsettledFundsRequestSchema)` to create a new message.
+ */
+export const ResolveUnsettledFundsRequestSchema: GenMessage<ResolveUnsettledFundsRequest> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 18);
+
+/**
+ * ResolveUnsettledFundsResponse is the item as resolved.
+ *
+ * @generated from message nchat.entitlements.v1.ResolveUnsettledFundsResponse
+ */
+export type ResolveUnsettledFundsResponse = Message<"nchat.entitlements.v1.ResolveUnsettledFundsResponse"> & {
+  /**
+   * The item with its resolution.
+   *
+   * @generated from field: nchat.entitlements.v1.UnsettledFunds funds = 1;
+   */
+  funds?: UnsettledFunds | undefined;
+
+  /**
+   * For a credit: the credited account's entitlement revision after it; 0 for a refund.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.ResolveUnsettledFundsResponse.
+ * Use `create(ResolveUnsettledFundsResponseSchema)` to create a new message.
+ */
+export const ResolveUnsettledFundsResponseSchema: GenMessage<ResolveUnsettledFundsResponse> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 19);
+
+/**
+ * UnsettledFundsKind is why received money gave no (or not all its) access.
+ *
+ * @generated from enum nchat.entitlements.v1.UnsettledFundsKind
+ */
+export enum UnsettledFundsKind {
+  /**
+   * Not set: any kind (in a filter).
+   *
+   * @generated from enum value: UNSETTLED_FUNDS_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A payment received less than its amount.
+   *
+   * @generated from enum value: UNSETTLED_FUNDS_KIND_UNDERPAID = 1;
+   */
+  UNDERPAID = 1,
+
+  /**
+   * A payment received more than its amount by more than the tolerance (it did activate).
+   *
+   * @generated from enum value: UNSETTLED_FUNDS_KIND_OVERPAID = 2;
+   */
+  OVERPAID = 2,
+
+  /**
+   * A payment paid after its quote expired.
+   *
+   * @generated from enum value: UNSETTLED_FUNDS_KIND_PAID_LATE = 3;
+   */
+  PAID_LATE = 3,
+
+  /**
+   * A transfer whose amount names a quote made for another currency.
+   *
+   * @generated from enum value: UNSETTLED_FUNDS_KIND_WRONG_CURRENCY = 4;
+   */
+  WRONG_CURRENCY = 4,
+
+  /**
+   * A transfer whose amount names a quote to be paid from another wallet.
+   *
+   * @generated from enum value: UNSETTLED_FUNDS_KIND_WRONG_PAYER = 5;
+   */
+  WRONG_PAYER = 5,
+
+  /**
+   * A transfer whose amount names no open quote.
+   *
+   * @generated from enum value: UNSETTLED_FUNDS_KIND_UNMATCHED = 6;
+   */
+  UNMATCHED = 6,
+
+  /**
+   * A transfer in a coin the service does not accept on that network.
+   *
+   * @generated from enum value: UNSETTLED_FUNDS_KIND_UNSUPPORTED = 7;
+   */
+  UNSUPPORTED = 7,
+}
+
+/**
+ * Describes the enum nchat.entitlements.v1.UnsettledFundsKind.
+ */
+export const UnsettledFundsKindSchema: GenEnum<UnsettledFundsKind> = /*@__PURE__*/
+  enumDesc(file_nchat_entitlements_v1_admin_service, 0);
+
+/**
+ * FundsResolutionAction is what an admin decided.
+ *
+ * @generated from enum nchat.entitlements.v1.FundsResolutionAction
+ */
+export enum FundsResolutionAction {
+  /**
+   * Not resolved.
+   *
+   * @generated from enum value: FUNDS_RESOLUTION_ACTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Credited to an account and plan.
+   *
+   * @generated from enum value: FUNDS_RESOLUTION_ACTION_CREDITED = 1;
+   */
+  CREDITED = 1,
+
+  /**
+   * Sent back.
+   *
+   * @generated from enum value: FUNDS_RESOLUTION_ACTION_REFUNDED = 2;
+   */
+  REFUNDED = 2,
+}
+
+/**
+ * Describes the enum nchat.entitlements.v1.FundsResolutionAction.
+ */
+export const FundsResolutionActionSchema: GenEnum<FundsResolutionAction> = /*@__PURE__*/
+  enumDesc(file_nchat_entitlements_v1_admin_service, 1);
+
+/**
+ * AdminService gives operators revenue analytics, per-account overrides and the crypto money
+ * that needs a decision. Every RPC needs the `admin` scope.
  *
  * @generated from service nchat.entitlements.v1.AdminService
  */
@@ -514,6 +1050,61 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof SetAccountOverridesRequestSchema;
     output: typeof SetAccountOverridesResponseSchema;
+  },
+  /**
+   * ListUnsettledFunds pages through crypto money received that gave no access, or more than
+   * the access it gave: underpaid, overpaid beyond the tolerance, paid late, sent in the wrong
+   * currency or from the wrong wallet, and transfers that match no quote. Newest first.
+   *
+   * @generated from rpc nchat.entitlements.v1.AdminService.ListUnsettledFunds
+   */
+  listUnsettledFunds: {
+    methodKind: "unary";
+    input: typeof ListUnsettledFundsRequestSchema;
+    output: typeof ListUnsettledFundsResponseSchema;
+  },
+  /**
+   * ResolveUnsettledFunds decides one listed item once: credit it to an account and plan (the
+   * plan is activated as a confirmed payment activates it, and counts as crypto revenue) or
+   * record its refund with the refund's transaction hash. Audited like SetAccountOverrides.
+   *
+   * @generated from rpc nchat.entitlements.v1.AdminService.ResolveUnsettledFunds
+   */
+  resolveUnsettledFunds: {
+    methodKind: "unary";
+    input: typeof ResolveUnsettledFundsRequestSchema;
+    output: typeof ResolveUnsettledFundsResponseSchema;
+  },
+  /**
+   * ListEventDeliveries pages through outbound event deliveries (status, attempts, last
+   * error), filtered by endpoint, status or account.
+   *
+   * @generated from rpc nchat.entitlements.v1.AdminService.ListEventDeliveries
+   */
+  listEventDeliveries: {
+    methodKind: "unary";
+    input: typeof ListEventDeliveriesRequestSchema;
+    output: typeof ListEventDeliveriesResponseSchema;
+  },
+  /**
+   * ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown).
+   *
+   * @generated from rpc nchat.entitlements.v1.AdminService.ReplayEvent
+   */
+  replayEvent: {
+    methodKind: "unary";
+    input: typeof ReplayEventRequestSchema;
+    output: typeof ReplayEventResponseSchema;
+  },
+  /**
+   * ReplayFailedEvents sends every failed delivery of an endpoint again.
+   *
+   * @generated from rpc nchat.entitlements.v1.AdminService.ReplayFailedEvents
+   */
+  replayFailedEvents: {
+    methodKind: "unary";
+    input: typeof ReplayFailedEventsRequestSchema;
+    output: typeof ReplayFailedEventsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nchat_entitlements_v1_admin_service, 0);
