@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = [
     "DEFAULT_LOCAL_CHAIN_ID",
@@ -33,6 +33,10 @@ class NetworkInfo:
     #: Alchemy's host prefix (``<prefix>.g.alchemy.com/v2/<key>``), None if Alchemy does not.
     alchemy: str | None = None
     testnet: bool = False
+    #: Typical seconds between blocks (0: mines on demand, a dev chain).
+    block_seconds: float = 0.0
+    #: How often the head follower polls the node when it cannot subscribe (see heads.py).
+    poll_seconds: float = 1.0
 
 
 #: Every network a requirement may name. Check the chain ids against the provider before relying
@@ -40,15 +44,16 @@ class NetworkInfo:
 NETWORKS: Mapping[str, NetworkInfo] = {
     n.name: n
     for n in (
-        NetworkInfo("ethereum", 1, infura="mainnet", alchemy="eth-mainnet"),
-        NetworkInfo("polygon", 137, infura="polygon-mainnet", alchemy="polygon-mainnet"),
-        NetworkInfo("bsc", 56, infura="bsc-mainnet", alchemy="bnb-mainnet"),
-        NetworkInfo("arbitrum", 42161, infura="arbitrum-mainnet", alchemy="arb-mainnet"),
-        NetworkInfo("sepolia", 11155111, "sepolia", "eth-sepolia", testnet=True),
-        NetworkInfo("polygon-amoy", 80002, "polygon-amoy", "polygon-amoy", testnet=True),
-        NetworkInfo("bsc-testnet", 97, "bsc-testnet", "bnb-testnet", testnet=True),
-        NetworkInfo("arbitrum-sepolia", 421614, "arbitrum-sepolia", "arb-sepolia", testnet=True),
-        NetworkInfo("local", DEFAULT_LOCAL_CHAIN_ID, testnet=True),
+        # name, chain id, Infura prefix, Alchemy prefix, testnet, block seconds, poll seconds
+        NetworkInfo("ethereum", 1, "mainnet", "eth-mainnet", False, 12, 1.0),
+        NetworkInfo("polygon", 137, "polygon-mainnet", "polygon-mainnet", False, 2, 0.5),
+        NetworkInfo("bsc", 56, "bsc-mainnet", "bnb-mainnet", False, 3, 0.5),
+        NetworkInfo("arbitrum", 42161, "arbitrum-mainnet", "arb-mainnet", False, 0.25, 0.5),
+        NetworkInfo("sepolia", 11155111, "sepolia", "eth-sepolia", True, 12, 1.0),
+        NetworkInfo("polygon-amoy", 80002, "polygon-amoy", "polygon-amoy", True, 2, 0.5),
+        NetworkInfo("bsc-testnet", 97, "bsc-testnet", "bnb-testnet", True, 3, 0.5),
+        NetworkInfo("arbitrum-sepolia", 421614, "arbitrum-sepolia", "arb-sepolia", True, 0.25, 0.5),
+        NetworkInfo("local", DEFAULT_LOCAL_CHAIN_ID, testnet=True, poll_seconds=0.1),
     )
 }
 
@@ -87,12 +92,28 @@ class ChainSettings:
     siwe_uri: str = "https://localhost"
     #: A wallet challenge can be signed within this long.
     challenge_ttl_seconds: float = 600.0
+    #: network name -> websocket URL for `eth_subscribe("newHeads")`; a configured network
+    #: without one has its head polled (heads.py).
+    ws_urls: Mapping[str, str] = field(default_factory=dict)
+    #: network name -> head poll interval, where it differs from the network's default.
+    head_poll_seconds: Mapping[str, float] = field(default_factory=dict)
+    #: Follow each network's head and read gated contracts' transfers block by block.
+    follow_blocks: bool = True
+
+    def poll_seconds(self, name: str) -> float:
+        """How often the head of `name` is polled when it cannot be subscribed to."""
+        info = self.network(name)
+        return self.head_poll_seconds.get(name, 1.0 if info is None else info.poll_seconds)
+
+    def block_seconds(self, name: str) -> float:
+        info = self.network(name)
+        return 0.0 if info is None else info.block_seconds
 
     def network(self, name: str) -> NetworkInfo | None:
         """The known network `name` (with the configured local chain id), None if unknown."""
         info = NETWORKS.get(name)
         if info is not None and name == "local":
-            return NetworkInfo("local", self.local_chain_id, testnet=True)
+            return replace(info, chain_id=self.local_chain_id)
         return info
 
     def chain_id(self, name: str) -> int | None:
@@ -116,6 +137,8 @@ class ChainSettings:
         infura = env.get("INFURA_API_KEY", "").strip()
         alchemy = env.get("ALCHEMY_API_KEY", "").strip()
         urls: dict[str, str] = {}
+        ws_urls: dict[str, str] = {}
+        polls: dict[str, float] = {}
         for name, info in NETWORKS.items():
             explicit = env.get(rpc_url_variable(name), "").strip()
             if explicit:
@@ -128,6 +151,12 @@ class ChainSettings:
                 urls[name] = f"https://{info.infura}.infura.io/v3/{infura}"
             elif alchemy and info.alchemy:
                 urls[name] = f"https://{info.alchemy}.g.alchemy.com/v2/{alchemy}"
+            ws = _ws_url(env, name, info, urls.get(name), explicit, infura, alchemy)
+            if ws:
+                ws_urls[name] = ws
+            poll_variable = head_poll_variable(name)
+            if env.get(poll_variable, "").strip():
+                polls[name] = env_number(env, poll_variable, info.poll_seconds, 0.01)
         domain = env.get("ENTITLEMENTS_SIWE_DOMAIN", "").strip() or "localhost"
         if any(c.isspace() or c == "/" for c in domain):
             raise ChainConfigError(
@@ -156,7 +185,50 @@ class ChainSettings:
             challenge_ttl_seconds=env_number(
                 env, "ENTITLEMENTS_SIWE_CHALLENGE_TTL_SECONDS", 600.0, 1
             ),
+            ws_urls=ws_urls,
+            head_poll_seconds=polls,
+            follow_blocks=env.get("ENTITLEMENTS_TOKENGATE_FOLLOW_BLOCKS", "1").strip().lower()
+            not in ("0", "false", "no", "off"),
         )
+
+
+def ws_url_variable(network: str) -> str:
+    """The variable that sets a network's websocket: ``ENTITLEMENTS_WS_URL_POLYGON_AMOY``."""
+    return "ENTITLEMENTS_WS_URL_" + network.upper().replace("-", "_")
+
+
+def head_poll_variable(network: str) -> str:
+    return "ENTITLEMENTS_HEAD_POLL_SECONDS_" + network.upper().replace("-", "_")
+
+
+def _ws_url(
+    env: Mapping[str, str],
+    name: str,
+    info: NetworkInfo,
+    http_url: str | None,
+    explicit_http: str,
+    infura: str,
+    alchemy: str,
+) -> str | None:
+    """The websocket for `name`: ``ENTITLEMENTS_WS_URL_<NETWORK>`` (``off`` for none); else the
+    provider's that built the HTTP URL; else, for ``local`` (anvil answers both on one port),
+    the HTTP URL as ws://. Other explicit HTTP nodes are polled unless given a websocket."""
+    variable = ws_url_variable(name)
+    raw = env.get(variable, "").strip()
+    if raw.lower() == "off" or http_url is None:
+        return None
+    if raw:
+        if not raw.startswith(("ws://", "wss://")):
+            raise ChainConfigError(f"{variable}: expected a ws(s):// URL, got {raw!r}")
+        return raw
+    if not explicit_http:
+        if infura and info.infura:
+            return f"wss://{info.infura}.infura.io/ws/v3/{infura}"
+        if alchemy and info.alchemy:
+            return f"wss://{info.alchemy}.g.alchemy.com/v2/{alchemy}"
+    if name == "local":
+        return "ws" + http_url.removeprefix("http")
+    return None
 
 
 def env_number(

@@ -96,6 +96,11 @@ class ChainReader:
     def __repr__(self) -> str:
         return f"ChainReader({self.network!r}, chain_id={self.chain_id})"
 
+    @property
+    def timeout_seconds(self) -> float:
+        """One round trip fails after this long."""
+        return self._timeout
+
     async def connect(self) -> None:
         """Check the node serves this network's chain; raise ChainMismatch if not, and
         ChainUnavailable if it cannot be reached (then the check runs again before a read)."""

@@ -60,6 +60,7 @@ class PaymentWatcher:
         self._head_changed_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
         #: Polls that failed because the node or the database was unavailable.
         self.failures = 0
         #: Told (network, head block, last processed block) after each poll (the lag metric).
@@ -84,6 +85,7 @@ class PaymentWatcher:
         if task is None:
             return
         self._stopping.set()
+        self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(task), grace_seconds)
         except TimeoutError:
@@ -95,8 +97,13 @@ class PaymentWatcher:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    def wake(self) -> None:
+        """A new head: poll now, not at the end of the interval (the head follower calls it)."""
+        self._wake.set()
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
+            self._wake.clear()
             try:
                 await self.catch_up()
             except (ChainUnavailable, Unavailable) as exc:
@@ -106,7 +113,7 @@ class PaymentWatcher:
                 self.failures += 1
                 log.exception("crypto watcher %s: unexpected error; retrying", self.network)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), self.interval)
 
     # -- one step --
 

@@ -28,6 +28,7 @@ from nchat.entitlements.v1 import (
     usage_service_pb2_grpc,
 )
 
+from adapters.chains.heads import HeadFollowers
 from entitlements.coherence import ChangeFeed
 from entitlements.config import Settings
 from entitlements.observability.in_flight import Budgets
@@ -98,7 +99,9 @@ def build_deps(settings: Settings, store: Store, catalog: Catalog | None = None)
     deps.servicers["UsageService"] = UsageServicer(ledger, service, catalog)
     deps.closers.append(ledger.close)
     deps.billing = install_billing(settings, deps)
-    deps.token_gate = install_token_gate(settings, deps)
+    deps.heads = HeadFollowers.from_settings(settings.chains)
+    deps.closers.append(deps.heads.close)
+    deps.token_gate = install_token_gate(settings, deps, heads=deps.heads)
     deps.crypto = install_crypto(settings, deps)
     deps.admin = install_admin(settings, deps)
     deps.events = install_events(settings, deps)

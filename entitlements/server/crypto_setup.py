@@ -4,9 +4,11 @@ settings, the servicer, one watcher per configured network, and their shutdown."
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from adapters.chains import ChainReaders
+from adapters.chains.heads import HeadUpdate
 from adapters.chains.payments import PaymentReads
 from entitlements.crypto import CryptoPayments, PaymentWatcher
 from entitlements.observability.metrics import observe_chain_read, set_watcher_lag
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
 __all__ = ["CryptoRuntime", "install_crypto"]
 
 log = logging.getLogger(__name__)
+
+
+def _waker(watcher: PaymentWatcher) -> Callable[[HeadUpdate], None]:
+    return lambda _update: watcher.wake()
 
 
 def install_crypto(
@@ -52,6 +58,10 @@ def install_crypto(
             )
             for network in readers.networks
         ]
+    for watcher in watchers:
+        follower = deps.heads.get(watcher.network) if deps.heads is not None else None
+        if follower is not None:  # a new head wakes the watcher; its interval is the backstop
+            follower.subscribe(_waker(watcher))
     runtime = CryptoRuntime(payments, readers, watchers)
     deps.servicers["CryptoPaymentService"] = CryptoPaymentServicer(payments)
     deps.closers.append(runtime.close)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from entitlements.observability.in_flight import Budgets
 
 if TYPE_CHECKING:
+    from adapters.chains.heads import HeadFollowers
     from entitlements.admin import AdminService
     from entitlements.billing import Billing
     from entitlements.coherence import ChangeFeed
@@ -53,6 +54,9 @@ class Deps:
     #: Token gating (TokenGateService, chain readers, the re-verification task).
     token_gate: TokenGateRuntime | None = None
     #: Crypto payments (CryptoPaymentService, one chain watcher per configured network).
+    #: Each configured network's head follower (heads.status(): number and age per network,
+    #: for readiness and metrics); started with token gating, closed at shutdown.
+    heads: HeadFollowers | None = None
     crypto: CryptoRuntime | None = None
     #: Admin analytics (AdminService, the /admin dashboard).
     admin: AdminService | None = None

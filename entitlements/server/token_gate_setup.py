@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adapters.chains import ChainReaders, ChainSettings
+from adapters.chains.heads import HeadFollowers
 from entitlements.coherence import ChangeFeed
 from entitlements.observability.metrics import observe_chain_read
 from entitlements.server.token_gate_runtime import TokenGateRuntime
 from entitlements.server.token_gate_servicer import TokenGateServicer
 from entitlements.store.tokengate_repository import TokenGateStore
-from entitlements.tokengate import Reverifier, TokenGate
+from entitlements.tokengate import Reverifier, TokenGate, TransferListener
 from entitlements.watch import TokenAccessChanged, TokenAccessFeed, WatchHub
 
 if TYPE_CHECKING:
@@ -43,9 +44,14 @@ class _HubFeed(TokenAccessFeed):
 
 
 def install_token_gate(
-    settings: Settings, deps: Deps, *, readers: ChainReaders | None = None
+    settings: Settings,
+    deps: Deps,
+    *,
+    readers: ChainReaders | None = None,
+    heads: HeadFollowers | None = None,
 ) -> TokenGateRuntime:
-    """Build token gating on `deps.store`'s engine and register its servicer and closer."""
+    """Build token gating on `deps.store`'s engine and register its servicer and closer. With
+    `heads` (the networks' head followers) transfers are followed block by block."""
     chains: ChainSettings = settings.chains
     readers = readers or ChainReaders.from_settings(chains)
     for network in readers.networks:
@@ -59,7 +65,10 @@ def install_token_gate(
         chains,
         feed=feed,
     )
-    runtime = TokenGateRuntime(gate, Reverifier(gate, chains.reverify_interval_seconds))
+    listener = TransferListener(gate, heads) if heads is not None and chains.follow_blocks else None
+    runtime = TokenGateRuntime(
+        gate, Reverifier(gate, chains.reverify_interval_seconds), heads, listener
+    )
     deps.servicers["TokenGateService"] = TokenGateServicer(
         gate, None if settings.dev_mode else settings.callers
     )

@@ -116,6 +116,23 @@ class TokenGateStore(Sessions):
             rows = (await session.execute(query)).scalars().all()
             return [_requirement_record(row) for row in rows]
 
+    async def enabled_requirements(self, network: str) -> list[RequirementRecord]:
+        """Every enabled requirement on `network`: the contracts whose transfers matter."""
+        async with self._transaction() as session:
+            rows = (
+                (
+                    await session.execute(
+                        select(TokenRequirement).where(
+                            TokenRequirement.network == network,
+                            TokenRequirement.enabled.is_(True),
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            return [_requirement_record(row) for row in rows]
+
     # -- wallet challenges and links --
 
     async def create_challenge(self, record: ChallengeRecord) -> None:
@@ -226,6 +243,27 @@ class TokenGateStore(Sessions):
                 for r in rows
             ]
 
+    async def users_of_wallets(self, addresses: Sequence[str]) -> list[WalletLinkRecord]:
+        """The links of `addresses` (checksummed) to users."""
+        if not addresses:
+            return []
+        async with self._transaction() as session:
+            rows = (
+                (await session.execute(select(WalletLink).where(WalletLink.address.in_(addresses))))
+                .scalars()
+                .all()
+            )
+            return [
+                WalletLinkRecord(
+                    user_id=r.user_id,
+                    address=r.address,
+                    chain_id=r.chain_id,
+                    wallet_type=cast(WalletType, r.wallet_type),
+                    verified_at=r.verified_at,
+                )
+                for r in rows
+            ]
+
     async def delete_expired_challenges(self, before: datetime) -> int:
         async with self._transaction(write=True) as session:
             result = await session.execute(
@@ -301,20 +339,48 @@ class TokenGateStore(Sessions):
                 .scalars()
                 .all()
             )
-            return [
-                AccessGrantRecord(
-                    id=r.id,
-                    channel_id=r.channel_id,
-                    user_id=r.user_id,
-                    wallet_addresses=tuple(r.wallet_addresses),
-                    granted=r.granted,
-                    checked_at=r.checked_at,
-                    changed_at=r.changed_at,
+            return [_grant_record(r) for r in rows]
+
+    async def accesses_touching(
+        self, channel_ids: Sequence[str], wallets: Sequence[str], user_ids: Sequence[str]
+    ) -> list[AccessGrantRecord]:
+        """The stored decisions (granted or not) in `channel_ids` that were made for one of
+        `user_ids` or over one of `wallets` (given by a trusted caller): whom a transfer of
+        those wallets' tokens may have changed."""
+        if not channel_ids or not (wallets or user_ids):
+            return []
+        # wallets_key is the sorted, comma-joined checksummed addresses: a whole address (42
+        # fixed characters) found in it is one of them.
+        touching = [TokenAccessGrant.wallets_key.contains(w, autoescape=True) for w in wallets]
+        if user_ids:
+            touching.append(TokenAccessGrant.user_id.in_(user_ids))
+        async with self._transaction() as session:
+            rows = (
+                (
+                    await session.execute(
+                        select(TokenAccessGrant)
+                        .where(TokenAccessGrant.channel_id.in_(channel_ids), or_(*touching))
+                        .order_by(TokenAccessGrant.id)
+                    )
                 )
-                for r in rows
-            ]
+                .scalars()
+                .all()
+            )
+            return [_grant_record(r) for r in rows]
 
     # -- plumbing --
+
+
+def _grant_record(r: TokenAccessGrant) -> AccessGrantRecord:
+    return AccessGrantRecord(
+        id=r.id,
+        channel_id=r.channel_id,
+        user_id=r.user_id,
+        wallet_addresses=tuple(r.wallet_addresses),
+        granted=r.granted,
+        checked_at=r.checked_at,
+        changed_at=r.changed_at,
+    )
 
 
 def _requirement_row(record: RequirementRecord) -> TokenRequirement:

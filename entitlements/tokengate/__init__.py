@@ -11,6 +11,7 @@ from entitlements.tokengate.service import (
     RequirementResult,
     TokenGate,
 )
+from entitlements.tokengate.transfers import TransferListener
 from entitlements.tokengate.verifier import TokenVerifier, Verification
 from entitlements.tokengate.wallets import WalletOwnership
 
@@ -23,6 +24,7 @@ __all__ = [
     "SweepReport",
     "TokenGate",
     "TokenVerifier",
+    "TransferListener",
     "Verification",
     "WalletOwnership",
     "validate_requirement",

@@ -52,14 +52,7 @@ class Reverifier:
                 after = grant.id
                 checked += 1
                 try:
-                    # The wallets stored with a grant were named by a trusted caller.
-                    decision = await self._gate.check_channel_access(
-                        grant.channel_id,
-                        grant.user_id,
-                        grant.wallet_addresses,
-                        wallets_trusted=True,
-                        fresh=True,
-                    )
+                    decision = await self._gate.recheck(grant)
                 except Unavailable as exc:
                     unavailable += 1
                     log.warning("re-verification of channel %s deferred: %s", grant.channel_id, exc)

@@ -34,6 +34,7 @@ from entitlements.errors import (
 )
 from entitlements.store.records import utcnow
 from entitlements.store.tokengate_records import (
+    AccessGrantRecord,
     ChallengeRecord,
     RequirementRecord,
     WalletLinkRecord,
@@ -267,6 +268,18 @@ class TokenGate:
         decision = AccessDecision(granted=granted, results=tuple(results))
         await self._record(channel_id, user_id, tuple(given), decision)
         return decision
+
+    async def recheck(self, access: AccessGrantRecord) -> AccessDecision:
+        """Check a stored access again with fresh chain reads (the sweep; a transfer of one of
+        its wallets' tokens): a changed answer is stored and published to watchers."""
+        # The wallets stored with an access were named by a trusted caller.
+        return await self.check_channel_access(
+            access.channel_id,
+            access.user_id,
+            access.wallet_addresses,
+            wallets_trusted=True,
+            fresh=True,
+        )
 
     async def _check_requirement(
         self,

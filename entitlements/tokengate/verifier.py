@@ -95,6 +95,9 @@ class TokenVerifier:
         self._clock = clock
         self._cache: LRUCache[CacheKey, tuple[float, Verification]] = LRUCache(max_entries)
         self._inflight: dict[CacheKey, asyncio.Task[Verification]] = {}
+        #: Keys forgotten while a read of them was in flight: that read's answer may predate
+        #: the transfer that made us forget, so it is returned but not cached.
+        self._forgotten: set[asyncio.Task[Verification]] = set()
         self.chain_reads = 0
 
     async def verify(
@@ -133,16 +136,45 @@ class TokenVerifier:
         """Drop every cached answer (tests; a configuration change)."""
         self._cache.clear()
 
+    def forget_network(self, network: str) -> None:
+        """Drop every answer about `network` (a reorg: any of them may have been read from a
+        block that is gone)."""
+        for key in [k for k in [*self._cache.keys(), *self._inflight.keys()] if k[0] == network]:
+            self._cache.pop(key, None)
+            task = self._inflight.pop(key, None)
+            if task is not None:
+                self._forgotten.add(task)
+
+    def forget_wallets(self, network: str, contract: str, wallets: set[str]) -> int:
+        """Drop the answers about `wallets` for `contract` on `network` (tokens of it moved in
+        or out of them): the next check reads the chain. Returns how many were dropped."""
+        stale = [
+            key
+            for key in [*self._cache.keys(), *self._inflight.keys()]
+            if key[0] == network and key[1] == contract and key[6] in wallets
+        ]
+        for key in stale:
+            self._cache.pop(key, None)
+            task = self._inflight.pop(key, None)
+            if task is not None:
+                self._forgotten.add(task)
+        return len(stale)
+
     async def _read(
         self, key: CacheKey, requirement: RequirementRecord, wallet: str
     ) -> Verification:
+        me = asyncio.current_task()
         try:
             self.chain_reads += 1
             result = await self._evaluate(requirement, wallet)
-            self._cache[key] = (self._clock(), result)
+            if me not in self._forgotten:
+                self._cache[key] = (self._clock(), result)
             return result
         finally:
-            self._inflight.pop(key, None)
+            if me in self._forgotten:
+                self._forgotten.discard(me)
+            elif self._inflight.get(key) is me:
+                del self._inflight[key]
 
     async def _evaluate(self, requirement: RequirementRecord, wallet: str) -> Verification:
         reader = self._readers.get(requirement.network)

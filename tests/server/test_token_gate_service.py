@@ -523,6 +523,55 @@ async def test_a_revoked_access_reaches_watchers_of_the_channel(
         await running.stop(0)
 
 
+async def test_a_transfer_reaches_watchers_in_the_block_after_it_without_the_sweep(
+    settings: Settings, store: Store, anvil: AnvilNode, chain: ChainKit, tokens: TestTokens
+) -> None:
+    # Sweep off, answers cached for an hour: only the block can bring the change.
+    chains = local_settings(anvil, reverify_interval_seconds=0, verify_cache_ttl_seconds=3600)
+    running = await start(replace(settings, chains=chains), store)
+    assert running.deps.token_gate is not None
+    await running.deps.token_gate.start()  # as serve() does: follows the heads
+    holder, buyer = new_wallet().address, new_wallet().address
+    token_id = new_token_id()
+    await chain.transact(tokens.nft.functions.mint(holder, token_id))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            gate = pb_grpc.TokenGateServiceStub(channel)
+            await gate.CreateTokenRequirement(
+                pb.CreateTokenRequirementRequest(
+                    requirement=nft_requirement(
+                        tokens.nft.address, channel="by-block", token_ids=[str(token_id)]
+                    )
+                ),
+                metadata=OPS,
+            )
+            check = pb.CheckChannelAccessRequest(channel_id="by-block", wallet_addresses=[holder])
+            assert (await gate.CheckChannelAccess(check, metadata=TRUSTED)).granted
+            watch = ent_grpc.EntitlementsServiceStub(channel).WatchEntitlements(
+                ent_pb.WatchEntitlementsRequest(channel_ids=["by-block"]), metadata=CHAT
+            )
+            await asyncio.sleep(0.1)
+            await chain.fund(holder)
+            await chain.impersonate(holder)
+            await chain.transact(
+                tokens.nft.functions.transferFrom(holder, buyer, token_id), sender=holder
+            )
+            event = await asyncio.wait_for(watch.read(), 10)
+            watch.cancel()
+            after = await gate.CheckChannelAccess(check, metadata=TRUSTED)
+        change = event.token_access_changed
+        assert (change.channel_id, list(change.wallet_addresses), change.granted) == (
+            "by-block",
+            [holder],
+            False,
+        )
+        assert not after.granted
+        heads = running.deps.heads
+        assert heads is not None and heads.status()["local"].number >= 0
+    finally:
+        await running.stop(0)
+
+
 async def test_chain_reads_are_measured_for_metrics(
     stub: Stub, chain: ChainKit, tokens: TestTokens
 ) -> None:

@@ -52,3 +52,55 @@ def test_variable_names_use_underscores_for_dashes() -> None:
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ChainConfigError, match=variable):
         ChainSettings.from_env(env)
+
+
+def test_heads_are_subscribed_over_the_providers_websockets_and_local_on_its_port() -> None:
+    settings = ChainSettings.from_env(
+        {
+            "INFURA_API_KEY": "k",
+            "ALCHEMY_API_KEY": "a",
+            "ENTITLEMENTS_RPC_URL_LOCAL": "http://127.0.0.1:8545",
+            "ENTITLEMENTS_RPC_URL_POLYGON": "https://my-node.example/rpc",
+        }
+    )
+    assert settings.ws_urls["ethereum"] == "wss://mainnet.infura.io/ws/v3/k"
+    assert settings.ws_urls["local"] == "ws://127.0.0.1:8545"
+    assert "polygon" not in settings.ws_urls  # an explicit node without a websocket is polled
+    assert settings.follow_blocks
+
+
+def test_an_explicit_websocket_wins_and_off_turns_it_off() -> None:
+    settings = ChainSettings.from_env(
+        {
+            "INFURA_API_KEY": "k",
+            "ENTITLEMENTS_WS_URL_ETHEREUM": "off",
+            "ENTITLEMENTS_RPC_URL_BSC": "https://bsc.example",
+            "ENTITLEMENTS_WS_URL_BSC": "wss://bsc.example/ws",
+        }
+    )
+    assert "ethereum" not in settings.ws_urls
+    assert settings.ws_urls["bsc"] == "wss://bsc.example/ws"
+
+
+def test_poll_intervals_follow_block_times_and_can_be_set() -> None:
+    settings = ChainSettings.from_env({"ENTITLEMENTS_HEAD_POLL_SECONDS_ETHEREUM": "3"})
+    assert settings.poll_seconds("ethereum") == 3
+    assert settings.poll_seconds("polygon") == 0.5
+    assert settings.poll_seconds("local") < 1  # sub-second where blocks are
+    assert settings.block_seconds("ethereum") == 12
+    assert settings.block_seconds("arbitrum") == 0.25
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        (
+            {"ENTITLEMENTS_WS_URL_LOCAL": "http://x", "ENTITLEMENTS_RPC_URL_LOCAL": "http://x"},
+            "ENTITLEMENTS_WS_URL_LOCAL",
+        ),
+        ({"ENTITLEMENTS_HEAD_POLL_SECONDS_LOCAL": "0"}, "ENTITLEMENTS_HEAD_POLL_SECONDS_LOCAL"),
+    ],
+)
+def test_bad_head_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ChainConfigError, match=variable):
+        ChainSettings.from_env(env)
