@@ -52,8 +52,11 @@ migrate: $(VENV)/.installed
 	$(BIN)/entitlements migrate
 
 ## test: everything CI runs: generated code is fresh, protos lint, lint, then the whole suite.
+## The suite mostly waits (chains, databases, subprocesses): a few worker processes share the
+## cores (every test gets its own database, ports and files). TEST_WORKERS=0 runs it in one.
+TEST_WORKERS ?= 3
 test: install proto-check proto-lint lint test-node
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## test-node: the TypeScript client (clients/typescript, its own lockfile): install, check the
 ## generated stubs are fresh, type-check, and call a real server (started from the venv).
