@@ -38,7 +38,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-class Server:
+class _Process:
+    """A server process on `port`: where to call it and its pid."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+class Server(_Process):
     """`entitlements serve` in its own process (pinned to core 0), on a fresh database."""
 
     def __init__(self, database_url: str | None = None, **env: str) -> None:
@@ -55,15 +71,6 @@ class Server:
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
 
     def __enter__(self) -> Server:
         cli = [sys.executable, "-m", "entitlements.cli"]
@@ -95,7 +102,7 @@ class Server:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-class ScriptServer:
+class ScriptServer(_Process):
     """`python -m <module> --port N <args>` in its own process (pinned to core 0): the reference
     servers and the transport prototypes, measured with the same `drive` as `Server`."""
 
@@ -104,15 +111,6 @@ class ScriptServer:
         self.command = [sys.executable, "-m", module, "--port", str(self.port), *args]
         self.env = {**os.environ, **env}
         self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
 
     def __enter__(self) -> ScriptServer:
         pin = ["taskset", "-c", "0"] if PIN else []

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import Select, and_, delete, or_, select, update
 
 from entitlements.errors import FailedPrecondition, NotFound
 from entitlements.store.models import (
@@ -220,39 +220,21 @@ class TokenGateStore(Sessions):
         return link
 
     async def wallets_of(self, user_id: str) -> list[WalletLinkRecord]:
-        async with self._transaction() as session:
-            rows = (
-                (
-                    await session.execute(
-                        select(WalletLink)
-                        .where(WalletLink.user_id == user_id)
-                        .order_by(WalletLink.verified_at, WalletLink.id)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            return [
-                WalletLinkRecord(
-                    user_id=r.user_id,
-                    address=r.address,
-                    chain_id=r.chain_id,
-                    wallet_type=cast(WalletType, r.wallet_type),
-                    verified_at=r.verified_at,
-                )
-                for r in rows
-            ]
+        return await self._links(
+            select(WalletLink)
+            .where(WalletLink.user_id == user_id)
+            .order_by(WalletLink.verified_at, WalletLink.id)
+        )
 
     async def users_of_wallets(self, addresses: Sequence[str]) -> list[WalletLinkRecord]:
         """The links of `addresses` (checksummed) to users."""
         if not addresses:
             return []
+        return await self._links(select(WalletLink).where(WalletLink.address.in_(addresses)))
+
+    async def _links(self, statement: Select[WalletLink]) -> list[WalletLinkRecord]:
         async with self._transaction() as session:
-            rows = (
-                (await session.execute(select(WalletLink).where(WalletLink.address.in_(addresses))))
-                .scalars()
-                .all()
-            )
+            rows = (await session.execute(statement)).scalars().all()
             return [
                 WalletLinkRecord(
                     user_id=r.user_id,
