@@ -67,6 +67,7 @@ _OTHER_SERVICES = (
 def build_deps(settings: Settings, store: Store, catalog: Catalog | None = None) -> Deps:
     """Everything the server is built from, on `store`; tests hand in their own store."""
     catalog = catalog or default_catalog()
+    store.past_due_grace = settings.past_due_grace  # as subscription.past_due events report it
     hub = WatchHub()
     service = EntitlementService(
         store,

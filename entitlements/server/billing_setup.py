@@ -110,6 +110,7 @@ async def _standalone_billing(settings: Settings) -> AsyncIterator[Billing | Non
     from entitlements.watch import WatchHub
 
     store = Store.open(settings.database_url)
+    store.past_due_grace = settings.past_due_grace  # as subscription.past_due events report it
     try:
         service = EntitlementService(
             store,

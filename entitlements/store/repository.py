@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -15,8 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from entitlements.errors import AlreadyExists, InvalidArgument
+from entitlements.events.transitions import subscription_events
 from entitlements.store.change_feed import notify_change
 from entitlements.store.engine import DEFAULT_DATABASE_URL, IMMEDIATE, create_engine
+from entitlements.store.events_repository import append_event
 from entitlements.store.failures import translate_errors
 from entitlements.store.models import (
     Account,
@@ -63,6 +65,10 @@ class Store(Sessions):
     tasks. Methods return frozen records, never ORM objects, and raise
     `entitlements.errors.Unavailable` when the database cannot be reached.
     """
+
+    #: The grace a past_due subscription keeps its plan for, as `subscription.past_due`
+    #: events report it (`grace_ends_at`); the server sets it from its settings.
+    past_due_grace: timedelta = timedelta(days=7)
 
     @classmethod
     def open(cls, url: str = DEFAULT_DATABASE_URL) -> Store:
@@ -134,12 +140,20 @@ class Store(Sessions):
         On update `created_at` keeps its stored value; `updated_at` is always the store's clock.
         Raises AlreadyExists if the id belongs to another account or the Stripe subscription id
         to another subscription.
+
+        Writes the `subscription.*` events of the change in the same transaction (manual
+        subscriptions, crypto activations and revocations come through here).
         """
+        now = utcnow()
         values = {name: getattr(record, name) for name in _SUBSCRIPTION_COLUMNS}
-        values["updated_at"] = utcnow()
+        values["updated_at"] = now
         try:
             async with self._transaction(write=True) as session:
+                # The bump locks the account row first: saves of one account take turns, so
+                # the row read below is the one this save replaces.
                 revision = await self._bump_revision(session, record.account_id)
+                row = await session.get(Subscription, record.id, with_for_update=True)
+                old = _subscription_record(row) if row is not None else None
                 insert = self._insert(Subscription).values(values)
                 upsert = insert.on_conflict_do_update(
                     index_elements=[Subscription.id],
@@ -151,6 +165,14 @@ class Store(Sessions):
                         f"subscription {record.id!r} belongs to another account than "
                         f"{record.account_id!r}"
                     )
+                for event in subscription_events(
+                    old,
+                    record,
+                    ref=f"r{revision}",
+                    past_due_grace=self.past_due_grace,
+                    now=now,
+                ):
+                    await append_event(session, event)
         except IntegrityError as error:
             raise AlreadyExists(
                 f"subscription {record.id!r} conflicts with a stored one "
