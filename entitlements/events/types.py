@@ -13,7 +13,6 @@ from entitlements.policies.thresholds import UPGRADE_PROMPT_PERCENT, WARNING_PER
 __all__ = [
     "EVENT_TYPES",
     "THRESHOLD_LEVELS",
-    "WIRED_EVENT_TYPES",
     "Event",
     "iso",
     "new_event",
@@ -36,9 +35,6 @@ EVENT_TYPES = (
     "token_access.granted",
     "token_access.revoked",
 )
-
-#: The types a producer writes today: all of them.
-WIRED_EVENT_TYPES = frozenset(EVENT_TYPES)
 
 THRESHOLD_LEVELS = (75, 90, 100)
 
