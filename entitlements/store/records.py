@@ -73,6 +73,10 @@ class SubscriptionRecord:
     ended_at: datetime | None = None
     trial_end: datetime | None = None
     past_due_since: datetime | None = None
+    #: A manual subscription's contract price per interval (minor units of `currency`, lower
+    #: case ISO 4217); None for subscriptions billed at the catalog's prices.
+    price_cents: int | None = None
+    currency: str | None = None
     source_updated_at: datetime | None = None
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)

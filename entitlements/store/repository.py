@@ -356,6 +356,8 @@ def _subscription_record(row: Subscription) -> SubscriptionRecord:
         ended_at=row.ended_at,
         trial_end=row.trial_end,
         past_due_since=row.past_due_since,
+        price_cents=row.price_cents,
+        currency=row.currency,
         source_updated_at=row.source_updated_at,
         created_at=row.created_at,
         updated_at=row.updated_at,
