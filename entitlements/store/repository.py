@@ -28,6 +28,7 @@ from entitlements.store.models import (
 from entitlements.store.records import (
     ENDED_STATUSES,
     AccountSnapshot,
+    AuditRecord,
     OverrideKind,
     OverrideRecord,
     PaymentMethod,
@@ -127,9 +128,12 @@ class Store(Sessions):
                     )
         return snapshots
 
-    async def save_subscription(self, record: SubscriptionRecord) -> int:
+    async def save_subscription(
+        self, record: SubscriptionRecord, *, audit: AuditRecord | None = None
+    ) -> int:
         """Insert the subscription or update it by id, and bump its account's revision (creating
-        the account if needed) in the same transaction; return the new revision.
+        the account if needed) in the same transaction; return the new revision. `audit`, when
+        given (an admin's change), is written in that transaction too, with the revision.
 
         On update `created_at` keeps its stored value; `updated_at` is always the store's clock.
         Raises AlreadyExists if the id belongs to another account or the Stripe subscription id
@@ -151,10 +155,15 @@ class Store(Sessions):
                         f"subscription {record.id!r} belongs to another account than "
                         f"{record.account_id!r}"
                     )
+                if audit is not None:
+                    session.add(audit_row(audit, revision=revision))
         except IntegrityError as error:
+            also = (
+                f" or audit request_id {audit.request_id!r}" if audit and audit.request_id else ""
+            )
             raise AlreadyExists(
                 f"subscription {record.id!r} conflicts with a stored one "
-                f"(stripe_subscription_id {record.stripe_subscription_id!r})"
+                f"(stripe_subscription_id {record.stripe_subscription_id!r}{also})"
             ) from error
         return revision
 
@@ -361,6 +370,21 @@ def _subscription_record(row: Subscription) -> SubscriptionRecord:
         source_updated_at=row.source_updated_at,
         created_at=row.created_at,
         updated_at=row.updated_at,
+    )
+
+
+def audit_row(record: AuditRecord, *, revision: int | None = None) -> OverrideAudit:
+    """The `override_audit` row of an entry (with the account's new revision in its details)."""
+    details = dict(record.details)
+    if revision is not None:
+        details["revision"] = revision
+    return OverrideAudit(
+        account_id=record.account_id,
+        actor=record.actor,
+        action=record.action,
+        details=details,
+        request_id=record.request_id,
+        created_at=record.created_at,
     )
 
 
