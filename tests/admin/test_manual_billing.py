@@ -359,3 +359,41 @@ async def test_a_contract_in_euros_is_counted_apart_from_the_usd_figures(
         ("eur", 1, 300_000)
     ]
     assert [(c.currency, c.amount_minor) for c in metrics.other_currencies] == [("eur", 300_000)]
+
+
+def test_a_manual_term_lapses_at_its_end_and_an_open_ended_one_never() -> None:
+    from entitlements.policies import default_catalog
+    from entitlements.state import derive
+    from entitlements.store.records import AccountSnapshot, SubscriptionRecord
+
+    catalog = default_catalog()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    end = datetime(2027, 1, 1, tzinfo=UTC)
+    record = SubscriptionRecord(
+        id="ms_1",
+        account_id="acme",
+        plan_id="enterprise",
+        status="active",
+        interval="year",
+        payment_method="manual",
+        current_period_start=start,
+        current_period_end=end,
+        price_cents=1_200_000,
+        currency="usd",
+        created_at=start,
+        updated_at=start,
+    )
+
+    def plan(sub: SubscriptionRecord, at: datetime) -> str:
+        snapshot = AccountSnapshot(account_id="acme", revision=1, subscription=sub)
+        return derive(catalog, "acme", snapshot, now=at, past_due_grace=timedelta(days=7)).plan_id
+
+    assert plan(record, end - timedelta(seconds=1)) == "enterprise"
+    assert plan(record, end) == "free"
+    open_ended = SubscriptionRecord(
+        **{
+            **{f: getattr(record, f) for f in record.__dataclass_fields__},
+            "current_period_end": None,
+        }
+    )
+    assert plan(open_ended, end + timedelta(days=900)) == "enterprise"
