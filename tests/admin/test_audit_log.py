@@ -10,25 +10,28 @@ import grpc
 import pytest
 from nchat.entitlements.v1 import admin_service_pb2 as pb
 
+from entitlements.config import Settings
 from entitlements.server.app import Running
 from tests.admin.test_admin_service import invalid_field, stub, ts
 from tests.admin.test_manual_billing import create
-from tests.server.conftest import OPS
+from tests.server.conftest import CALLERS_TOML, OPS
 
 #: A second admin caller, to filter by actor.
 SALES = (("authorization", "Bearer sales-token-000000000001"),)
 
 
-@pytest.fixture
-def settings(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from entitlements.config import Settings
-    from tests.server.conftest import CALLERS_TOML
+SALES_CALLER = """
+[[callers]]
+name = "sales"
+tokens = ["sales-token-000000000001"]
+scopes = ["admin"]
+"""
 
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
     callers = tmp_path / "callers.toml"
-    callers.write_text(
-        CALLERS_TOML
-        + '\n[[callers]]\nname = "sales"\ntokens = ["sales-token-000000000001"]\nscopes = ["admin"]\n'
-    )
+    callers.write_text(CALLERS_TOML + SALES_CALLER)
     return Settings.from_env({"ENTITLEMENTS_CALLERS_FILE": str(callers)})
 
 
