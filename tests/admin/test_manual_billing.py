@@ -397,3 +397,19 @@ def test_a_manual_term_lapses_at_its_end_and_an_open_ended_one_never() -> None:
         }
     )
     assert plan(open_ended, end + timedelta(days=900)) == "enterprise"
+
+
+async def test_a_retried_end_with_its_request_id_answers_the_first_call(
+    server: Running, channel: grpc.aio.Channel
+) -> None:
+    sub_id = (await create(channel, "acme")).subscription.subscription.id
+    request = pb.EndManualSubscriptionRequest(
+        subscription_id=sub_id, reason="churned", request_id="end-acme"
+    )
+
+    first = await stub(channel).EndManualSubscription(request, metadata=OPS)
+    again = await stub(channel).EndManualSubscription(request, metadata=OPS)
+
+    assert again.revision == first.revision
+    assert again.subscription.subscription.status == subscription_pb2.SUBSCRIPTION_STATUS_CANCELED
+    assert await count(server, OverrideAudit) == 2  # the create and one end
