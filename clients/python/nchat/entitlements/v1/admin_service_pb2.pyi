@@ -260,7 +260,10 @@ class GetRevenueMetricsResponse(_message.Message):
     total_revenue_cents: _builtins.int
     """All revenue ever received, in US cents."""
     mrr_cents: _builtins.int
-    """Monthly recurring revenue: active subscriptions normalised to a month (yearly / 12)."""
+    """Monthly recurring revenue: active subscriptions normalised to a month (yearly / 12), at
+    their plan's list price, or a manual subscription's contract price (contracts priced in
+    another currency are left out: see docs/admin.md).
+    """
     arr_cents: _builtins.int
     """Annual recurring revenue, 12 x MRR."""
     active_subscriptions: _builtins.int
@@ -273,7 +276,7 @@ class GetRevenueMetricsResponse(_message.Message):
 
     @_builtins.property
     def payment_method_breakdown(self) -> _containers.RepeatedCompositeFieldContainer[Global___PaymentMethodRevenue]:
-        """Revenue by payment method (card, crypto)."""
+        """Revenue by payment method (card, crypto, and manual when there is any)."""
 
     @_builtins.property
     def failed_payments(self) -> Global___FailedPayments:

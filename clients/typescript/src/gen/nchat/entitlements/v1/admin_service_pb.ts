@@ -202,7 +202,9 @@ export type GetRevenueMetricsResponse = Message<"nchat.entitlements.v1.GetRevenu
   totalRevenueCents: bigint;
 
   /**
-   * Monthly recurring revenue: active subscriptions normalised to a month (yearly / 12).
+   * Monthly recurring revenue: active subscriptions normalised to a month (yearly / 12), at
+   * their plan's list price, or a manual subscription's contract price (contracts priced in
+   * another currency are left out: see docs/admin.md).
    *
    * @generated from field: int64 mrr_cents = 2;
    */
@@ -237,7 +239,7 @@ export type GetRevenueMetricsResponse = Message<"nchat.entitlements.v1.GetRevenu
   planDistribution: PlanCount[];
 
   /**
-   * Revenue by payment method (card, crypto).
+   * Revenue by payment method (card, crypto, and manual when there is any).
    *
    * @generated from field: repeated nchat.entitlements.v1.PaymentMethodRevenue payment_method_breakdown = 7;
    */
