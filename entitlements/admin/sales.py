@@ -10,14 +10,26 @@ subscription write takes, so the account's revision, caches, watchers and outbou
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
+from entitlements.admin.sales_rules import (
+    CLOCK_SKEW,
+    CREATE,
+    END,
+    INVOICE,
+    MANUAL_ACTIONS,
+    UPDATE,
+    InvoiceRequest,
+    TermsRequest,
+    check_currency,
+    check_key,
+    check_reason,
+    fingerprint,
+    terms_json,
+)
 from entitlements.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -29,12 +41,7 @@ from entitlements.policies import Catalog
 from entitlements.service import EntitlementService
 from entitlements.store.audit_repository import AuditStore
 from entitlements.store.manual_repository import ManualInvoiceRecord, ManualStore
-from entitlements.store.records import (
-    ENDED_STATUSES,
-    AuditRecord,
-    SubscriptionInterval,
-    SubscriptionRecord,
-)
+from entitlements.store.records import ENDED_STATUSES, AuditRecord, SubscriptionRecord
 
 __all__ = [
     "MANUAL_ACTIONS",
@@ -44,41 +51,6 @@ __all__ = [
     "TermsRequest",
 ]
 
-MAX_REASON_LENGTH = 2000
-MAX_KEY_LENGTH = 200
-#: How far ahead of the server's clock a term start or payment time may be (clock skew).
-CLOCK_SKEW = timedelta(minutes=5)
-DEFAULT_CURRENCY = "usd"
-_CURRENCY = re.compile(r"[a-z]{3}")
-
-CREATE = "create_manual_subscription"
-UPDATE = "update_manual_subscription"
-END = "end_manual_subscription"
-INVOICE = "record_manual_invoice"
-MANUAL_ACTIONS = (CREATE, UPDATE, END, INVOICE)
-
-
-@dataclass(frozen=True, slots=True)
-class TermsRequest:
-    """A contract's terms as the caller sent them; empty values mean "not given"."""
-
-    plan_id: str = ""
-    price_cents: int = 0
-    currency: str = ""
-    interval: SubscriptionInterval | None = None
-    term_start: datetime | None = None
-    term_end: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class InvoiceRequest:
-    subscription_id: str
-    amount_cents: int
-    currency: str = ""
-    reference: str = ""
-    paid_at: datetime | None = None
-    reason: str = ""
-
 
 @dataclass(frozen=True, slots=True)
 class ManualChange:
@@ -86,53 +58,6 @@ class ManualChange:
 
     subscription: SubscriptionRecord
     revision: int
-
-
-def _terms_json(sub: SubscriptionRecord) -> dict[str, Any]:
-    return {
-        "plan_id": sub.plan_id,
-        "price_cents": sub.price_cents,
-        "currency": sub.currency,
-        "interval": sub.interval,
-        "term_start": _iso(sub.current_period_start),
-        "term_end": _iso(sub.current_period_end),
-        "status": sub.status,
-    }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _digest(action: str, *values: object) -> str:
-    """What a request asked, to tell a retry from another request reusing its key."""
-    text = json.dumps([action, *values], default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _reason(reason: str) -> str:
-    if len(reason) > MAX_REASON_LENGTH:
-        raise InvalidArgument("reason", f"must be at most {MAX_REASON_LENGTH} characters")
-    return reason
-
-
-def _currency(value: str, field: str) -> str:
-    currency = (value or DEFAULT_CURRENCY).lower()
-    if not _CURRENCY.fullmatch(currency):
-        raise InvalidArgument(field, f"must be an ISO 4217 code such as 'usd', got {value!r}")
-    return currency
-
-
-def _key(value: str, field: str, *, required: bool) -> str | None:
-    if not value:
-        if required:
-            raise InvalidArgument(field, "is required")
-        return None
-    if len(value) > MAX_KEY_LENGTH or not value.isprintable() or value.strip() != value:
-        raise InvalidArgument(
-            field, f"must be at most {MAX_KEY_LENGTH} printable characters, no outer spaces"
-        )
-    return value
 
 
 class ManualBilling:
@@ -210,8 +135,8 @@ class ManualBilling:
             details={
                 "reason": reason,
                 "subscription_id": record.id,
-                "old": _terms_json(old) if old is not None else None,
-                "new": _terms_json(record),
+                "old": terms_json(old) if old is not None else None,
+                "new": terms_json(record),
                 "request_digest": digest,
             },
         )
@@ -244,17 +169,17 @@ class ManualBilling:
         self, account_id: str, terms: TermsRequest, *, request_id: str, reason: str, actor: str
     ) -> ManualChange:
         """Start a manual subscription; the account's plan follows at once."""
-        key = _key(request_id, "request_id", required=True)
+        key = check_key(request_id, "request_id", required=True)
         plan_id = self._plan(terms.plan_id)
         if terms.price_cents <= 0:
             raise InvalidArgument("terms.price_cents", "must be more than zero")
-        currency = _currency(terms.currency, "terms.currency")
+        currency = check_currency(terms.currency, "terms.currency")
         if terms.interval is None:
             raise InvalidArgument("terms.interval", "is required (month or year)")
         now = self._clock()
         self._check_term(terms.term_start, terms.term_end, now)
-        _reason(reason)
-        digest = _digest(CREATE, account_id, terms, reason)
+        check_reason(reason)
+        digest = fingerprint(CREATE, account_id, terms, reason)
         replayed = await self._replay(key, digest)
         if replayed is not None:
             return replayed
@@ -304,14 +229,14 @@ class ManualBilling:
         actor: str,
     ) -> ManualChange:
         """Change a live manual subscription's terms; fields not given keep their value."""
-        key = _key(request_id, "request_id", required=False)
+        key = check_key(request_id, "request_id", required=False)
         if terms.plan_id:
             self._plan(terms.plan_id)
         if terms.price_cents < 0:
             raise InvalidArgument("terms.price_cents", "must be more than zero")
-        currency = _currency(terms.currency, "terms.currency") if terms.currency else None
-        _reason(reason)
-        digest = _digest(UPDATE, subscription_id, terms, reason)
+        currency = check_currency(terms.currency, "terms.currency") if terms.currency else None
+        check_reason(reason)
+        digest = fingerprint(UPDATE, subscription_id, terms, reason)
         replayed = await self._replay(key, digest)
         if replayed is not None:
             return replayed
@@ -347,9 +272,9 @@ class ManualBilling:
         self, subscription_id: str, *, request_id: str = "", reason: str, actor: str
     ) -> ManualChange:
         """End a manual subscription now."""
-        key = _key(request_id, "request_id", required=False)
-        _reason(reason)
-        digest = _digest(END, subscription_id, reason)
+        key = check_key(request_id, "request_id", required=False)
+        check_reason(reason)
+        digest = fingerprint(END, subscription_id, reason)
         replayed = await self._replay(key, digest)
         if replayed is not None:
             return replayed
@@ -369,13 +294,13 @@ class ManualBilling:
         True) when recorded now, (the first record, False) for a retry."""
         if request.amount_cents <= 0:
             raise InvalidArgument("amount_cents", "must be more than zero")
-        currency = _currency(request.currency, "currency")
-        reference = _key(request.reference, "reference", required=True)
+        currency = check_currency(request.currency, "currency")
+        reference = check_key(request.reference, "reference", required=True)
         assert reference is not None
         now = self._clock()
         if request.paid_at is not None and request.paid_at > now + CLOCK_SKEW:
             raise InvalidArgument("paid_at", "must not be in the future")
-        _reason(request.reason)
+        check_reason(request.reason)
         sub = await self._manual_subscription(request.subscription_id)
         invoice = ManualInvoiceRecord(
             id="mi_" + secrets.token_hex(10),
