@@ -183,6 +183,9 @@ class ManualBilling:
         replayed = await self._replay(key, digest)
         if replayed is not None:
             return replayed
+        # Derived from the account and the key: a concurrent retry writes the same row, never
+        # a second subscription.
+        sub_id = "ms_" + hashlib.sha256(f"{account_id}\0{key}".encode()).hexdigest()[:24]
         snapshot = await self._store.get_account_snapshot(account_id, now=now)
         current = snapshot.subscription if snapshot is not None else None
         if (
@@ -191,13 +194,18 @@ class ManualBilling:
             and current.status not in ENDED_STATUSES
             and (current.current_period_end is None or current.current_period_end > now)
         ):
+            if current.id == sub_id:
+                # A concurrent retry of this very request committed since the look-up above
+                # (its row and its audit entry are one transaction): answer as it did.
+                replayed = await self._replay(key, digest)
+                if replayed is not None:
+                    return replayed
             raise FailedPrecondition(
                 f"account {account_id!r} already has the manual subscription {current.id!r}: "
                 "change it with UpdateManualSubscription or end it first"
             )
         record = SubscriptionRecord(
-            # Derived from the key: a concurrent retry writes the same row, not a second one.
-            id="ms_" + hashlib.sha256(f"{account_id}\0{key}".encode()).hexdigest()[:24],
+            id=sub_id,
             account_id=account_id,
             plan_id=plan_id,
             status="active",

@@ -126,7 +126,7 @@ async def test_a_retried_create_answers_the_first_call_and_writes_once(
 async def test_concurrent_retries_of_a_create_write_one_subscription(
     server: Running, channel: grpc.aio.Channel
 ) -> None:
-    answers = await asyncio.gather(*(create(channel, "acme", key="same") for _ in range(4)))
+    answers = await asyncio.gather(*(create(channel, "acme", key="same") for _ in range(8)))
 
     assert len({a.subscription.subscription.id for a in answers}) == 1
     assert await count(server, OverrideAudit) == 1
