@@ -288,6 +288,9 @@ class ManualBilling:
             return replayed
         old = await self._manual_subscription(subscription_id)
         if old.status in ENDED_STATUSES:
+            replayed = await self._replay(key, digest)
+            if replayed is not None:  # a concurrent retry of this request ended it meanwhile
+                return replayed
             raise FailedPrecondition(f"subscription {subscription_id!r} has ended already")
         now = self._clock()
         new = replace(old, status="canceled", canceled_at=now, ended_at=now)
