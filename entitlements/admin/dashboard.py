@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
+from entitlements.admin.audit_section import mrr_other_currencies_html, mrr_other_currencies_lines
 from entitlements.admin.charts import bar_chart, line_chart, money
 from entitlements.admin.metrics import RevenueMetrics
 
@@ -137,7 +138,7 @@ def render_html(
 <div class="panel" id="mrr_chart">{history}</div></div>
 <div class="row"><div class="panel"><h3>By payment method</h3><table id="methods">
 <tr><th>method</th><th class=n>revenue</th><th class=n>payments</th><th class=n>active</th></tr>
-{methods}</table>{others}</div>
+{methods}</table>{others}{mrr_other_currencies_html(m)}</div>
 <div class="panel"><h3>Upcoming renewals</h3><table id="renewals">
 <tr><th>account</th><th>plan</th><th>interval</th><th>renews</th><th class=n>amount</th></tr>
 {renewals}</table></div></div>
@@ -202,4 +203,5 @@ def render_text(m: RevenueMetrics) -> str:
             f"Not in the USD figures: {c.payments} payments in {c.currency.upper()} "
             f"({c.amount_minor:,} minor units)"
         )
+    lines += mrr_other_currencies_lines(m)
     return "\n".join(lines)

@@ -29,6 +29,8 @@ from nchat.entitlements.v1 import (
 )
 
 from adapters.chains.heads import HeadFollowers
+from entitlements.admin.audit import AuditLog
+from entitlements.admin.audit_section import audit_section
 from entitlements.coherence import ChangeFeed
 from entitlements.config import Settings
 from entitlements.observability.in_flight import Budgets
@@ -48,6 +50,7 @@ from entitlements.server.token_gate_setup import install_token_gate
 from entitlements.server.unimplemented import NOT_BUILT, unimplemented_servicer
 from entitlements.server.usage_servicer import UsageServicer
 from entitlements.service import EntitlementService
+from entitlements.store.audit_repository import AuditStore
 from entitlements.store.repository import Store
 from entitlements.store.usage_repository import UsageRepository
 from entitlements.usage.ledger import UsageLedger
@@ -108,6 +111,7 @@ def build_deps(settings: Settings, store: Store, catalog: Catalog | None = None)
     deps.events = install_events(settings, deps)
     deps.ops = install_observability(settings, deps, admin=deps.admin)
     deps.ops.sections.append(deps.events.admin_section)
+    deps.ops.sections.append(audit_section(AuditLog(AuditStore(store.engine))))
     return deps
 
 

@@ -30,6 +30,7 @@ from entitlements.store.models import (
 from entitlements.store.records import (
     ENDED_STATUSES,
     AccountSnapshot,
+    AuditRecord,
     OverrideKind,
     OverrideRecord,
     PaymentMethod,
@@ -133,9 +134,12 @@ class Store(Sessions):
                     )
         return snapshots
 
-    async def save_subscription(self, record: SubscriptionRecord) -> int:
+    async def save_subscription(
+        self, record: SubscriptionRecord, *, audit: AuditRecord | None = None
+    ) -> int:
         """Insert the subscription or update it by id, and bump its account's revision (creating
-        the account if needed) in the same transaction; return the new revision.
+        the account if needed) in the same transaction; return the new revision. `audit`, when
+        given (an admin's change), is written in that transaction too, with the revision.
 
         On update `created_at` keeps its stored value; `updated_at` is always the store's clock.
         Raises AlreadyExists if the id belongs to another account or the Stripe subscription id
@@ -173,10 +177,15 @@ class Store(Sessions):
                     now=now,
                 ):
                     await append_event(session, event)
+                if audit is not None:
+                    session.add(audit_row(audit, revision=revision))
         except IntegrityError as error:
+            also = (
+                f" or audit request_id {audit.request_id!r}" if audit and audit.request_id else ""
+            )
             raise AlreadyExists(
                 f"subscription {record.id!r} conflicts with a stored one "
-                f"(stripe_subscription_id {record.stripe_subscription_id!r})"
+                f"(stripe_subscription_id {record.stripe_subscription_id!r}{also})"
             ) from error
         return revision
 
@@ -378,9 +387,26 @@ def _subscription_record(row: Subscription) -> SubscriptionRecord:
         ended_at=row.ended_at,
         trial_end=row.trial_end,
         past_due_since=row.past_due_since,
+        price_cents=row.price_cents,
+        currency=row.currency,
         source_updated_at=row.source_updated_at,
         created_at=row.created_at,
         updated_at=row.updated_at,
+    )
+
+
+def audit_row(record: AuditRecord, *, revision: int | None = None) -> OverrideAudit:
+    """The `override_audit` row of an entry (with the account's new revision in its details)."""
+    details = dict(record.details)
+    if revision is not None:
+        details["revision"] = revision
+    return OverrideAudit(
+        account_id=record.account_id,
+        actor=record.actor,
+        action=record.action,
+        details=details,
+        request_id=record.request_id,
+        created_at=record.created_at,
     )
 
 
