@@ -91,10 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
+    from entitlements.observability.tracing import configure_tracing
     from entitlements.server.app import serve
     from entitlements.server.schema import SchemaNotCurrent
 
     try:
+        configure_tracing(settings)  # in each worker: the exporter's thread is not forked
         _run(serve(settings), settings.event_loop)
     except SchemaNotCurrent as exc:
         print(f"entitlements: {exc}", file=sys.stderr)
@@ -204,6 +206,9 @@ def _billing_command(command: str, settings: Settings) -> int:
 
     try:
         if command == "webhooks":
+            from entitlements.observability.tracing import configure_tracing
+
+            configure_tracing(settings)
             asyncio.run(run_webhooks(settings))
             return 0
         for line in asyncio.run(run_reconcile(settings)):

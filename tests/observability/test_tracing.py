@@ -1,0 +1,200 @@
+"""Traces: opt-in from the standard OTEL_* variables, exported over real OTLP to a receiver run
+by the test, parented by the caller's W3C traceparent; off by default with nothing installed."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from nchat.entitlements.v1 import admin_service_pb2 as admin_pb
+from nchat.entitlements.v1 import admin_service_pb2_grpc as admin_grpc
+from nchat.entitlements.v1 import entitlements_service_pb2 as ent_pb
+from nchat.entitlements.v1 import entitlements_service_pb2_grpc as ent_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_pb
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
+
+from entitlements.config import ConfigError, Settings
+from entitlements.observability import tracing
+from tests.processes import ServerProcess, free_port, migrate
+
+
+class _Receiver(otlp_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace receiver, as a collector is: keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def Export(  # noqa: N802 (the OTLP service's method name)
+        self, request: otlp_pb.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> otlp_pb.ExportTraceServiceResponse:
+        with self._lock:
+            for resource_spans in request.resource_spans:
+                service = next(
+                    (
+                        a.value.string_value
+                        for a in resource_spans.resource.attributes
+                        if a.key == "service.name"
+                    ),
+                    "",
+                )
+                for scope in resource_spans.scope_spans:
+                    for span in scope.spans:
+                        self.spans.append(
+                            {
+                                "service": service,
+                                "name": span.name,
+                                "trace_id": span.trace_id.hex(),
+                                "span_id": span.span_id.hex(),
+                                "parent": span.parent_span_id.hex(),
+                                "kind": span.kind,
+                            }
+                        )
+        return otlp_pb.ExportTraceServiceResponse()
+
+    def wait_for(self, predicate: Any, timeout: float = 15) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                found = [s for s in self.spans if predicate(s)]
+            if found:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no such span; received: {self.spans}")
+
+
+@pytest.fixture
+def receiver() -> Any:
+    servicer = _Receiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    otlp_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, port
+    server.stop(0)
+
+
+def _traceparent() -> tuple[str, str, str]:
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    return f"00-{trace_id}-{parent_id}-01", trace_id, parent_id
+
+
+@pytest.mark.slow
+def test_spans_reach_an_otlp_collector_parented_by_the_callers_traceparent(
+    tmp_path: Path, receiver: Any
+) -> None:
+    collector, port = receiver
+    http_port = free_port()
+    server = ServerProcess(
+        f"sqlite:///{tmp_path / 'traced.db'}",
+        tmp_path,
+        ENTITLEMENTS_HTTP_ADDR=f"127.0.0.1:{http_port}",
+        # What an operator sets: an OTLP endpoint and a service name (OTEL_TRACES_EXPORTER
+        # defaults to otlp once an endpoint is given).
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_SERVICE_NAME="entitlements-under-test",
+        OTEL_BSP_SCHEDULE_DELAY="50",
+    )
+    migrate(server.env, tmp_path)
+    server.start()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            check, check_trace, check_parent = _traceparent()
+            answer = ent_grpc.EntitlementsServiceStub(channel).CanUseFeature(
+                ent_pb.CanUseFeatureRequest(account_id="ws-1", feature="apiAccess"),
+                metadata=[("traceparent", check)],
+                timeout=5,
+            )
+            assert answer.plan_id == "free"
+            write, write_trace, write_parent = _traceparent()
+            admin_grpc.AdminServiceStub(channel).SetAccountOverrides(
+                admin_pb.SetAccountOverridesRequest(
+                    overrides=admin_pb.AccountOverrides(
+                        account_id="ws-1", granted_features=["apiAccess"], reason="support"
+                    )
+                ),
+                metadata=[("traceparent", write)],
+                timeout=5,
+            )
+        hook, hook_trace, hook_parent = _traceparent()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{http_port}/webhooks/stripe",
+            data=b"{}",
+            headers={"traceparent": hook, "Stripe-Signature": "t=1,v1=00"},
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(request, timeout=5)  # refused: Stripe is not configured
+
+        rpc = collector.wait_for(lambda s: s["trace_id"] == check_trace)[0]
+        assert rpc["name"].endswith("EntitlementsService/CanUseFeature")
+        assert rpc["parent"] == check_parent
+        assert rpc["service"] == "entitlements-under-test"
+
+        admin = collector.wait_for(
+            lambda s: s["trace_id"] == write_trace and s["name"].endswith("SetAccountOverrides")
+        )[0]
+        assert admin["parent"] == write_parent
+        # The database writes the call made are its children, in the caller's trace.
+        writes = collector.wait_for(
+            lambda s: s["trace_id"] == write_trace and s["name"].startswith(("INSERT", "UPDATE"))
+        )
+        assert {w["parent"] for w in writes} == {admin["span_id"]}
+
+        webhook = collector.wait_for(lambda s: s["trace_id"] == hook_trace)[0]
+        assert webhook["name"] == "POST /webhooks/stripe"
+        assert webhook["parent"] == hook_parent
+    finally:
+        assert server.stop() == 0
+
+
+def test_tracing_is_off_by_default_and_installs_nothing() -> None:
+    settings = Settings.from_env({"ENTITLEMENTS_DEV_MODE": "1"})
+    assert settings.traces_exporters == ()
+    assert not tracing.configure_tracing(settings)
+    assert not tracing.tracing_enabled()
+    assert tracing.aio_server_interceptors() == []
+    assert tracing.server_interceptors() == []
+    assert tracing.http_middleware() == []
+
+    def observe(network: str, method: str, seconds: float, error: str | None) -> None:
+        return None
+
+    assert tracing.chain_read_observer(observe) is observe
+
+
+@pytest.mark.parametrize(
+    ("env", "exporters"),
+    [
+        ({}, ()),
+        ({"OTEL_SERVICE_NAME": "x"}, ()),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}, ("otlp",)),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, ("otlp",)),
+        ({"OTEL_TRACES_EXPORTER": "console"}, ("console",)),
+        ({"OTEL_TRACES_EXPORTER": "otlp, console"}, ("otlp", "console")),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}, ()),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}, ()),
+    ],
+)
+def test_traces_are_opt_in_from_the_standard_variables(
+    env: dict[str, str], exporters: tuple[str, ...]
+) -> None:
+    settings = Settings.from_env({"ENTITLEMENTS_DEV_MODE": "1", **env})
+    assert settings.traces_exporters == exporters
+
+
+def test_an_unknown_exporter_or_protocol_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER"):
+        Settings.from_env({"ENTITLEMENTS_DEV_MODE": "1", "OTEL_TRACES_EXPORTER": "jaeger"})
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        Settings.from_env(
+            {"ENTITLEMENTS_DEV_MODE": "1", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+        )
