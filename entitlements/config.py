@@ -122,6 +122,9 @@ class Settings:
     traces_exporters: tuple[str, ...] = ()
     #: OTLP transport: "grpc" (default) or "http/protobuf".
     traces_protocol: str = "grpc"
+    #: PROMETHEUS_MULTIPROC_DIR: where `serve --workers N` keeps the workers' metrics (emptied at
+    #: start); default a private temporary directory.
+    metrics_dir: str | None = None
 
     @classmethod
     def from_env(
@@ -206,6 +209,7 @@ class Settings:
             events=_events(env),
             traces_exporters=_traces_exporters(env),
             traces_protocol=_traces_protocol(env),
+            metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         )
 
 

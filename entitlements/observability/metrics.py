@@ -118,12 +118,14 @@ CHAIN_WATCHER_LAG = Gauge(
     "How many blocks the payment watcher's processed height is behind the node's head.",
     ("network",),
     registry=REGISTRY,
+    multiprocess_mode="livemax",  # with workers: the worst lag of a live worker
 )
 CHAIN_HEAD = Gauge(
     "entitlements_chain_head_block",
     "The latest block number seen on each network (payment watcher or readiness probe).",
     ("network",),
     registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 
 
@@ -136,6 +138,20 @@ class _Series:
         self.count = 0
         self.total = 0.0
         self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)  # the last one is +Inf
+
+    def add(self, seconds: float) -> None:
+        self.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+
+def _plain_series(service: str, method: str, code: str) -> _Series:
+    return _Series()
+
+
+#: Makes the series of a new (service, method, code); `serve --workers N` swaps in series kept in
+#: shared files (entitlements/observability/multiprocess.py).
+new_series: Callable[[str, str, str], _Series] = _plain_series
 
 
 class RpcMetrics:
@@ -156,10 +172,8 @@ class RpcMetrics:
     def observe(self, code: str, seconds: float) -> None:
         series = self._by_code.get(code)
         if series is None:
-            series = self._by_code[code] = _Series()
-        series.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        series.count += 1
-        series.total += seconds
+            series = self._by_code[code] = new_series(self.service, self.method, code)
+        series.add(seconds)
 
     def series(self) -> list[tuple[str, _Series]]:
         return list(self._by_code.items())
@@ -209,6 +223,8 @@ class RpcCollector(Collector):
         bounds = [*(repr(float(b)) for b in _LATENCY_BUCKETS), "+Inf"]
         for rpc in list(_RPCS.values()):
             for code, series in rpc.series():
+                if type(series) is not _Series:
+                    continue  # kept in the multiprocess files, read from there
                 values = (rpc.service, rpc.method, code)
                 requests.add_metric(values, series.count)
                 cumulative = list(accumulate(series.buckets))
@@ -261,6 +277,7 @@ DEPENDENCY_UP = Gauge(
     "(database, chain:<network>). Only the database decides readiness.",
     ("dependency",),
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",  # with workers: the last probe of any live worker
 )
 
 #: network -> (head block, monotonic time the head last moved): fed by the payment watcher and
@@ -459,6 +476,12 @@ def expose_worker_restarts(read: Callable[[], int]) -> None:
     _WORKER_RESTARTS.read = read
 
 
+#: Renders /metrics; `serve --workers N` swaps in the whole service's view.
+renderer: Callable[[], bytes] | None = None
+
+
 def render() -> bytes:
     """The registry in Prometheus' text format."""
+    if renderer is not None:
+        return renderer()
     return generate_latest(REGISTRY)

@@ -33,7 +33,7 @@ class _Receiver(otlp_grpc.TraceServiceServicer):
         self.spans: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
-    def Export(  # noqa: N802 (the OTLP service's method name)
+    def Export(
         self, request: otlp_pb.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> otlp_pb.ExportTraceServiceResponse:
         with self._lock:
