@@ -137,6 +137,16 @@ def render_html(
         others = (
             f'<p class="note" id="other_currencies">Not in the USD figures: {escape(listed)}.</p>'
         )
+    failed_others = ""
+    if m.failed_other_currencies:
+        listed = ", ".join(
+            f"{c.payments} failed in {c.currency.upper()} ({c.amount_minor:,} minor units)"
+            for c in m.failed_other_currencies
+        )
+        failed_others = (
+            f'<p class="note" id="failed_other_currencies">Not in the USD failed payments: '
+            f"{escape(listed)}.</p>"
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
@@ -145,7 +155,7 @@ def render_html(
 <body>
 <h1>nchat entitlements: revenue</h1>
 <p class="sub">As of {m.as_of:%Y-%m-%d %H:%M} UTC. Money in USD; read-only.</p>
-<div class="cards">{cards}</div>
+<div class="cards">{cards}</div>{failed_others}
 <div class="row"><div class="panel" id="plan_chart">{plans}</div>
 <div class="panel" id="mrr_chart">{history}</div></div>
 <div class="row"><div class="panel"><h3>By payment method</h3><table id="methods">
@@ -213,6 +223,11 @@ def render_text(m: RevenueMetrics) -> str:
     for c in m.other_currencies:
         lines.append(
             f"Not in the USD figures: {c.payments} payments in {c.currency.upper()} "
+            f"({c.amount_minor:,} minor units)"
+        )
+    for c in m.failed_other_currencies:
+        lines.append(
+            f"Not in the USD failed payments: {c.payments} failed in {c.currency.upper()} "
             f"({c.amount_minor:,} minor units)"
         )
     return "\n".join(lines)

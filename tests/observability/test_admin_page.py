@@ -60,6 +60,11 @@ async def test_admin_page_shows_the_figures_and_two_charts(ops: Ops) -> None:
     assert f'data-metric="total_revenue">{money(d.EXPECTED_TOTAL)}<' in html
     assert f'data-metric="active_subscriptions">{d.EXPECTED_ACTIVE}<' in html
     assert 'data-metric="churn_rate">25.0%<' in html
+    # Money in other currencies is listed apart: payments, and failed payments.
+    assert re.search(r'id="other_currencies">Not in the USD figures: 1 in EUR \(700 ', html)
+    assert re.search(
+        r'id="failed_other_currencies">Not in the USD failed payments: 1 failed in EUR \(700 ', html
+    )
     assert html.count("<svg") == 2
     assert re.findall(r'data-label="(\w+)" data-value="(\d+)"', html)[:5] == [
         (plan, str(n)) for plan, n in d.EXPECTED_PLANS
