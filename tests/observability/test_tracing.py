@@ -18,12 +18,16 @@ from nchat.entitlements.v1 import admin_service_pb2 as admin_pb
 from nchat.entitlements.v1 import admin_service_pb2_grpc as admin_grpc
 from nchat.entitlements.v1 import entitlements_service_pb2 as ent_pb
 from nchat.entitlements.v1 import entitlements_service_pb2_grpc as ent_grpc
+from nchat.entitlements.v1 import token_gate_service_pb2 as gate_pb
+from nchat.entitlements.v1 import token_gate_service_pb2_grpc as gate_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 
 from entitlements.config import ConfigError, Settings
 from entitlements.observability import tracing
+from tests.chain_fixtures import AnvilNode
 from tests.processes import ServerProcess, free_port, migrate
+from tests.server.helpers import details
 
 
 class _Receiver(otlp_grpc.TraceServiceServicer):
@@ -93,6 +97,7 @@ def test_spans_reach_an_otlp_collector_parented_by_the_callers_traceparent(
 ) -> None:
     collector, port = receiver
     http_port = free_port()
+    node = AnvilNode().start()
     server = ServerProcess(
         f"sqlite:///{tmp_path / 'traced.db'}",
         tmp_path,
@@ -102,10 +107,11 @@ def test_spans_reach_an_otlp_collector_parented_by_the_callers_traceparent(
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
         OTEL_SERVICE_NAME="entitlements-under-test",
         OTEL_BSP_SCHEDULE_DELAY="50",
+        ENTITLEMENTS_RPC_URL_LOCAL=node.url,
     )
-    migrate(server.env, tmp_path)
-    server.start()
     try:
+        migrate(server.env, tmp_path)
+        server.start()
         with grpc.insecure_channel(server.target) as channel:
             check, check_trace, check_parent = _traceparent()
             answer = ent_grpc.EntitlementsServiceStub(channel).CanUseFeature(
@@ -114,6 +120,32 @@ def test_spans_reach_an_otlp_collector_parented_by_the_callers_traceparent(
                 timeout=5,
             )
             assert answer.plan_id == "free"
+            # Errors keep their rich details with the interceptor in front.
+            with pytest.raises(grpc.RpcError) as refused:
+                ent_grpc.EntitlementsServiceStub(channel).CanUseFeature(
+                    ent_pb.CanUseFeatureRequest(account_id="ws-1", feature="teleportation"),
+                    timeout=5,
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            info, fields = details(refused.value)  # type: ignore[arg-type]
+            assert info is not None and fields == ["feature"]
+            read, read_trace, read_parent = _traceparent()
+            with pytest.raises(grpc.RpcError) as no_token:
+                gate_grpc.TokenGateServiceStub(channel).VerifyToken(
+                    gate_pb.VerifyTokenRequest(
+                        requirement=gate_pb.TokenRequirement(
+                            token_type=gate_pb.TOKEN_TYPE_ERC20,
+                            contract_address="0x" + "11" * 20,
+                            network="local",
+                            min_balance="1",
+                        ),
+                        wallet_address="0x" + "22" * 20,
+                    ),
+                    metadata=[("traceparent", read)],
+                    timeout=10,
+                )
+            # The chain was read to find out that there is no token at that address.
+            assert no_token.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             write, write_trace, write_parent = _traceparent()
             admin_grpc.AdminServiceStub(channel).SetAccountOverrides(
                 admin_pb.SetAccountOverridesRequest(
@@ -152,8 +184,20 @@ def test_spans_reach_an_otlp_collector_parented_by_the_callers_traceparent(
         webhook = collector.wait_for(lambda s: s["trace_id"] == hook_trace)[0]
         assert webhook["name"] == "POST /webhooks/stripe"
         assert webhook["parent"] == hook_parent
+
+        verify = collector.wait_for(
+            lambda s: s["trace_id"] == read_trace and s["name"].endswith("VerifyToken")
+        )[0]
+        assert verify["parent"] == read_parent
+        reads = collector.wait_for(
+            lambda s: s["trace_id"] == read_trace and s["name"].startswith("chain ")
+        )
+        assert {r["parent"] for r in reads} == {verify["span_id"]}
     finally:
-        assert server.stop() == 0
+        try:
+            assert server.stop() == 0
+        finally:
+            node.stop()
 
 
 def test_tracing_is_off_by_default_and_installs_nothing() -> None:
