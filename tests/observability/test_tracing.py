@@ -3,7 +3,11 @@ by the test, parented by the caller's W3C traceparent; off by default with nothi
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -242,3 +246,54 @@ def test_an_unknown_exporter_or_protocol_is_a_configuration_error() -> None:
         Settings.from_env(
             {"ENTITLEMENTS_DEV_MODE": "1", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
         )
+
+
+_SYNC_SERVER = """
+import asyncio
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from entitlements.config import Settings
+from entitlements.observability import tracing
+
+assert tracing.configure_tracing(Settings.from_env())
+server = grpc.server(
+    futures.ThreadPoolExecutor(max_workers=2), interceptors=tracing.server_interceptors()
+)
+health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(), metadata=[("traceparent", TRACEPARENT)], timeout=5
+    )
+server.stop(0)
+asyncio.run(tracing.flush())
+"""
+
+
+@pytest.mark.slow
+def test_the_sync_server_interceptor_traces_with_the_console_exporter() -> None:
+    """grpc's sync server gets the same spans (`server_interceptors`), here printed by the
+    console exporter (`OTEL_TRACES_EXPORTER=console`)."""
+    traceparent, trace_id, parent_id = _traceparent()
+    done = subprocess.run(
+        [sys.executable, "-c", _SYNC_SERVER.replace("TRACEPARENT", repr(traceparent))],
+        env={
+            **os.environ,
+            "ENTITLEMENTS_DEV_MODE": "1",
+            "OTEL_TRACES_EXPORTER": "console",
+            "OTEL_SERVICE_NAME": "sync-under-test",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    span = json.loads(done.stdout[done.stdout.index("{") :])
+    assert span["name"] == "/grpc.health.v1.Health/Check"
+    assert span["context"]["trace_id"] == f"0x{trace_id}"
+    assert span["parent_id"] == f"0x{parent_id}"
+    assert span["resource"]["attributes"]["service.name"] == "sync-under-test"
