@@ -139,20 +139,6 @@ class _Series:
         self.total = 0.0
         self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)  # the last one is +Inf
 
-    def add(self, seconds: float) -> None:
-        self.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        self.count += 1
-        self.total += seconds
-
-
-def _plain_series(service: str, method: str, code: str) -> _Series:
-    return _Series()
-
-
-#: Makes the series of a new (service, method, code); `serve --workers N` swaps in series kept in
-#: shared files (entitlements/observability/multiprocess.py).
-new_series: Callable[[str, str, str], _Series] = _plain_series
-
 
 class RpcMetrics:
     """One RPC's request count and latency histogram per status code.
@@ -172,8 +158,10 @@ class RpcMetrics:
     def observe(self, code: str, seconds: float) -> None:
         series = self._by_code.get(code)
         if series is None:
-            series = self._by_code[code] = new_series(self.service, self.method, code)
-        series.add(seconds)
+            series = self._by_code[code] = _Series()
+        series.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        series.count += 1
+        series.total += seconds
 
     def series(self) -> list[tuple[str, _Series]]:
         return list(self._by_code.items())
@@ -223,8 +211,6 @@ class RpcCollector(Collector):
         bounds = [*(repr(float(b)) for b in _LATENCY_BUCKETS), "+Inf"]
         for rpc in list(_RPCS.values()):
             for code, series in rpc.series():
-                if type(series) is not _Series:
-                    continue  # kept in the multiprocess files, read from there
                 values = (rpc.service, rpc.method, code)
                 requests.add_metric(values, series.count)
                 cumulative = list(accumulate(series.buckets))

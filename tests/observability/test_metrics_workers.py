@@ -17,6 +17,7 @@ from nchat.entitlements.v1 import entitlements_service_pb2 as pb
 from nchat.entitlements.v1 import entitlements_service_pb2_grpc as pb_grpc
 from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.processes import ENTITLEMENTS, ServerProcess, migrate
 from tests.server.test_workers import children_of
@@ -37,6 +38,17 @@ def _value(text: str, name: str, **labels: str) -> float:
         if all(have.get(k) == v for k, v in labels.items()):
             total += float(match.group(2))
     return total
+
+
+def _served(directory: Path, pid: int) -> float:
+    """The CanUseFeature calls worker `pid` counted in its own file."""
+    return sum(
+        sample.value
+        for family in MultiProcessCollector.merge([str(directory / f"counter_{pid}.db")])
+        for sample in family.samples
+        if sample.name == "entitlements_rpc_requests_total"
+        and sample.labels["method"] == "CanUseFeature"
+    )
 
 
 async def _scrape(http: str) -> str:
@@ -115,10 +127,15 @@ async def test_one_scrape_adds_up_the_calls_of_every_worker(tmp_path: Path) -> N
 
         await _calls(server.target, CALLS)
         rpc = {"name": "entitlements_rpc_requests_total", "method": "CanUseFeature", "code": "OK"}
-        await _until_every_scrape_says(http, CALLS, **rpc)
-        # Both workers answered calls: each wrote its own counter file.
-        writers = {int(f.stem.rsplit("_", 1)[1]) for f in metrics_dir.glob("counter_*.db")}
-        assert writers == set(workers)
+        text = await _until_every_scrape_says(http, CALLS, **rpc)
+        latency = {"method": "CanUseFeature", "code": "OK"}
+        assert _value(text, "entitlements_rpc_duration_seconds_count", **latency) == CALLS
+        assert _value(text, "entitlements_rpc_duration_seconds_bucket", le="+Inf", **latency) == (
+            CALLS
+        )
+        # Both workers answered some of the calls (each keeps its own files): one worker's
+        # figure alone would not have added up.
+        assert sorted(_served(metrics_dir, pid) for pid in workers)[0] > 0
         # The counters the code keeps in memory add up too (copied every second).
         await _until_every_scrape_says(http, CALLS, name="entitlements_usage_events_applied_total")
 
