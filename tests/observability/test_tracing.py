@@ -115,7 +115,7 @@ def test_spans_reach_an_otlp_collector_parented_by_the_callers_traceparent(
     )
     try:
         migrate(server.env, tmp_path)
-        server.start()
+        server.start(timeout=120)  # a loaded machine: the import of the SDK and anvil's checks
         with grpc.insecure_channel(server.target) as channel:
             check, check_trace, check_parent = _traceparent()
             answer = ent_grpc.EntitlementsServiceStub(channel).CanUseFeature(
