@@ -22,11 +22,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 if TYPE_CHECKING:
     import grpc
     import grpc.aio
+    from aiohttp import web
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -132,7 +131,7 @@ def server_interceptors() -> list[grpc.ServerInterceptor]:
     return [server_interceptor(tracer_provider=_provider)]  # type: ignore[no-untyped-call]
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
 
 def http_middleware() -> list[Any]:
@@ -141,6 +140,7 @@ def http_middleware() -> list[Any]:
     tracer = _tracer
     if tracer is None:
         return []
+    from aiohttp import web
     from opentelemetry.propagate import extract
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
