@@ -34,6 +34,7 @@ from entitlements.admin.audit_section import audit_section
 from entitlements.coherence import ChangeFeed
 from entitlements.config import Settings
 from entitlements.observability.in_flight import Budgets
+from entitlements.observability.tracing import aio_server_interceptors
 from entitlements.policies import Catalog, default_catalog
 from entitlements.server.admin_servicer import install_admin
 from entitlements.server.auth import AuthInterceptor
@@ -184,7 +185,8 @@ SERVICE_NAMES = tuple(
 
 async def create_server(settings: Settings, deps: Deps, *, addr: str | None = None) -> Running:
     """A started-ready (not yet started) server bound to ``addr`` (port 0 picks a free one)."""
-    interceptors: list[grpc.aio.ServerInterceptor] = []
+    # Tracing first (empty when off): every call gets a span, refusals included.
+    interceptors: list[grpc.aio.ServerInterceptor] = aio_server_interceptors()
     if settings.dev_mode:
         log.warning(
             "DEV MODE: authentication is OFF; every caller has every scope and /admin is open. "

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from entitlements.observability.http import OpsRoutes, Probe, chain_probes
 from entitlements.observability.logs import set_caller_resolver, set_slow_call_seconds
 from entitlements.observability.metrics import RuntimeSource, register_runtime
+from entitlements.observability.multiprocess import publish as publish_metrics
+from entitlements.observability.tracing import flush as flush_traces
 from entitlements.server.auth import AuthInterceptor
 from entitlements.store.engine import safe_url
 
@@ -46,9 +48,12 @@ def install_observability(
     )
 
     async def close() -> None:
+        publish_metrics()  # with workers: this worker's last figures stay in the sums
         unregister()
 
     deps.closers.append(close)
+    # Run last (closers run in reverse): spans of the other closers' work leave too.
+    deps.closers.insert(0, flush_traces)
     probes: list[Probe] = [("database", deps.store.ping)]
     optional: list[Probe] = []
     if readers is not None and readers.networks:
