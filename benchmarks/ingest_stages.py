@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import tempfile
 import time
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nchat.entitlements.v1 import usage_service_pb2 as pb
+
+from entitlements.cli import GC_THRESHOLD
 
 T = TypeVar("T")
 
@@ -224,7 +227,15 @@ if __name__ == "__main__":
     parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--batches", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=GC_THRESHOLD,
+        help=f"the garbage collector's first threshold (default {GC_THRESHOLD:,}, as "
+        "`entitlements serve` sets it; Python's own is 700)",
+    )
     args = parser.parse_args()
+    gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     import uvloop
 
     print(json.dumps(uvloop.run(main(args.postgres, args.batches, args.concurrency)), indent=2))
