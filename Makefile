@@ -112,6 +112,7 @@ proto-breaking: node_modules/.installed
 
 bench: install
 	$(PY) -m benchmarks
+	$(PY) -m benchmarks.scaling
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -372,7 +372,8 @@ def cache_memory(accounts: int) -> dict[str, float]:
     return {"accounts": accounts, "mb": used / 1e6, "bytes_per_account": used / accounts}
 
 
-async def _fresh_postgres_database() -> str | None:
+async def _fresh_postgres_database(name: str = "entitlements_bench") -> str | None:
+    """A new empty database `name` (dropped first if there), or None without PostgreSQL."""
     import asyncpg  # type: ignore[import-untyped]
 
     admin = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
@@ -381,21 +382,23 @@ async def _fresh_postgres_database() -> str | None:
     except (OSError, asyncpg.PostgresError):
         return None
     try:
-        await connection.execute("DROP DATABASE IF EXISTS entitlements_bench WITH (FORCE)")
-        await connection.execute("CREATE DATABASE entitlements_bench")
+        await connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await connection.execute(f"CREATE DATABASE {name}")
     finally:
         await connection.close()
-    return POSTGRES_URL.rsplit("/", 1)[0] + "/entitlements_bench"
+    return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
 
 
 async def _drop_postgres_database(url: str) -> None:
+    """Drop the database of `url` (or the one named `url`)."""
+    name = url.rsplit("/", 1)[-1]
     import asyncpg
 
     connection = await asyncpg.connect(
         POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
     )
     try:
-        await connection.execute("DROP DATABASE IF EXISTS entitlements_bench WITH (FORCE)")
+        await connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         await connection.close()
 

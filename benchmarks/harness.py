@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import shutil
@@ -38,6 +39,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (`serve --workers N`: its workers)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live descendants (the supervisor and its workers)."""
+    total = cpu_seconds(pid)
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            total += tree_cpu_seconds(child)
+    return total
+
+
 class _Process:
     """A server process on `port`: where to call it and its pid."""
 
@@ -57,7 +76,18 @@ class _Process:
 class Server(_Process):
     """`entitlements serve` in its own process (pinned to core 0), on a fresh database."""
 
-    def __init__(self, database_url: str | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        args: tuple[str, ...] = (),
+        cores: str = "0",
+        migrate: bool = True,
+        **env: str,
+    ) -> None:
+        self.args = args
+        self.cores = cores
+        self.migrate = migrate
         self.workdir = Path(tempfile.mkdtemp(prefix="entitlements-bench-"))
         self.database_url = database_url or f"sqlite:///{self.workdir / 'bench.db'}"
         self.port = free_port()
@@ -74,12 +104,13 @@ class Server(_Process):
 
     def __enter__(self) -> Server:
         cli = [sys.executable, "-m", "entitlements.cli"]
-        subprocess.run(
-            [*cli, "migrate"], env=self.env, cwd=self.workdir, check=True, capture_output=True
-        )
-        pin = ["taskset", "-c", "0"] if PIN else []
+        if self.migrate:
+            subprocess.run(
+                [*cli, "migrate"], env=self.env, cwd=self.workdir, check=True, capture_output=True
+            )
+        pin = ["taskset", "-c", self.cores] if PIN else []
         self.process = subprocess.Popen(
-            [*pin, *cli, "serve"],
+            [*pin, *cli, "serve", *self.args],
             env=self.env,
             cwd=self.workdir,
             stdout=subprocess.DEVNULL,
@@ -158,6 +189,7 @@ class Result:
     seconds: float
     server_cpu: float
     items_per_call: int = 1
+    client_cpu: float = 0.0
 
     @property
     def calls_per_second(self) -> float:
@@ -170,6 +202,11 @@ class Result:
     @property
     def cpu_per_call_us(self) -> float:
         return self.server_cpu / self.calls * 1e6
+
+    @property
+    def client_cpu_per_call_us(self) -> float:
+        """The load generator's CPU per call (this process, every thread)."""
+        return self.client_cpu / self.calls * 1e6
 
 
 class Measured(Protocol):
@@ -188,8 +225,11 @@ async def drive(
     concurrency: int = 64,
     items_per_call: int = 1,
     warmup: float = 1.0,
+    server_cpu: Callable[[], float] | None = None,
 ) -> Result:
-    """Keep `concurrency` calls in flight for `seconds` (after a warm-up) and count them."""
+    """Keep `concurrency` calls in flight for `seconds` (after a warm-up) and count them.
+    `server_cpu` reads the server's CPU seconds (default: `server`'s process alone)."""
+    read_cpu = server_cpu or (lambda: cpu_seconds(server.pid))
     stop_at = 0.0
     counted = 0
     measuring = False
@@ -206,13 +246,15 @@ async def drive(
     stop_at = time.perf_counter() + warmup
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     measuring = True
-    cpu0 = cpu_seconds(server.pid)
+    cpu0 = read_cpu()
+    client0 = time.process_time()
     t0 = time.perf_counter()
     stop_at = t0 + seconds
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     elapsed = time.perf_counter() - t0
-    cpu = cpu_seconds(server.pid) - cpu0
-    return Result(name, counted, elapsed, cpu, items_per_call)
+    cpu = read_cpu() - cpu0
+    client = time.process_time() - client0
+    return Result(name, counted, elapsed, cpu, items_per_call, client)
 
 
 def pin_client() -> None:

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from cachetools import LRUCache
-
 from entitlements.errors import AlreadyExists, EntitlementsError, InvalidArgument, Unavailable
 from entitlements.policies import crossed_levels
 from entitlements.store.failures import is_unstorable_value
@@ -91,6 +89,8 @@ class _Decision:
     write: GroupWrite = field(default_factory=GroupWrite)
     results: dict[int, list[Outcome] | EntitlementsError] = field(default_factory=dict)
     limits: dict[CounterKey, tuple[str, int | None]] = field(default_factory=dict)
+    applied: int = 0
+    duplicate: int = 0
 
 
 class UsageLedger:
@@ -112,10 +112,11 @@ class UsageLedger:
         self._hub = hub
         self._max_group = max_group_events
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        # key -> (value, refresh after (monotonic), stored at (monotonic))
-        self._counters: LRUCache[CounterKey, tuple[int, float, float]] = LRUCache(
-            counter_cache_size
-        )
+        # key -> (value, refresh after (monotonic), stored at (monotonic)). A plain dict of
+        # immutable tuples, in the order they were last written: a read is one lookup that
+        # changes nothing (safe from any thread), and past the bound the longest-unwritten go.
+        self._counters: dict[CounterKey, tuple[int, float, float]] = {}
+        self._counter_cache_size = counter_cache_size
         self._refreshing: dict[CounterKey, asyncio.Task[int]] = {}
         self._counter_ttl = counter_ttl_seconds
         self._retention = key_retention_seconds
@@ -198,7 +199,11 @@ class UsageLedger:
 
     def _remember(self, key: CounterKey, value: int) -> None:
         now = time.monotonic()
-        self._counters[key] = (value, now + self._counter_ttl, now)
+        counters = self._counters
+        counters.pop(key, None)  # re-inserted last
+        counters[key] = (value, now + self._counter_ttl, now)
+        if len(counters) > self._counter_cache_size:
+            del counters[next(iter(counters))]
 
     def _future(self) -> asyncio.Future[list[Outcome]]:
         return asyncio.get_running_loop().create_future()
@@ -280,9 +285,9 @@ class UsageLedger:
                 op = pending.ops
                 counters.add((op.account_id, op.metric, ""))
             else:
-                for ev in pending.ops:
-                    counters.add((ev.account_id, ev.metric, ev.period))
-                    keys.add((ev.account_id, ev.key))
+                ops = pending.ops
+                counters.update({(ev[0], ev[1], ev[4]) for ev in ops})
+                keys.update({(ev[0], ev[3]) for ev in ops})
         decision = _Decision()
 
         def decide(
@@ -317,11 +322,8 @@ class UsageLedger:
             else:
                 if answer:
                     pending.future.set_result(result)
-                for outcome in result:
-                    if outcome.status == APPLIED:
-                        self.events_applied += 1
-                    elif outcome.status == DUPLICATE:
-                        self.events_duplicate += 1
+        self.events_applied += decision.applied
+        self.events_duplicate += decision.duplicate
         for t in fresh:
             limit_key, _ = decision.limits[(t.account_id, t.metric, t.period)]
             self._hub.publish(
@@ -346,6 +348,9 @@ class UsageLedger:
         current = dict(values)
         seen = dict(stored)
         touched: dict[CounterKey, tuple[str, int | None]] = {}
+        seen_get, current_get, touched_get = seen.get, current.get, touched.get
+        new_keys = decision.write.new_keys
+        add_key = new_keys.append
         for index, pending in enumerate(group):
             if isinstance(pending.ops, GaugeSet):
                 op = pending.ops
@@ -353,51 +358,49 @@ class UsageLedger:
                 current[ck] = op.value
                 touched[ck] = (op.limit_key, op.limit)
                 decision.results[index] = [Outcome(APPLIED, op.value, "")]
+                decision.applied += 1
                 continue
             # Apply the batch tentatively; a reused key with another payload undoes the whole
-            # batch (it is all or nothing), using the journal of what it changed.
+            # batch (it is all or nothing): `saved` keeps each counter's state from before the
+            # batch, taken when the batch first touches it. The loop is the ingest hot path:
+            # tuples are unpacked once and methods bound to locals.
             outcomes: list[Outcome] = []
-            journal: list[tuple[CounterKey, int | None, tuple[str, int | None] | None]] = []
-            added: list[tuple[str, str]] = []
-            keys_mark = len(decision.write.new_keys)
+            out = outcomes.append
+            saved: dict[CounterKey, tuple[int | None, tuple[str, int | None] | None]] = {}
+            keys_mark = len(new_keys)
             conflict: AlreadyExists | None = None
+            duplicate = 0
             for i, ev in enumerate(pending.ops):
-                identity = (ev.account_id, ev.key)
-                record = seen.get(identity)
+                account_id, metric, delta, key, period, occurred_at, enforce, limit_key, limit = ev
+                identity = (account_id, key)
+                record = seen_get(identity)
                 if record is not None:
-                    if (record.metric, record.delta, record.period) != (
-                        ev.metric,
-                        ev.delta,
-                        ev.period,
-                    ):
+                    if record[2] != metric or record[3] != delta or record[4] != period:
                         conflict = _reused_key_error(i, ev, record)
                         break
-                    outcomes.append(_new(Outcome, (DUPLICATE, record.total, record.period)))
+                    out(_new(Outcome, (DUPLICATE, record[5], record[4])))
+                    duplicate += 1
                     continue
-                ck = (ev.account_id, ev.metric, ev.period)
-                before = current.get(ck)
-                total = before or 0
-                if (
-                    ev.enforce and ev.limit is not None and total + ev.delta > ev.limit
-                ) or total + ev.delta > MAX_TOTAL:
-                    outcomes.append(Outcome(REFUSED, total, ev.period))
+                ck = (account_id, metric, period)
+                before = current_get(ck)
+                total = (before or 0) + delta
+                if (enforce and limit is not None and total > limit) or total > MAX_TOTAL:
+                    out(_new(Outcome, (REFUSED, total - delta, period)))
                     continue
-                journal.append((ck, before, touched.get(ck)))
-                total += ev.delta
+                if ck not in saved:
+                    saved[ck] = (before, touched_get(ck))
                 current[ck] = total
-                touched[ck] = (ev.limit_key, ev.limit)
+                touched[ck] = (limit_key, limit)
                 record = _new(
-                    KeyRecord,
-                    (ev.account_id, ev.key, ev.metric, ev.delta, ev.period, total, ev.occurred_at),
+                    KeyRecord, (account_id, key, metric, delta, period, total, occurred_at)
                 )
                 seen[identity] = record
-                added.append(identity)
-                decision.write.new_keys.append(record)
-                outcomes.append(_new(Outcome, (APPLIED, total, ev.period)))
+                add_key(record)
+                out(_new(Outcome, (APPLIED, total, period)))
             if conflict is not None:
-                for identity in added:
-                    del seen[identity]
-                for ck, before, was_touched in reversed(journal):
+                for record in new_keys[keys_mark:]:
+                    del seen[(record[0], record[1])]
+                for ck, (before, was_touched) in saved.items():
                     if before is None:
                         del current[ck]
                     else:
@@ -406,9 +409,11 @@ class UsageLedger:
                         touched.pop(ck, None)
                     else:
                         touched[ck] = was_touched
-                del decision.write.new_keys[keys_mark:]
+                del new_keys[keys_mark:]
                 decision.results[index] = conflict
                 continue
+            decision.applied += len(new_keys) - keys_mark
+            decision.duplicate += duplicate
             decision.results[index] = outcomes
         month = current_period(self._clock())
         for ck, (limit_key, limit) in touched.items():

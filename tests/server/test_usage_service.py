@@ -99,6 +99,64 @@ async def test_a_reused_key_with_another_payload_fails_the_batch_and_writes_noth
     assert (await report(stub, event("ws", "fresh", 1)))[0].status == APPLIED
 
 
+async def test_a_key_repeated_within_one_batch_is_counted_once(stub) -> None:
+    results = await report(
+        stub, event("ws", "a", 4), event("ws", "b", 2), event("ws", "a", 4), event("ws", "b", 2)
+    )
+    assert [(r.status, r.total) for r in results] == [
+        (APPLIED, 4),
+        (APPLIED, 6),
+        (DUPLICATE, 4),
+        (DUPLICATE, 6),
+    ]
+    assert (await usage(stub, "ws"))["messages"] == 6
+    # and across batches: the repeats get the first answers back
+    again = await report(stub, event("ws", "b", 2), event("ws", "c", 1), event("ws", "a", 4))
+    assert [(r.status, r.total) for r in again] == [(DUPLICATE, 6), (APPLIED, 7), (DUPLICATE, 4)]
+    assert (await usage(stub, "ws"))["messages"] == 7
+
+
+async def test_a_key_reused_within_one_batch_fails_it_whole_and_leaves_no_trace(stub) -> None:
+    await report(stub, event("ws", "old", 1), event("ws-2", "old", 1))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await report(
+            stub,
+            event("ws", "n1", 5),
+            event("ws-2", "n2", 5),
+            event("ws", "old", 1),  # a duplicate, then the reuse
+            event("ws", "n1", 6),
+        )
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "events[3].idempotency_key" in caught.value.details()
+    assert (await usage(stub, "ws"))["messages"] == 1
+    assert (await usage(stub, "ws-2"))["messages"] == 1
+    # none of the refused batch's keys was kept: the same events count when sent alone
+    results = await report(stub, event("ws", "n1", 5), event("ws-2", "n2", 5))
+    assert [(r.status, r.total) for r in results] == [(APPLIED, 6), (APPLIED, 6)]
+
+
+async def test_batches_committed_together_are_each_all_or_nothing(stub) -> None:
+    """Concurrent batches share a group commit: one batch's reused key fails that batch
+    alone, and the others' events, duplicates across them included, count once."""
+    await report(stub, event("ws", "taken", 3))
+    good = [
+        [event("ws", f"g{b}-{i}", 1) for i in range(50)] + [event("ws", "g0-0", 1)]
+        for b in range(8)
+    ]
+    bad = [event("ws", "fresh", 1), event("ws", "taken", 4)]
+    answers = await asyncio.gather(
+        *(report(stub, *batch) for batch in good), report(stub, *bad), return_exceptions=True
+    )
+    refused = answers[-1]
+    assert isinstance(refused, grpc.aio.AioRpcError)
+    assert refused.code() == grpc.StatusCode.ALREADY_EXISTS
+    statuses = [r.status for batch in answers[:-1] for r in batch]  # type: ignore[union-attr]
+    # 400 distinct keys; g0-0, sent by every batch (twice by its own), counts once
+    assert statuses.count(APPLIED) == 8 * 50
+    assert statuses.count(DUPLICATE) == 8
+    assert (await usage(stub, "ws"))["messages"] == 3 + 8 * 50
+
+
 @pytest.mark.parametrize(
     ("events", "field"),
     [

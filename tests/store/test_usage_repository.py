@@ -1,0 +1,52 @@
+"""The usage repository's group write, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from entitlements.store.engine import is_postgres
+from entitlements.store.repository import Store
+from entitlements.store.usage_repository import CounterKey, GroupWrite, KeyRecord, UsageRepository
+
+COUNTER: CounterKey = ("ws", "messages", "2026-11")
+
+
+def record(key: str, total: int, metric: str = "messages") -> KeyRecord:
+    return KeyRecord("ws", key, metric, 1, "2026-11", total, 0)
+
+
+async def test_a_key_taken_meanwhile_is_retried_and_then_seen_as_stored(store: Store) -> None:
+    """Another replica can insert a key between this group's read of the stored keys and its
+    write (for another counter, so the counter locks do not order them). The write then fails
+    on the unique index and the whole group is tried again, seeing the key this time."""
+    if not is_postgres(store.engine):
+        pytest.skip("SQLite's group holds the database's write lock: nothing is taken meanwhile")
+    repository = UsageRepository(store.engine)
+    try:
+        await repository.apply_group(
+            [COUNTER], [("ws", "taken")], lambda values, stored: _write([record("taken", 1)], 1)
+        )
+        calls: list[dict[tuple[str, str], KeyRecord]] = []
+
+        def decide(
+            values: dict[CounterKey, int], stored: dict[tuple[str, str], KeyRecord]
+        ) -> GroupWrite:
+            calls.append(stored)
+            if len(calls) == 1:  # as if the key had been taken after the read
+                return _write([record("fresh", 2), record("taken", 3, "aiQueries")], 3)
+            assert ("ws", "taken") in stored
+            return _write([record("fresh", 2)], 2)
+
+        write, _ = await repository.apply_group(
+            [COUNTER], [("ws", "fresh"), ("ws", "taken")], decide
+        )
+        assert len(calls) == 2
+        assert [r.idempotency_key for r in write.new_keys] == ["fresh"]
+        assert await repository.counter(COUNTER) == 2
+        assert await repository.counter(("ws", "aiQueries", "2026-11")) == 0
+    finally:
+        await repository.close()
+
+
+def _write(keys: list[KeyRecord], total: int) -> GroupWrite:
+    return GroupWrite(new_keys=keys, counters={COUNTER: total})
