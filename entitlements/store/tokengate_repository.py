@@ -266,7 +266,10 @@ class TokenGateStore(Sessions):
         *,
         now: datetime | None = None,
     ) -> bool | None:
-        """Store the decision; return the previous one (None if there was none)."""
+        """Store the decision; return the previous one (None if there was none). The row is
+        locked while read (PostgreSQL; SQLite writes one at a time), so of two checks finding
+        the same change at once (the transfer listener and the sweep, two replicas) one
+        sees it as a change: watchers hear it once."""
         now = now or utcnow()
         wallets = sorted(set(wallet_addresses))
         key = ",".join(wallets)
@@ -278,6 +281,7 @@ class TokenGateStore(Sessions):
                         TokenAccessGrant.user_id == user_id,
                         TokenAccessGrant.wallets_key == key,
                     )
+                    .with_for_update()
                 )
             ).scalar_one_or_none()
             insert = self._insert(TokenAccessGrant).values(
