@@ -276,7 +276,8 @@ class TokenGateStore(Sessions):
         async with self._transaction(write=True) as session:
             previous = (
                 await session.execute(
-                    select(TokenAccessGrant.granted).where(
+                    select(TokenAccessGrant.granted)
+                    .where(
                         TokenAccessGrant.channel_id == channel_id,
                         TokenAccessGrant.user_id == user_id,
                         TokenAccessGrant.wallets_key == key,
