@@ -5,8 +5,10 @@ local Stripe double, every freshness setting at its default.
     .venv/bin/python -m benchmarks.freshness [--samples N]
 
 Each row is timed from the moment the change is final where it happens (the webhook's 200, the
-admin RPC's answer, the block mined) to the first answer that shows it, asked in a tight loop
-(a watch stream: the first message). Replica A takes the writes; B is the other replica.
+admin RPC's answer, the block mined: just before the transaction or `anvil_mine` is sent) to the
+sending of the first check that shows it, checks being asked back to back (so a check's own
+round trip is not counted as staleness; the resolution is one round trip); for a watch stream,
+to the message's arrival. Replica A takes the writes; B is the other replica.
 """
 
 from __future__ import annotations
@@ -103,11 +105,12 @@ def _ms(seconds: float) -> str:
 async def until(
     check: Callable[[], Awaitable[bool]], since: float, pause: float = 0.0
 ) -> float | None:
-    """Seconds from `since` (perf_counter) until `check()` is first true; None after
-    GIVE_UP_SECONDS."""
+    """Seconds from `since` (perf_counter) until the first `check()` that comes back true was
+    sent (its own round trip is not staleness); None after GIVE_UP_SECONDS."""
     while True:
+        asked = time.perf_counter()
         if await check():
-            return time.perf_counter() - since
+            return asked - since
         if time.perf_counter() - since > GIVE_UP_SECONDS:
             return None
         await asyncio.sleep(pause)
