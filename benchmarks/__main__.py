@@ -253,6 +253,19 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
             flush=True,
         )
         report["clients"] = clients
+    from benchmarks.tracing import bench_tracing
+
+    # The untraced figure is the one above (same call, same kind of server); tracing on here.
+    can_use_off = next(r for r in results if r["name"] == "EntitlementsService/CanUseFeature")
+    traced = await bench_tracing(seconds, off=False)
+    record(traced["on"], baseline, sync=sync_ref)
+    print(
+        f"tracing: CanUseFeature {can_use_off['calls_per_second']:,} calls/s off (nothing"
+        f" installed), {round(traced['on'].calls_per_second):,} on;"
+        f" {traced['spans_received']:,} spans received over OTLP",
+        flush=True,
+    )
+    report["tracing"] = {"spans_received": traced["spans_received"]}
     from benchmarks.tokengate import bench_verify_token
 
     gate = await bench_verify_token(seconds=seconds)

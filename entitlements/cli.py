@@ -79,22 +79,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if args.workers == 1:
             return _serve(settings)
-        from dataclasses import replace
-
-        from entitlements.server.workers import run_workers
-
-        shared = replace(settings, reuse_port=True)
-        return run_workers(args.workers, lambda index: _serve(shared))
+        return _serve_workers(settings, args.workers)
     except (EntitlementsError, OSError) as exc:
         print(f"entitlements: {exc}", file=sys.stderr)
         return 1
 
 
 def _serve(settings: Settings) -> int:
+    from entitlements.observability.tracing import configure_tracing
     from entitlements.server.app import serve
     from entitlements.server.schema import SchemaNotCurrent
 
     try:
+        configure_tracing(settings)  # in each worker: the exporter's thread is not forked
         _run(serve(settings), settings.event_loop)
     except SchemaNotCurrent as exc:
         print(f"entitlements: {exc}", file=sys.stderr)
@@ -103,6 +100,27 @@ def _serve(settings: Settings) -> int:
         print(f"entitlements: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _serve_workers(settings: Settings, count: int) -> int:
+    """`serve --workers N`: N processes sharing the port, and one /metrics for all of them."""
+    from dataclasses import replace
+
+    from entitlements.observability.multiprocess import (
+        multiprocess_metrics,
+        start_publisher,
+        worker_exited,
+    )
+    from entitlements.server.workers import run_workers
+
+    shared = replace(settings, reuse_port=True)
+
+    def run_one(index: int) -> int:
+        start_publisher()
+        return _serve(shared)
+
+    with multiprocess_metrics(settings.metrics_dir):
+        return run_workers(count, run_one, on_exit=worker_exited)
 
 
 def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
@@ -204,6 +222,9 @@ def _billing_command(command: str, settings: Settings) -> int:
 
     try:
         if command == "webhooks":
+            from entitlements.observability.tracing import configure_tracing
+
+            configure_tracing(settings)
             asyncio.run(run_webhooks(settings))
             return 0
         for line in asyncio.run(run_reconcile(settings)):

@@ -117,6 +117,14 @@ class Settings:
     slow_call_ms: float = 250.0
     #: Outbound events: endpoints (ENTITLEMENTS_EVENT_ENDPOINTS), retries, renewal notices.
     events: EventSettings = field(default_factory=EventSettings)
+    #: Trace exporters ("otlp", "console"), from the standard OTEL_* variables; empty: no
+    #: tracing (the default), see entitlements/observability/tracing.py.
+    traces_exporters: tuple[str, ...] = ()
+    #: OTLP transport: "grpc" (default) or "http/protobuf".
+    traces_protocol: str = "grpc"
+    #: PROMETHEUS_MULTIPROC_DIR: where `serve --workers N` keeps the workers' metrics (emptied at
+    #: start); default a private temporary directory.
+    metrics_dir: str | None = None
 
     @classmethod
     def from_env(
@@ -199,7 +207,50 @@ class Settings:
             usage_key_retention_seconds=86400.0
             * _number(env, "ENTITLEMENTS_USAGE_KEY_RETENTION_DAYS", 7.0, minimum=1),
             events=_events(env),
+            traces_exporters=_traces_exporters(env),
+            traces_protocol=_traces_protocol(env),
+            metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         )
+
+
+_TRACE_EXPORTERS = ("otlp", "console")
+
+
+def _traces_exporters(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Tracing is opt-in: on when OTEL_TRACES_EXPORTER names an exporter, or (unset) when an
+    OTLP endpoint is given; OTEL_SDK_DISABLED=true turns it off whatever else says."""
+    if (env.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":
+        return ()
+    named = env.get("OTEL_TRACES_EXPORTER")
+    if named is None or not named.strip():
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        return ("otlp",) if endpoint else ()
+    exporters = tuple(dict.fromkeys(n.strip().lower() for n in named.split(",") if n.strip()))
+    if exporters == ("none",):
+        return ()
+    unknown = [n for n in exporters if n not in _TRACE_EXPORTERS]
+    if unknown:
+        raise ConfigError(
+            f"OTEL_TRACES_EXPORTER: unknown exporter {unknown[0]!r} "
+            f"(expected {', '.join(_TRACE_EXPORTERS)} or none)"
+        )
+    return exporters
+
+
+def _traces_protocol(env: Mapping[str, str]) -> str:
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    ).strip()
+    if protocol not in ("grpc", "http/protobuf"):
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported "
+            "(expected grpc or http/protobuf)"
+        )
+    return protocol
 
 
 def load_callers(path: Path) -> dict[bytes, Caller]:

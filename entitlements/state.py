@@ -6,7 +6,8 @@ The status rules (documented in the README):
   from when the subscription became past due), then the account falls back to free;
 - ``canceled``, ``unpaid``, ``incomplete``, ``incomplete_expired`` and ``paused`` mean free;
 - ``cancel_at_period_end`` keeps the plan until the period ends, then free;
-- a subscription paid in crypto has no automatic renewal: it grants the plan until its period ends.
+- a subscription paid in crypto has no automatic renewal: it grants the plan until its period ends;
+  so does a manual (sales-led) one, until its term ends (an open-ended term never lapses).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from entitlements.policies import Catalog, EffectiveEntitlements, Overrides, res
 from entitlements.store.records import AccountSnapshot, OverrideRecord, SubscriptionRecord
 
 GRANTING_STATUSES = frozenset({"active", "trialing"})
+#: Payment methods that never renew by themselves: the plan lapses at `current_period_end`.
+FIXED_TERM_METHODS = frozenset({"crypto", "manual"})
 KNOWN_STATUSES = frozenset(
     {
         "incomplete",
@@ -142,7 +145,7 @@ def _granted_plan(
     if sub is None or sub.plan_id not in {p.id for p in catalog.plans}:
         return free, None, None
     lapses_at: datetime | None = None
-    if sub.cancel_at_period_end or sub.payment_method == "crypto":
+    if sub.cancel_at_period_end or sub.payment_method in FIXED_TERM_METHODS:
         lapses_at = sub.current_period_end
     grace_end: datetime | None = None
     if sub.status in GRANTING_STATUSES:

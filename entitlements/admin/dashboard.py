@@ -6,11 +6,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
+from urllib.parse import quote
 
+from entitlements.admin.audit_section import mrr_other_currencies_html, mrr_other_currencies_lines
 from entitlements.admin.charts import bar_chart, line_chart, money
 from entitlements.admin.metrics import RevenueMetrics
 
-__all__ = ["FundsLine", "render_html", "render_text"]
+__all__ = ["FAVICON_SVG", "FundsLine", "render_html", "render_text"]
+
+#: The page's icon (a bar chart), inline in the page so the browser asks for nothing more; also
+#: served at /favicon.ico for the shim's other pages.
+FAVICON_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    '<rect width="16" height="16" rx="3" fill="#0f172a"/>'
+    '<rect x="3" y="8" width="2.5" height="5" fill="#38bdf8"/>'
+    '<rect x="6.75" y="5" width="2.5" height="8" fill="#38bdf8"/>'
+    '<rect x="10.5" y="3" width="2.5" height="10" fill="#38bdf8"/></svg>'
+)
+_FAVICON_LINK = f'<link rel="icon" href="data:image/svg+xml,{quote(FAVICON_SVG)}">'
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,19 +138,30 @@ def render_html(
         others = (
             f'<p class="note" id="other_currencies">Not in the USD figures: {escape(listed)}.</p>'
         )
+    failed_others = ""
+    if m.failed_other_currencies:
+        listed = ", ".join(
+            f"{c.payments} failed in {c.currency.upper()} ({c.amount_minor:,} minor units)"
+            for c in m.failed_other_currencies
+        )
+        failed_others = (
+            f'<p class="note" id="failed_other_currencies">Not in the USD failed payments: '
+            f"{escape(listed)}.</p>"
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
+{_FAVICON_LINK}
 <title>nchat entitlements: revenue</title><style>{_CSS}</style></head>
 <body>
 <h1>nchat entitlements: revenue</h1>
 <p class="sub">As of {m.as_of:%Y-%m-%d %H:%M} UTC. Money in USD; read-only.</p>
-<div class="cards">{cards}</div>
+<div class="cards">{cards}</div>{failed_others}
 <div class="row"><div class="panel" id="plan_chart">{plans}</div>
 <div class="panel" id="mrr_chart">{history}</div></div>
 <div class="row"><div class="panel"><h3>By payment method</h3><table id="methods">
 <tr><th>method</th><th class=n>revenue</th><th class=n>payments</th><th class=n>active</th></tr>
-{methods}</table>{others}</div>
+{methods}</table>{others}{mrr_other_currencies_html(m)}</div>
 <div class="panel"><h3>Upcoming renewals</h3><table id="renewals">
 <tr><th>account</th><th>plan</th><th>interval</th><th>renews</th><th class=n>amount</th></tr>
 {renewals}</table></div></div>
@@ -202,4 +226,10 @@ def render_text(m: RevenueMetrics) -> str:
             f"Not in the USD figures: {c.payments} payments in {c.currency.upper()} "
             f"({c.amount_minor:,} minor units)"
         )
+    for c in m.failed_other_currencies:
+        lines.append(
+            f"Not in the USD failed payments: {c.payments} failed in {c.currency.upper()} "
+            f"({c.amount_minor:,} minor units)"
+        )
+    lines += mrr_other_currencies_lines(m)
     return "\n".join(lines)

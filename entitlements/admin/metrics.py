@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from entitlements.policies import Catalog
-from entitlements.state import grants_plan
+from entitlements.state import FIXED_TERM_METHODS, grants_plan
 from entitlements.store.admin_repository import FailedPaymentFact, RevenueFact
 from entitlements.store.records import ENDED_STATUSES, SubscriptionRecord
 
@@ -27,6 +27,8 @@ __all__ = [
     "compute_metrics",
     "current_subscriptions",
     "in_force",
+    "mrr_by_currency",
+    "period_amount",
 ]
 
 #: Money figures are in this currency's minor units; facts in other currencies are counted apart.
@@ -101,6 +103,9 @@ class RevenueMetrics:
     mrr_history: list[MonthlyMrr]
     other_currencies: list[CurrencyTotal] = field(default_factory=list)
     failed_other_currencies: list[CurrencyTotal] = field(default_factory=list)
+    #: MRR of subscriptions priced in another currency (manual contracts), per currency:
+    #: `payments` is the number of paying subscriptions, `amount_minor` their MRR.
+    mrr_other_currencies: list[CurrencyTotal] = field(default_factory=list)
 
 
 def _sort_key(sub: SubscriptionRecord) -> tuple[datetime, bool, datetime, str]:
@@ -132,7 +137,7 @@ def end_of(sub: SubscriptionRecord, past_due_grace: timedelta) -> datetime | Non
         ends.append(sub.ended_at)
     if sub.status in _STOPPED:
         ends.append(sub.canceled_at or sub.ended_at or sub.updated_at)
-    renews = not (sub.cancel_at_period_end or sub.payment_method == "crypto")
+    renews = not (sub.cancel_at_period_end or sub.payment_method in FIXED_TERM_METHODS)
     if not renews and sub.current_period_end is not None:
         ends.append(sub.current_period_end)
     if sub.status == "past_due":
@@ -174,14 +179,47 @@ def _custom_amounts(facts: Sequence[RevenueFact]) -> dict[str, int]:
     return last
 
 
-def period_price(catalog: Catalog, sub: SubscriptionRecord, billed: dict[str, int]) -> int:
-    """What one billing period of the subscription costs, in cents: the catalog's list price for
-    its plan and interval; for a custom-priced plan, the last invoice billed for it (0 if none)."""
+def period_amount(
+    catalog: Catalog, sub: SubscriptionRecord, billed: dict[str, int]
+) -> tuple[str, int]:
+    """What one billing period of the subscription costs: (currency, minor units). A manual
+    subscription's contract price, in its currency; else the catalog's list price (USD) for its
+    plan and interval; for a custom-priced plan without a contract price, the last invoice billed
+    for it in USD (0 if none)."""
+    if sub.price_cents is not None:
+        return (sub.currency or REPORTING_CURRENCY), sub.price_cents
     plan = catalog.plan(sub.plan_id)
     if plan.custom_pricing:
-        return billed.get(sub.id, 0)
+        return REPORTING_CURRENCY, billed.get(sub.id, 0)
     price = plan.price_yearly_cents if sub.interval == "year" else plan.price_monthly_cents
-    return price or 0
+    return REPORTING_CURRENCY, price or 0
+
+
+def period_price(catalog: Catalog, sub: SubscriptionRecord, billed: dict[str, int]) -> int:
+    """`period_amount` in US cents; 0 for a price in another currency (never converted)."""
+    currency, amount = period_amount(catalog, sub, billed)
+    return amount if currency == REPORTING_CURRENCY else 0
+
+
+def mrr_by_currency(
+    catalog: Catalog,
+    subscriptions: Sequence[SubscriptionRecord],
+    at: datetime,
+    past_due_grace: timedelta,
+    billed: dict[str, int],
+) -> dict[str, tuple[int, int]]:
+    """MRR at `at` per currency: (paying subscriptions, MRR in minor units). Monthly prices of
+    the paying subscriptions in force, plus their yearly prices divided by 12 (summed first, then
+    rounded half up, so no cent is lost per row)."""
+    parts: dict[str, list[int]] = {}
+    for sub in current_subscriptions(subscriptions, at):
+        if not in_force(catalog, sub, at, past_due_grace) or is_trialing(sub, at):
+            continue
+        currency, price = period_amount(catalog, sub, billed)
+        entry = parts.setdefault(currency, [0, 0, 0])
+        entry[0] += 1
+        entry[2 if sub.interval == "year" else 1] += price
+    return {c: (n, monthly + (yearly + 6) // 12) for c, (n, monthly, yearly) in parts.items()}
 
 
 def mrr_at(
@@ -191,19 +229,9 @@ def mrr_at(
     past_due_grace: timedelta,
     billed: dict[str, int],
 ) -> int:
-    """MRR at `at`: monthly prices of the paying subscriptions in force, plus their yearly
-    prices divided by 12 (summed first, then rounded half up, so no cent is lost per row)."""
-    monthly = 0
-    yearly = 0
-    for sub in current_subscriptions(subscriptions, at):
-        if not in_force(catalog, sub, at, past_due_grace) or is_trialing(sub, at):
-            continue
-        price = period_price(catalog, sub, billed)
-        if sub.interval == "year":
-            yearly += price
-        else:
-            monthly += price
-    return monthly + (yearly + 6) // 12
+    """MRR at `at` in US cents (prices in other currencies are left out: `mrr_by_currency`)."""
+    parts = mrr_by_currency(catalog, subscriptions, at, past_due_grace, billed)
+    return parts.get(REPORTING_CURRENCY, (0, 0))[1]
 
 
 def _month_starts(as_of: datetime, months: int) -> list[datetime]:
@@ -320,7 +348,8 @@ def compute_metrics(
         )
     renewals.sort(key=lambda r: (r.renews_at, r.account_id))
 
-    mrr = mrr_at(catalog, subscriptions, as_of, past_due_grace, billed)
+    mrr_parts = mrr_by_currency(catalog, subscriptions, as_of, past_due_grace, billed)
+    mrr = mrr_parts.get(REPORTING_CURRENCY, (0, 0))[1]
     history = []
     for start in _month_starts(as_of, history_months):
         end = _next_month(start)
@@ -366,5 +395,10 @@ def compute_metrics(
         failed_other_currencies=[
             CurrencyTotal(currency=c, payments=n, amount_minor=a)
             for c, (n, a) in sorted(failed_others.items())
+        ],
+        mrr_other_currencies=[
+            CurrencyTotal(currency=c, payments=n, amount_minor=a)
+            for c, (n, a) in sorted(mrr_parts.items())
+            if c != REPORTING_CURRENCY
         ],
     )

@@ -3,6 +3,6 @@ and delivered afterwards to configured endpoints as Standard Webhooks."""
 
 from __future__ import annotations
 
-from entitlements.events.types import EVENT_TYPES, WIRED_EVENT_TYPES, Event
+from entitlements.events.types import EVENT_TYPES, Event
 
-__all__ = ["EVENT_TYPES", "WIRED_EVENT_TYPES", "Event"]
+__all__ = ["EVENT_TYPES", "Event"]

@@ -13,8 +13,8 @@ from entitlements.policies.thresholds import UPGRADE_PROMPT_PERCENT, WARNING_PER
 __all__ = [
     "EVENT_TYPES",
     "THRESHOLD_LEVELS",
-    "WIRED_EVENT_TYPES",
     "Event",
+    "iso",
     "new_event",
     "renewal_upcoming",
     "threshold_crossed",
@@ -35,9 +35,6 @@ EVENT_TYPES = (
     "token_access.granted",
     "token_access.revoked",
 )
-
-#: The types a producer writes today (the others are reserved names, documented).
-WIRED_EVENT_TYPES = frozenset({"usage.threshold_crossed", "subscription.renewal_upcoming"})
 
 THRESHOLD_LEVELS = (75, 90, 100)
 
@@ -140,3 +137,8 @@ def renewal_upcoming(
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def iso(value: datetime) -> str:
+    """A time as the events write it: ISO 8601 in UTC, milliseconds."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds")

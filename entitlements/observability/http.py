@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from entitlements.admin.dashboard import FundsLine, render_html
+from entitlements.admin.dashboard import FAVICON_SVG, FundsLine, render_html
 from entitlements.config import Caller, token_digest
 from entitlements.crypto.amounts import format_amount
 from entitlements.errors import EntitlementsError, InvalidArgument
@@ -214,7 +214,15 @@ def install_routes(app: web.Application, ops: OpsRoutes) -> None:
             headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
         )
 
+    async def favicon(request: web.Request) -> web.Response:
+        return web.Response(
+            text=FAVICON_SVG,
+            content_type="image/svg+xml",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
+
     app.middlewares.append(_count_requests)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/admin", admin)

@@ -118,12 +118,14 @@ CHAIN_WATCHER_LAG = Gauge(
     "How many blocks the payment watcher's processed height is behind the node's head.",
     ("network",),
     registry=REGISTRY,
+    multiprocess_mode="livemax",  # with workers: the worst lag of a live worker
 )
 CHAIN_HEAD = Gauge(
     "entitlements_chain_head_block",
     "The latest block number seen on each network (payment watcher or readiness probe).",
     ("network",),
     registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 
 
@@ -261,6 +263,7 @@ DEPENDENCY_UP = Gauge(
     "(database, chain:<network>). Only the database decides readiness.",
     ("dependency",),
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",  # with workers: the last probe of any live worker
 )
 
 #: network -> (head block, monotonic time the head last moved): fed by the payment watcher and
@@ -459,6 +462,12 @@ def expose_worker_restarts(read: Callable[[], int]) -> None:
     _WORKER_RESTARTS.read = read
 
 
+#: Renders /metrics; `serve --workers N` swaps in the whole service's view.
+renderer: Callable[[], bytes] | None = None
+
+
 def render() -> bytes:
     """The registry in Prometheus' text format."""
+    if renderer is not None:
+        return renderer()
     return generate_latest(REGISTRY)

@@ -1,5 +1,6 @@
 """AdminService: revenue metrics, the subscription listing, audited account overrides and the
-crypto money received without access (listed and resolved)."""
+crypto money received without access (listed and resolved); the manual subscriptions and the
+audit log are in `sales_admin_servicer`, the outbound events in `events_admin_servicer`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from nchat.entitlements.v1 import admin_service_pb2_grpc as pb_grpc
 from nchat.entitlements.v1 import subscription_pb2
 
 from entitlements.admin import AdminService, LimitRequest, OverridesRequest
+from entitlements.admin.audit import AuditLog
 from entitlements.admin.metrics import RevenueMetrics
+from entitlements.admin.sales import ManualBilling
 from entitlements.admin.service import StoredOverrides
 from entitlements.config import Caller
 from entitlements.crypto.funds import Credit, FundsFilter, Refund, UnsettledFunds
@@ -23,10 +26,13 @@ from entitlements.server import convert
 from entitlements.server.auth import AuthInterceptor
 from entitlements.server.events_admin_servicer import EventsAdminMethods
 from entitlements.server.funds_convert import funds_message, interval_of, kind_of
+from entitlements.server.sales_admin_servicer import SalesAdminMethods
 from entitlements.server.status import unary
 from entitlements.server.validation import require_id
 from entitlements.store.admin_repository import AdminStore
+from entitlements.store.audit_repository import AuditStore
 from entitlements.store.crypto_funds_repository import FundsStore
+from entitlements.store.manual_repository import ManualStore
 
 if TYPE_CHECKING:
     from entitlements.config import Settings
@@ -99,7 +105,7 @@ def _time(value: Timestamp, field: str) -> datetime:
         ) from None
 
 
-class AdminServicer(EventsAdminMethods, pb_grpc.AdminServiceServicer):
+class AdminServicer(EventsAdminMethods, SalesAdminMethods, pb_grpc.AdminServiceServicer):
     """Thin: validate the request's shape, call `AdminService`, convert the answer."""
 
     def __init__(self, admin: AdminService, callers: Mapping[bytes, Caller] | None) -> None:
@@ -236,7 +242,14 @@ def install_admin(settings: Settings, deps: Deps) -> AdminService:
         clock=deps.service.now,
         funds=funds,
     )
-    deps.servicers["AdminService"] = AdminServicer(
-        admin, None if settings.dev_mode else settings.callers
+    servicer = AdminServicer(admin, None if settings.dev_mode else settings.callers)
+    servicer.manual_billing = ManualBilling(
+        deps.service,
+        ManualStore(deps.store.engine),
+        AuditStore(deps.store.engine),
+        deps.catalog,
+        clock=deps.service.now,
     )
+    servicer.audit_log = AuditLog(AuditStore(deps.store.engine))
+    deps.servicers["AdminService"] = servicer
     return admin

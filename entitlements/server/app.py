@@ -29,9 +29,12 @@ from nchat.entitlements.v1 import (
 )
 
 from adapters.chains.heads import HeadFollowers
+from entitlements.admin.audit import AuditLog
+from entitlements.admin.audit_section import audit_section
 from entitlements.coherence import ChangeFeed
 from entitlements.config import Settings
 from entitlements.observability.in_flight import Budgets
+from entitlements.observability.tracing import aio_server_interceptors
 from entitlements.policies import Catalog, default_catalog
 from entitlements.server.admin_servicer import install_admin
 from entitlements.server.auth import AuthInterceptor
@@ -48,6 +51,7 @@ from entitlements.server.token_gate_setup import install_token_gate
 from entitlements.server.unimplemented import NOT_BUILT, unimplemented_servicer
 from entitlements.server.usage_servicer import UsageServicer
 from entitlements.service import EntitlementService
+from entitlements.store.audit_repository import AuditStore
 from entitlements.store.repository import Store
 from entitlements.store.usage_repository import UsageRepository
 from entitlements.usage.ledger import UsageLedger
@@ -67,6 +71,7 @@ _OTHER_SERVICES = (
 def build_deps(settings: Settings, store: Store, catalog: Catalog | None = None) -> Deps:
     """Everything the server is built from, on `store`; tests hand in their own store."""
     catalog = catalog or default_catalog()
+    store.past_due_grace = settings.past_due_grace  # as subscription.past_due events report it
     hub = WatchHub()
     service = EntitlementService(
         store,
@@ -107,6 +112,7 @@ def build_deps(settings: Settings, store: Store, catalog: Catalog | None = None)
     deps.events = install_events(settings, deps)
     deps.ops = install_observability(settings, deps, admin=deps.admin)
     deps.ops.sections.append(deps.events.admin_section)
+    deps.ops.sections.append(audit_section(AuditLog(AuditStore(store.engine))))
     return deps
 
 
@@ -179,7 +185,8 @@ SERVICE_NAMES = tuple(
 
 async def create_server(settings: Settings, deps: Deps, *, addr: str | None = None) -> Running:
     """A started-ready (not yet started) server bound to ``addr`` (port 0 picks a free one)."""
-    interceptors: list[grpc.aio.ServerInterceptor] = []
+    # Tracing first (empty when off): every call gets a span, refusals included.
+    interceptors: list[grpc.aio.ServerInterceptor] = aio_server_interceptors()
     if settings.dev_mode:
         log.warning(
             "DEV MODE: authentication is OFF; every caller has every scope and /admin is open. "

@@ -67,6 +67,11 @@ METHOD_SCOPES: Mapping[str, str] = {
             "ListEventDeliveries",
             "ReplayEvent",
             "ReplayFailedEvents",
+            "CreateManualSubscription",
+            "UpdateManualSubscription",
+            "EndManualSubscription",
+            "RecordManualInvoice",
+            "ListAuditEntries",
         )
     },
 }

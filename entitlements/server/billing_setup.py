@@ -12,6 +12,7 @@ from adapters.webhooks import StripeWebhookConfig, WebhookServer, create_app
 from entitlements.billing import Billing, StripeEvents
 from entitlements.config import ConfigError, Settings
 from entitlements.observability.http import OpsRoutes, install_routes, observed_sink
+from entitlements.observability.tracing import http_middleware
 from entitlements.server.billing_servicer import BillingServicer
 from entitlements.server.schema import check_schema
 from entitlements.service import EntitlementService
@@ -64,6 +65,7 @@ def webhook_server(
         tolerance_seconds=settings.stripe.webhook_tolerance_seconds,
     )
     app = create_app(config)
+    app.middlewares[:0] = http_middleware()  # traces (nothing when off), outermost
     if ops is not None:
         install_routes(app, ops)
     return WebhookServer(app, addr or settings.http_addr, reuse_port=settings.reuse_port)
@@ -110,6 +112,7 @@ async def _standalone_billing(settings: Settings) -> AsyncIterator[Billing | Non
     from entitlements.watch import WatchHub
 
     store = Store.open(settings.database_url)
+    store.past_due_grace = settings.past_due_grace  # as subscription.past_due events report it
     try:
         service = EntitlementService(
             store,

@@ -12,6 +12,7 @@ from adapters.chains.heads import HeadUpdate
 from adapters.chains.payments import PaymentReads
 from entitlements.crypto import CryptoPayments, PaymentWatcher
 from entitlements.observability.metrics import observe_chain_read, set_watcher_lag
+from entitlements.observability.tracing import chain_read_observer
 from entitlements.server.crypto_runtime import CryptoRuntime
 from entitlements.server.crypto_servicer import CryptoPaymentServicer
 from entitlements.store.crypto_repository import CryptoStore
@@ -36,7 +37,9 @@ def install_crypto(
     Watchers exist for the configured networks when a receiving address is set."""
     readers = readers or ChainReaders.from_settings(settings.chains)
     for network in readers.networks:
-        readers.get(network).observer = observe_chain_read  # chain reads in /metrics
+        readers.get(network).observer = chain_read_observer(
+            observe_chain_read
+        )  # chain reads in /metrics
     reads = {network: PaymentReads(readers.get(network)) for network in readers.networks}
     payments = CryptoPayments(
         CryptoStore(deps.store.engine),

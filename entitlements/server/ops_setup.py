@@ -14,6 +14,8 @@ from entitlements.observability.metrics import (
     register_runtime,
     set_dependency_up,
 )
+from entitlements.observability.multiprocess import publish as publish_metrics
+from entitlements.observability.tracing import flush as flush_traces
 from entitlements.server.auth import AuthInterceptor
 from entitlements.store.engine import safe_url
 
@@ -53,9 +55,12 @@ def install_observability(
     )
 
     async def close() -> None:
+        publish_metrics()  # with workers: this worker's last figures stay in the sums
         unregister()
 
     deps.closers.append(close)
+    # Run last (closers run in reverse): spans of the other closers' work leave too.
+    deps.closers.insert(0, flush_traces)
     probes: list[Probe] = [("database", deps.store.ping)]
     optional: list[Probe] = []
     reports: dict[str, Callable[[], Mapping[str, Any]]] = {}

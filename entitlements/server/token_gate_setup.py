@@ -9,6 +9,7 @@ from adapters.chains import ChainReaders, ChainSettings
 from adapters.chains.heads import HeadFollowers
 from entitlements.coherence import ChangeFeed
 from entitlements.observability.metrics import observe_chain_read
+from entitlements.observability.tracing import chain_read_observer
 from entitlements.server.token_gate_runtime import TokenGateRuntime
 from entitlements.server.token_gate_servicer import TokenGateServicer
 from entitlements.store.tokengate_repository import TokenGateStore
@@ -55,7 +56,7 @@ def install_token_gate(
     chains: ChainSettings = settings.chains
     readers = readers or ChainReaders.from_settings(chains)
     for network in readers.networks:
-        readers.get(network).observer = observe_chain_read
+        readers.get(network).observer = chain_read_observer(observe_chain_read)
     feed = _HubFeed(deps.hub, deps.feed)
     if deps.feed is not None:
         deps.feed.token_sink = feed.publish

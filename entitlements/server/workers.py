@@ -68,9 +68,10 @@ def run_workers(
     max_backoff_seconds: float = 30.0,
     healthy_after_seconds: float = 10.0,
     give_up_after: int = 8,
+    on_exit: Callable[[int], None] | None = None,
 ) -> int:
     """Fork `count` workers running `run_one(index)`, supervise them until SIGTERM/SIGINT and
-    return the parent's exit code."""
+    return the parent's exit code. `on_exit(pid)` is called for each worker reaped."""
     restarts = SharedCounter()
     slots = [_Slot(index) for index in range(count)]
     by_pid: dict[int, _Slot] = {}
@@ -125,6 +126,8 @@ def run_workers(
         dead = by_pid.pop(pid, None)
         if dead is None:
             continue
+        if on_exit is not None:
+            on_exit(pid)
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             # A worker still starting when the signal came ends by it: that is a clean stop too.

@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 
 from entitlements.store.crypto_repository import crypto_revenue
+from entitlements.store.manual_repository import manual_revenue
 from entitlements.store.models import FailedPayment, PaidInvoice, Subscription
 from entitlements.store.records import SubscriptionRecord
 from entitlements.store.repository import Store, _subscription_record
@@ -64,9 +65,9 @@ def paid_invoices(until: datetime) -> Select[str, str | None, int, str, str, dat
     ).where(PaidInvoice.paid_at <= until)
 
 
-#: Every table that holds money received. Crypto payments add their source here (a SELECT of
-#: confirmed payments with their USD value, payment_method "crypto"); nothing else changes.
-REVENUE_SOURCES: list[RevenueSource] = [paid_invoices, crypto_revenue]
+#: Every table that holds money received: Stripe invoices, confirmed crypto payments (their USD
+#: value, payment_method "crypto") and manual invoices (payment_method "manual", in their currency).
+REVENUE_SOURCES: list[RevenueSource] = [paid_invoices, crypto_revenue, manual_revenue]
 
 
 @dataclass(frozen=True, slots=True)

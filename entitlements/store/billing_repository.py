@@ -19,7 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from entitlements.errors import AlreadyExists
+from entitlements.events.transitions import payment_failed, subscription_events
 from entitlements.store.engine import is_postgres
+from entitlements.store.events_repository import append_event
 from entitlements.store.failures import translate_errors
 from entitlements.store.models import (
     Account,
@@ -402,8 +404,10 @@ class BillingStore(Sessions):
             await self._update_checkout(session, change.checkout)
         stale = False
         saved: SubscriptionRecord | None = None
+        previous: SubscriptionRecord | None = None
+        sub_changed = False
         if change.subscription is not None:
-            saved, sub_changed, stale = await self._merge_subscription(
+            saved, previous, sub_changed, stale = await self._merge_subscription(
                 session, change.subscription, now, fresh=fresh
             )
             changed = changed or sub_changed
@@ -417,6 +421,17 @@ class BillingStore(Sessions):
             # The store's own bump, so this change is seen like any other (e.g. by a change
             # feed written with the revision).
             revision = await self._store._bump_revision(session, account_id)
+        if sub_changed and saved is not None:
+            # The transition from the row as it was (locked above) to the row as written: a
+            # replayed or duplicate event finds them equal and writes nothing.
+            for event_ in subscription_events(
+                previous,
+                saved,
+                ref=change.event.id if change.event is not None else f"r{revision}",
+                past_due_grace=self._store.past_due_grace,
+                now=now,
+            ):
+                await append_event(session, event_)
         return ApplyResult(changed=changed, stale=stale, revision=revision, subscription=saved)
 
     async def _update_checkout(self, session: AsyncSession, update_: CheckoutUpdate) -> None:
@@ -481,10 +496,10 @@ class BillingStore(Sessions):
         now: datetime,
         *,
         fresh: bool = False,
-    ) -> tuple[SubscriptionRecord, bool, bool]:
-        """(row as stored afterwards, changed, stale). A `fresh` candidate (read from Stripe in
-        the subscription's turn) is newer than the stored row by construction; any other is
-        refused when it was observed before the stored one."""
+    ) -> tuple[SubscriptionRecord, SubscriptionRecord | None, bool, bool]:
+        """(row as stored afterwards, row as it was (None: new), changed, stale). A `fresh`
+        candidate (read from Stripe in the subscription's turn) is newer than the stored row by
+        construction; any other is refused when it was observed before the stored one."""
         row = await session.get(Subscription, candidate.id, with_for_update=True)
         stored = _subscription_record(row) if row is not None else None
         if stored is not None and stored.account_id != candidate.account_id:
@@ -507,7 +522,7 @@ class BillingStore(Sessions):
                 candidate.source_updated_at is not None
                 and candidate.source_updated_at < stored.source_updated_at
             ):
-                return stored, False, True
+                return stored, stored, False, True
         status = candidate.status
         if (
             status in _GRANTING
@@ -527,7 +542,7 @@ class BillingStore(Sessions):
         if stored is not None:
             merged = replace(merged, created_at=stored.created_at)
             if all(getattr(stored, n) == getattr(merged, n) for n in _COMPARED):
-                return stored, False, False
+                return stored, stored, False, False
         if row is None:
             session.add(
                 Subscription(
@@ -540,7 +555,7 @@ class BillingStore(Sessions):
             for name in _WRITTEN:
                 setattr(row, name, getattr(merged, name))
         await session.flush()
-        return merged, True, False
+        return merged, stored, True, False
 
     async def _add_paid_invoice(
         self, session: AsyncSession, account_id: str, record: PaidInvoiceRecord, now: datetime
@@ -564,7 +579,7 @@ class BillingStore(Sessions):
     async def _add_failed_payment(
         self, session: AsyncSession, account_id: str, record: FailedPaymentRecord, now: datetime
     ) -> None:
-        await session.execute(
+        added = await session.execute(
             self._insert(FailedPayment)
             .values(
                 stripe_invoice_id=record.stripe_invoice_id,
@@ -580,7 +595,22 @@ class BillingStore(Sessions):
             .on_conflict_do_nothing(
                 index_elements=[FailedPayment.stripe_invoice_id, FailedPayment.attempt_count]
             )
+            .returning(FailedPayment.id)
         )
+        if added.first() is not None:  # a new failed attempt, not one recorded before
+            await append_event(
+                session,
+                payment_failed(
+                    account_id,
+                    invoice_id=record.stripe_invoice_id,
+                    subscription_id=record.subscription_id,
+                    amount_cents=record.amount_cents,
+                    currency=record.currency,
+                    attempt_count=record.attempt_count,
+                    next_attempt_at=record.next_payment_attempt,
+                    now=now,
+                ),
+            )
 
 
 async def _subscription_by_stripe_id(

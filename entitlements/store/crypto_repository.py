@@ -13,7 +13,9 @@ from sqlalchemy import Select, and_, delete, literal, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from entitlements.errors import FailedPrecondition
+from entitlements.events.transitions import CryptoPaymentState, crypto_payment_events
 from entitlements.store.engine import is_postgres
+from entitlements.store.events_repository import append_event
 from entitlements.store.models import (
     CryptoPaymentRow,
     CryptoRevenue,
@@ -305,11 +307,19 @@ class CryptoStore(Sessions):
         drop_revenue: bool = False,
     ) -> PaymentRecord:
         """Store `record`'s mutable state, and add or drop its revenue fact, in one transaction.
-        Re-taking a released slot that another open payment holds leaves it released."""
-        record = replace(record, updated_at=utcnow())
+        Re-taking a released slot that another open payment holds leaves it released.
+
+        The `crypto_payment.*` events of the status it leaves (as stored, read locked in this
+        transaction) for its new one are written in the same transaction: a second watcher or
+        replica settling the same confirmation finds the status already written, and no event.
+        """
+        now = utcnow()
+        record = replace(record, updated_at=now)
         values = _values(record, _PAYMENT_FIELDS)
         values.pop("id")
         async with self._transaction(write=True) as session:
+            stored = await session.get(CryptoPaymentRow, record.id, with_for_update=True)
+            old = None if stored is None else _payment(stored)
             try:
                 async with session.begin_nested():
                     await session.execute(
@@ -329,6 +339,9 @@ class CryptoStore(Sessions):
                 )
             if revenue is not None and await session.get(CryptoRevenue, record.id) is None:
                 session.add(CryptoRevenue(**_values(revenue, _REVENUE_FIELDS)))
+            if old is not None:
+                for event in crypto_payment_events(_state(old), _state(record), now=now):
+                    await append_event(session, event)
         return record
 
     async def revenue(self) -> list[RevenueRecord]:
@@ -508,6 +521,24 @@ def _values(record: Any, names: tuple[str, ...], *, skip: tuple[str, ...] = ()) 
 
 def _payment(row: CryptoPaymentRow) -> PaymentRecord:
     return PaymentRecord(**{n: getattr(row, n) for n in _PAYMENT_FIELDS})
+
+
+def _state(record: PaymentRecord) -> CryptoPaymentState:
+    return CryptoPaymentState(
+        id=record.id,
+        account_id=record.account_id,
+        plan_id=record.plan_id,
+        interval=record.interval,
+        network=record.network,
+        currency=record.currency,
+        status=record.status,
+        amount_base_units=int(record.amount_base_units),
+        received_base_units=int(record.received_base_units or "0"),
+        decimals=record.decimals,
+        tx_hash=record.tx_hash,
+        subscription_id=record.subscription_id,
+        revision_ms=int(record.updated_at.timestamp() * 1000),
+    )
 
 
 def _transfer(row: CryptoTransferRow) -> TransferRecord:

@@ -10,6 +10,8 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from entitlements.observability.tracing import instrument_engine
+
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "IMMEDIATE",
@@ -78,9 +80,13 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(parsed, **kwargs)
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
-        return engine
-    connect_args = {"timeout": _POSTGRES_CONNECT_TIMEOUT_S, **kwargs.pop("connect_args", {})}
-    return create_async_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    else:
+        connect_args = {"timeout": _POSTGRES_CONNECT_TIMEOUT_S, **kwargs.pop("connect_args", {})}
+        engine = create_async_engine(
+            parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs
+        )
+    instrument_engine(engine)  # spans for writes when tracing is on; nothing otherwise
+    return engine
 
 
 def is_postgres(engine: AsyncEngine) -> bool:

@@ -38,6 +38,7 @@ __all__ = [
     "Base",
     "EntitlementChange",
     "EventDelivery",
+    "ManualInvoice",
     "OutboxEvent",
     "OverrideAudit",
     "Subscription",
@@ -143,6 +144,10 @@ class Subscription(Base):
     ended_at: Mapped[datetime | None]
     trial_end: Mapped[datetime | None]
     past_due_since: Mapped[datetime | None]
+    #: A manual subscription's contract price per interval, in minor units of `currency`
+    #: (None for Stripe and crypto subscriptions: they are billed at the catalog's prices).
+    price_cents: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None]
     #: The upstream object's own time (e.g. Stripe's event `created`), to refuse older updates.
     source_updated_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -212,10 +217,13 @@ class OverrideAudit(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(index=True)
-    actor: Mapped[str]
+    actor: Mapped[str] = mapped_column(index=True)
     action: Mapped[str]
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    #: The caller's idempotency key for the change (AdminService's manual subscriptions): a
+    #: retry finds the first change's entry instead of changing again.
+    request_id: Mapped[str | None] = mapped_column(index=True, unique=True)
 
 
 class WebhookEvent(Base):
@@ -319,6 +327,25 @@ class PaidInvoice(Base):
     currency: Mapped[str]
     payment_method: Mapped[str]
     paid_at: Mapped[datetime] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ManualInvoice(Base):
+    """An invoice of a manual (sales-led) subscription an admin recorded as paid: a revenue fact
+    of payment method `manual`. `reference` (the sales system's invoice number) is unique, so
+    the same invoice is never counted twice."""
+
+    __tablename__ = "manual_invoices"
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    reference: Mapped[str] = mapped_column(unique=True)
+    account_id: Mapped[str] = mapped_column(index=True)
+    subscription_id: Mapped[str] = mapped_column(index=True)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str]
+    paid_at: Mapped[datetime] = mapped_column(index=True)
+    recorded_by: Mapped[str]
+    reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 __all__ = [
     "ENDED_STATUSES",
@@ -13,6 +13,7 @@ __all__ = [
     "SUBSCRIPTION_INTERVALS",
     "SUBSCRIPTION_STATUSES",
     "AccountSnapshot",
+    "AuditRecord",
     "OverrideKind",
     "OverrideRecord",
     "PaymentMethod",
@@ -73,6 +74,10 @@ class SubscriptionRecord:
     ended_at: datetime | None = None
     trial_end: datetime | None = None
     past_due_since: datetime | None = None
+    #: A manual subscription's contract price per interval (minor units of `currency`, lower
+    #: case ISO 4217); None for subscriptions billed at the catalog's prices.
+    price_cents: int | None = None
+    currency: str | None = None
     source_updated_at: datetime | None = None
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
@@ -119,6 +124,24 @@ class OverrideRecord:
             other.value,
             other.expires_at,
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """One entry of the audit log (`override_audit`): who changed what, when, and why.
+
+    Written in the same transaction as the change it records; a store that bumps the account's
+    revision adds it to `details` as "revision". `id` is set on the entries read back.
+    """
+
+    account_id: str
+    actor: str
+    action: str
+    details: dict[str, Any] = field(default_factory=dict)
+    #: The caller's idempotency key: unique, so a retried change finds its first entry.
+    request_id: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    id: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -15,8 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from entitlements.errors import AlreadyExists, InvalidArgument
+from entitlements.events.transitions import subscription_events
 from entitlements.store.change_feed import notify_change
 from entitlements.store.engine import DEFAULT_DATABASE_URL, IMMEDIATE, create_engine
+from entitlements.store.events_repository import append_event
 from entitlements.store.failures import translate_errors
 from entitlements.store.models import (
     Account,
@@ -28,6 +30,7 @@ from entitlements.store.models import (
 from entitlements.store.records import (
     ENDED_STATUSES,
     AccountSnapshot,
+    AuditRecord,
     OverrideKind,
     OverrideRecord,
     PaymentMethod,
@@ -63,6 +66,10 @@ class Store(Sessions):
     tasks. Methods return frozen records, never ORM objects, and raise
     `entitlements.errors.Unavailable` when the database cannot be reached.
     """
+
+    #: The grace a past_due subscription keeps its plan for, as `subscription.past_due`
+    #: events report it (`grace_ends_at`); the server sets it from its settings.
+    past_due_grace: timedelta = timedelta(days=7)
 
     @classmethod
     def open(cls, url: str = DEFAULT_DATABASE_URL) -> Store:
@@ -127,19 +134,30 @@ class Store(Sessions):
                     )
         return snapshots
 
-    async def save_subscription(self, record: SubscriptionRecord) -> int:
+    async def save_subscription(
+        self, record: SubscriptionRecord, *, audit: AuditRecord | None = None
+    ) -> int:
         """Insert the subscription or update it by id, and bump its account's revision (creating
-        the account if needed) in the same transaction; return the new revision.
+        the account if needed) in the same transaction; return the new revision. `audit`, when
+        given (an admin's change), is written in that transaction too, with the revision.
 
         On update `created_at` keeps its stored value; `updated_at` is always the store's clock.
         Raises AlreadyExists if the id belongs to another account or the Stripe subscription id
         to another subscription.
+
+        Writes the `subscription.*` events of the change in the same transaction (manual
+        subscriptions, crypto activations and revocations come through here).
         """
+        now = utcnow()
         values = {name: getattr(record, name) for name in _SUBSCRIPTION_COLUMNS}
-        values["updated_at"] = utcnow()
+        values["updated_at"] = now
         try:
             async with self._transaction(write=True) as session:
+                # The bump locks the account row first: saves of one account take turns, so
+                # the row read below is the one this save replaces.
                 revision = await self._bump_revision(session, record.account_id)
+                row = await session.get(Subscription, record.id, with_for_update=True)
+                old = _subscription_record(row) if row is not None else None
                 insert = self._insert(Subscription).values(values)
                 upsert = insert.on_conflict_do_update(
                     index_elements=[Subscription.id],
@@ -151,10 +169,23 @@ class Store(Sessions):
                         f"subscription {record.id!r} belongs to another account than "
                         f"{record.account_id!r}"
                     )
+                for event in subscription_events(
+                    old,
+                    record,
+                    ref=f"r{revision}",
+                    past_due_grace=self.past_due_grace,
+                    now=now,
+                ):
+                    await append_event(session, event)
+                if audit is not None:
+                    session.add(audit_row(audit, revision=revision))
         except IntegrityError as error:
+            also = (
+                f" or audit request_id {audit.request_id!r}" if audit and audit.request_id else ""
+            )
             raise AlreadyExists(
                 f"subscription {record.id!r} conflicts with a stored one "
-                f"(stripe_subscription_id {record.stripe_subscription_id!r})"
+                f"(stripe_subscription_id {record.stripe_subscription_id!r}{also})"
             ) from error
         return revision
 
@@ -356,9 +387,26 @@ def _subscription_record(row: Subscription) -> SubscriptionRecord:
         ended_at=row.ended_at,
         trial_end=row.trial_end,
         past_due_since=row.past_due_since,
+        price_cents=row.price_cents,
+        currency=row.currency,
         source_updated_at=row.source_updated_at,
         created_at=row.created_at,
         updated_at=row.updated_at,
+    )
+
+
+def audit_row(record: AuditRecord, *, revision: int | None = None) -> OverrideAudit:
+    """The `override_audit` row of an entry (with the account's new revision in its details)."""
+    details = dict(record.details)
+    if revision is not None:
+        details["revision"] = revision
+    return OverrideAudit(
+        account_id=record.account_id,
+        actor=record.actor,
+        action=record.action,
+        details=details,
+        request_id=record.request_id,
+        created_at=record.created_at,
     )
 
 

@@ -9,6 +9,8 @@ from typing import Any, cast
 from sqlalchemy import Select, and_, delete, or_, select, update
 
 from entitlements.errors import FailedPrecondition, NotFound
+from entitlements.events.transitions import token_access_changed
+from entitlements.store.events_repository import append_event
 from entitlements.store.models import (
     TokenAccessGrant,
     TokenRequirement,
@@ -266,17 +268,21 @@ class TokenGateStore(Sessions):
         *,
         now: datetime | None = None,
     ) -> bool | None:
-        """Store the decision; return the previous one (None if there was none). The row is
-        locked while read (PostgreSQL; SQLite writes one at a time), so of two checks finding
-        the same change at once (the transfer listener and the sweep, two replicas) one
-        sees it as a change: watchers hear it once."""
+        """Store the decision; return the previous one (None if there was none).
+
+        A decision that turns a stored one (granted to revoked or back) writes its
+        `token_access.*` event in the same transaction. The stored row is read locked, so
+        replicas re-verifying the same access at once turn it, and report it, once.
+        """
         now = now or utcnow()
         wallets = sorted(set(wallet_addresses))
         key = ",".join(wallets)
         async with self._transaction(write=True) as session:
-            previous = (
+            stored = (
                 await session.execute(
-                    select(TokenAccessGrant.granted)
+                    select(
+                        TokenAccessGrant.id, TokenAccessGrant.granted, TokenAccessGrant.changed_at
+                    )
                     .where(
                         TokenAccessGrant.channel_id == channel_id,
                         TokenAccessGrant.user_id == user_id,
@@ -284,7 +290,8 @@ class TokenGateStore(Sessions):
                     )
                     .with_for_update()
                 )
-            ).scalar_one_or_none()
+            ).one_or_none()
+            previous = None if stored is None else bool(stored.granted)
             insert = self._insert(TokenAccessGrant).values(
                 channel_id=channel_id,
                 user_id=user_id,
@@ -307,6 +314,19 @@ class TokenGateStore(Sessions):
                     set_=set_,
                 )
             )
+            if stored is not None and previous != granted:
+                await append_event(
+                    session,
+                    token_access_changed(
+                        channel_id=channel_id,
+                        user_id=user_id,
+                        wallet_addresses=wallets,
+                        granted=granted,
+                        grant_id=stored.id,
+                        since_ms=int(stored.changed_at.timestamp() * 1000),
+                        now=now,
+                    ),
+                )
         return previous
 
     async def granted_accesses(

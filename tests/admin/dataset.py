@@ -199,6 +199,7 @@ FAILED = [
     FailedPaymentFact("in_pd_out", "a-pd-out", 7500, "usd", days(-10)),
     FailedPaymentFact("in_pd_out", "a-pd-out", 7500, "usd", days(-5)),  # same invoice, again
     FailedPaymentFact("in_old", "a-canceled", 2500, "usd", days(-45)),  # before the window
+    FailedPaymentFact("in_eur", "a-eur", 700, "eur", days(-2)),  # apart from the USD figures
 ]
 
 # The figures, worked out by hand.

@@ -119,6 +119,9 @@ def test_a_replaced_subscription_is_not_churn() -> None:
 def test_failed_payments_count_each_invoice_once_within_the_window() -> None:
     m = metrics()
     assert (m.failed_payments.count, m.failed_payments.amount_cents) == (2, 800 + 7500)
+    assert [(c.currency, c.payments, c.amount_minor) for c in m.failed_other_currencies] == [
+        ("eur", 1, 700)
+    ]
 
 
 def test_upcoming_renewals_skip_cancelling_crypto_and_far_renewals() -> None:

@@ -31,6 +31,7 @@ async def test_report_prints_the_figures_and_a_plan_bar_chart(sqlite_store: Stor
     starter = next(line for line in lines if line.startswith("  starter "))
     assert pro.count("█") == 30 and 0 < starter.count("█") < 30
     assert "Not in the USD figures: 1 payments in EUR (700 minor units)" in lines
+    assert "Not in the USD failed payments: 1 failed in EUR (700 minor units)" in lines
     as_json = json.loads(await report(settings, as_of=d.NOW, as_json=True))
     assert as_json["mrr_cents"] == d.EXPECTED_MRR
 

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 import pytest
 
 from entitlements.admin.charts import money
+from entitlements.observability.metrics import HTTP_REQUESTS
 from tests.admin import dataset as d
 from tests.observability.conftest import Ops
 
@@ -45,7 +46,10 @@ async def test_admin_page_needs_an_admin_token(ops: Ops) -> None:
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     # Self-contained: nothing is loaded from a network, no script runs.
     assert "<svg" in body
-    assert "<script" not in body and "src=" not in body and "<link" not in body
+    assert "<script" not in body and "src=" not in body
+    assert re.findall(r"<link [^>]*>", body) == [
+        re.search(r'<link rel="icon" href="data:[^"]*">', body)[0]
+    ]
 
 
 async def test_admin_page_shows_the_figures_and_two_charts(ops: Ops) -> None:
@@ -56,10 +60,33 @@ async def test_admin_page_shows_the_figures_and_two_charts(ops: Ops) -> None:
     assert f'data-metric="total_revenue">{money(d.EXPECTED_TOTAL)}<' in html
     assert f'data-metric="active_subscriptions">{d.EXPECTED_ACTIVE}<' in html
     assert 'data-metric="churn_rate">25.0%<' in html
+    # Money in other currencies is listed apart: payments, and failed payments.
+    assert re.search(r'id="other_currencies">Not in the USD figures: 1 in EUR \(700 ', html)
+    assert re.search(
+        r'id="failed_other_currencies">Not in the USD failed payments: 1 failed in EUR \(700 ', html
+    )
     assert html.count("<svg") == 2
     assert re.findall(r'data-label="(\w+)" data-value="(\d+)"', html)[:5] == [
         (plan, str(n)) for plan, n in d.EXPECTED_PLANS
     ]
+
+
+def _not_found() -> float:
+    """HTTP requests the shim answered 404, so far (this process's servers)."""
+    return sum(
+        sample.value
+        for metric in HTTP_REQUESTS.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels.get("status") == "404"
+    )
+
+
+async def test_the_favicon_is_served_and_named_by_the_page(ops: Ops) -> None:
+    status, body, headers = await ops.get("/favicon.ico")
+    assert status == 200 and headers["Content-Type"].startswith("image/svg+xml")
+    assert body.startswith("<svg")
+    status, html, _ = await ops.get(page_url(ops, token=OPS_TOKEN).removeprefix(ops.base))
+    assert status == 200 and '<link rel="icon" href="data:image/svg+xml,' in html
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -105,7 +132,10 @@ async def test_admin_page_renders_in_headless_chromium(ops: Ops, tmp_path: Path)
     await d.load_into(ops.running.deps.store)
     url = page_url(ops, token=OPS_TOKEN)
     screenshot = Path(os.environ.get("ENTITLEMENTS_SCREENSHOT_DIR", tmp_path)) / "admin.png"
+    missing = _not_found()
     await _chromium(tmp_path, f"--screenshot={screenshot}", url)
+    # Nothing the browser asked for was missing (a favicon 404 is a console error).
+    assert _not_found() == missing
     data = screenshot.read_bytes()
     assert len(data) > 20_000, "the screenshot is nearly empty"
     assert _png_size(data) == (1280, 900)

@@ -37,24 +37,114 @@ interface EventBase<T extends string, D> {
   data: D;
 }
 
-/** The catalogue's other types (payloads in docs/events.md). */
-export type OtherEventType =
-  | "subscription.activated"
-  | "subscription.changed"
-  | "subscription.canceled"
-  | "subscription.past_due"
-  | "payment.failed"
-  | "crypto_payment.confirmed"
-  | "crypto_payment.underpaid"
-  | "crypto_payment.reversed"
-  | "token_access.granted"
-  | "token_access.revoked";
+/** `subscription.activated`: a subscription started granting `plan_id`. */
+export interface SubscriptionActivatedData {
+  subscription_id: string;
+  plan_id: string;
+  interval: "month" | "year";
+  payment_method: "card" | "crypto" | "manual";
+  status: "active" | "trialing";
+  current_period_end: string | null;
+}
+
+/** `subscription.changed`: another plan or interval. */
+export interface SubscriptionChangedData {
+  subscription_id: string;
+  plan_id: string;
+  previous_plan_id: string;
+  interval: "month" | "year";
+  previous_interval: "month" | "year";
+  payment_method: "card" | "crypto" | "manual";
+}
+
+/** `subscription.canceled`: ended (`ended_at` set) or set to end at the period's end. */
+export interface SubscriptionCanceledData {
+  subscription_id: string;
+  plan_id: string;
+  payment_method: "card" | "crypto" | "manual";
+  status: string;
+  cancel_at_period_end: boolean;
+  current_period_end: string | null;
+  ended_at: string | null;
+}
+
+/** `subscription.past_due`: a renewal payment failed; the plan is kept until `grace_ends_at`. */
+export interface SubscriptionPastDueData {
+  subscription_id: string;
+  plan_id: string;
+  payment_method: "card" | "crypto" | "manual";
+  past_due_since: string;
+  grace_ends_at: string;
+}
+
+/** `payment.failed`: a Stripe invoice payment attempt failed (`next_attempt_at` null: no retry). */
+export interface PaymentFailedData {
+  subscription_id: string | null;
+  invoice_id: string;
+  amount_cents: number;
+  currency: string;
+  attempt_count: number;
+  next_attempt_at: string | null;
+}
+
+/** `crypto_payment.confirmed`: paid (`status` confirmed or overpaid); amounts are decimal strings. */
+export interface CryptoPaymentConfirmedData {
+  payment_id: string;
+  plan_id: string;
+  interval: "month" | "year";
+  network: string;
+  currency: string;
+  amount: string;
+  received: string;
+  status: "confirmed" | "overpaid";
+  tx_hash: string | null;
+}
+
+/** `crypto_payment.underpaid`: `received` is short of `amount` (decimal strings). */
+export interface CryptoPaymentUnderpaidData {
+  payment_id: string;
+  network: string;
+  currency: string;
+  amount: string;
+  received: string;
+  tx_hash: string | null;
+}
+
+/** `crypto_payment.reversed`: a reorg removed the transfer of a confirmed payment. */
+export interface CryptoPaymentReversedData {
+  payment_id: string;
+  network: string;
+  tx_hash: string | null;
+  subscription_id: string | null;
+  status: string;
+}
+
+/** `token_access.granted` / `token_access.revoked`: a stored channel access decision turned. */
+export interface TokenAccessData {
+  channel_id: string;
+  user_id: string;
+  wallet_addresses: string[];
+}
 
 /** Any event; narrow on `type` for a typed `data`. */
 export type EntitlementsEvent =
   | EventBase<"usage.threshold_crossed", ThresholdCrossedData>
   | EventBase<"subscription.renewal_upcoming", RenewalUpcomingData>
-  | EventBase<OtherEventType, Record<string, unknown>>;
+  | EventBase<"subscription.activated", SubscriptionActivatedData>
+  | EventBase<"subscription.changed", SubscriptionChangedData>
+  | EventBase<"subscription.canceled", SubscriptionCanceledData>
+  | EventBase<"subscription.past_due", SubscriptionPastDueData>
+  | EventBase<"payment.failed", PaymentFailedData>
+  | EventBase<"crypto_payment.confirmed", CryptoPaymentConfirmedData>
+  | EventBase<"crypto_payment.underpaid", CryptoPaymentUnderpaidData>
+  | EventBase<"crypto_payment.reversed", CryptoPaymentReversedData>
+  | EventBase<"token_access.granted" | "token_access.revoked", TokenAccessData>;
+
+/** The types other than the first two (kept for callers that named them; all are typed now). */
+export type OtherEventType = Exclude<
+  EntitlementsEvent["type"],
+  "usage.threshold_crossed" | "subscription.renewal_upcoming"
+>;
 
 export interface VerifyOptions {
   /** A timestamp further than this from now is refused (default 300 s). */
@@ -124,6 +214,7 @@ export function verifyEvent(
     type: parsed.type,
     account_id: parsed.account_id,
     timestamp: new Date(parsed.timestamp),
-    data: parsed.data as Record<string, unknown>,
-  } as EntitlementsEvent;
+    // The service writes each type's documented payload; the type names which one.
+    data: parsed.data,
+  } as unknown as EntitlementsEvent;
 }

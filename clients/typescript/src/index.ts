@@ -29,11 +29,20 @@ export * from "./gen/nchat/entitlements/v1/usage_service_pb.js";
 export type { AnswerSource, FeatureCheck, LimitCheck, LocalState, MinimumPlanCheck } from "./answers.js";
 export { judgeLimit, PlanCatalog } from "./catalog.js";
 export {
+  type CryptoPaymentConfirmedData,
+  type CryptoPaymentReversedData,
+  type CryptoPaymentUnderpaidData,
   type EntitlementsEvent,
   EventVerificationError,
   type OtherEventType,
+  type PaymentFailedData,
   type RenewalUpcomingData,
+  type SubscriptionActivatedData,
+  type SubscriptionCanceledData,
+  type SubscriptionChangedData,
+  type SubscriptionPastDueData,
   type ThresholdCrossedData,
+  type TokenAccessData,
   verifyEvent,
   type VerifyOptions,
 } from "./events.js";

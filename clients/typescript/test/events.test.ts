@@ -1,6 +1,7 @@
 // verifyEvent against a vector signed by the reference implementation (the `standardwebhooks`
 // PyPI package, over the body the service sends), and refusals of anything altered.
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { test } from "node:test";
 
 import { EventVerificationError, verifyEvent } from "../src/index.js";
@@ -34,4 +35,21 @@ test("an altered body, another secret, an old timestamp or a missing header is r
   for (const [body, headers, secret, now] of cases) {
     assert.throws(() => verifyEvent(body, headers, secret, { now }), EventVerificationError);
   }
+});
+
+test("each type narrows to its documented payload", () => {
+  const body = JSON.stringify({
+    account_id: "ws-1",
+    data: { amount_cents: 2500, attempt_count: 1, currency: "usd", invoice_id: "in_1", next_attempt_at: null, subscription_id: "sub_1" },
+    id: "evt_payment",
+    timestamp: "2026-11-28T12:00:00.000+00:00",
+    type: "payment.failed",
+  });
+  const stamp = Math.floor(Date.now() / 1000);
+  const key = Buffer.from(SECRET.slice("whsec_".length), "base64");
+  const signature = createHmac("sha256", key).update(`evt_payment.${stamp}.${body}`).digest("base64");
+  const event = verifyEvent(body, { "webhook-id": "evt_payment", "webhook-timestamp": String(stamp), "webhook-signature": `v1,${signature}` }, SECRET);
+  if (event.type !== "payment.failed") assert.fail(event.type);
+  const cents: number = event.data.amount_cents;
+  assert.deepEqual([cents, event.data.currency, event.data.next_attempt_at], [2500, "usd", null]);
 });

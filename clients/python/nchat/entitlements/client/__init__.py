@@ -14,6 +14,17 @@ from __future__ import annotations
 import contextlib as _contextlib
 
 from nchat.entitlements.client._async import AsyncEntitlementsClient
+from nchat.entitlements.client._event_payloads import (
+    CryptoPaymentConfirmed,
+    CryptoPaymentReversed,
+    CryptoPaymentUnderpaid,
+    PaymentFailed,
+    SubscriptionActivated,
+    SubscriptionCanceled,
+    SubscriptionChanged,
+    SubscriptionPastDue,
+    TokenAccessChanged,
+)
 from nchat.entitlements.client._events import (
     Event,
     EventVerificationError,
@@ -77,6 +88,9 @@ __all__ = [
     "AsyncUsageReporter",
     "BufferFull",
     "ClientOptions",
+    "CryptoPaymentConfirmed",
+    "CryptoPaymentReversed",
+    "CryptoPaymentUnderpaid",
     "DeadlineExceeded",
     "Entitlements",
     "EntitlementsClient",
@@ -96,6 +110,7 @@ __all__ = [
     "MinimumPlanCheck",
     "NotFound",
     "Overloaded",
+    "PaymentFailed",
     "PermissionDenied",
     "Plan",
     "PlanCatalog",
@@ -105,8 +120,13 @@ __all__ = [
     "ReporterError",
     "RetryPolicy",
     "ServerError",
+    "SubscriptionActivated",
+    "SubscriptionCanceled",
+    "SubscriptionChanged",
+    "SubscriptionPastDue",
     "SubscriptionStatus",
     "ThresholdCrossed",
+    "TokenAccessChanged",
     "Unauthenticated",
     "Unavailable",
     "UndeliveredUsage",

@@ -22,63 +22,92 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from nchat.entitlements.v1 import event_delivery_pb2 as nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2
 from nchat.entitlements.v1 import plan_pb2 as nchat_dot_entitlements_dot_v1_dot_plan__pb2
 from nchat.entitlements.v1 import subscription_pb2 as nchat_dot_entitlements_dot_v1_dot_subscription__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)nchat/entitlements/v1/admin_service.proto\x12\x15nchat.entitlements.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a*nchat/entitlements/v1/event_delivery.proto\x1a nchat/entitlements/v1/plan.proto\x1a(nchat/entitlements/v1/subscription.proto\"`\n\x18GetRevenueMetricsRequest\x12\x19\n\x11\x63hurn_window_days\x18\x01 \x01(\x05\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\tPlanCount\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x9b\x01\n\x14PaymentMethodRevenue\x12<\n\x0epayment_method\x18\x01 \x01(\x0e\x32$.nchat.entitlements.v1.PaymentMethod\x12\x15\n\rrevenue_cents\x18\x02 \x01(\x03\x12\x10\n\x08payments\x18\x03 \x01(\x03\x12\x1c\n\x14\x61\x63tive_subscriptions\x18\x04 \x01(\x03\"5\n\x0e\x46\x61iledPayments\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\"{\n\x0fUpcomingRenewal\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12-\n\trenews_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\"\xca\x03\n\x19GetRevenueMetricsResponse\x12\x1b\n\x13total_revenue_cents\x18\x01 \x01(\x03\x12\x11\n\tmrr_cents\x18\x02 \x01(\x03\x12\x11\n\tarr_cents\x18\x03 \x01(\x03\x12\x1c\n\x14\x61\x63tive_subscriptions\x18\x04 \x01(\x03\x12\x12\n\nchurn_rate\x18\x05 \x01(\x01\x12;\n\x11plan_distribution\x18\x06 \x03(\x0b\x32 .nchat.entitlements.v1.PlanCount\x12M\n\x18payment_method_breakdown\x18\x07 \x03(\x0b\x32+.nchat.entitlements.v1.PaymentMethodRevenue\x12>\n\x0f\x66\x61iled_payments\x18\x08 \x01(\x0b\x32%.nchat.entitlements.v1.FailedPayments\x12\x41\n\x11upcoming_renewals\x18\t \x03(\x0b\x32&.nchat.entitlements.v1.UpcomingRenewal\x12)\n\x05\x61s_of\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x01\n\x18ListSubscriptionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x39\n\x06status\x18\x03 \x01(\x0e\x32).nchat.entitlements.v1.SubscriptionStatus\x12\x0f\n\x07plan_id\x18\x04 \x01(\t\"p\n\x19ListSubscriptionsResponse\x12:\n\rsubscriptions\x18\x01 \x03(\x0b\x32#.nchat.entitlements.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\rLimitOverride\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\tunlimited\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x03\"\xd0\x01\n\x10\x41\x63\x63ountOverrides\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x34\n\x06limits\x18\x02 \x03(\x0b\x32$.nchat.entitlements.v1.LimitOverride\x12\x18\n\x10granted_features\x18\x03 \x03(\t\x12\x18\n\x10revoked_features\x18\x04 \x03(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\"X\n\x1aSetAccountOverridesRequest\x12:\n\toverrides\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.AccountOverrides\"k\n\x1bSetAccountOverridesResponse\x12:\n\toverrides\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.AccountOverrides\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\xaa\x02\n\x0f\x46undsResolution\x12<\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32,.nchat.entitlements.v1.FundsResolutionAction\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0f\n\x07plan_id\x18\x03 \x01(\t\x12\x38\n\x08interval\x18\x04 \x01(\x0e\x32&.nchat.entitlements.v1.BillingInterval\x12\x12\n\npayment_id\x18\x05 \x01(\t\x12\x16\n\x0erefund_tx_hash\x18\x06 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12/\n\x0bresolved_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcf\x03\n\x0eUnsettledFunds\x12\n\n\x02id\x18\x01 \x01(\t\x12\x37\n\x04kind\x18\x02 \x01(\x0e\x32).nchat.entitlements.v1.UnsettledFundsKind\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x17\n\x0freceived_amount\x18\x05 \x01(\t\x12\x1b\n\x13received_base_units\x18\x06 \x01(\t\x12\x17\n\x0f\x65xpected_amount\x18\x07 \x01(\t\x12\x14\n\x0c\x65xcess_cents\x18\x08 \x01(\x03\x12\x12\n\npayment_id\x18\t \x01(\t\x12\x12\n\naccount_id\x18\n \x01(\t\x12\x0f\n\x07plan_id\x18\x0b \x01(\t\x12\x0f\n\x07tx_hash\x18\x0c \x01(\t\x12\x14\n\x0c\x66rom_address\x18\r \x01(\t\x12\x14\n\x0c\x62lock_number\x18\x0e \x01(\x03\x12\x0e\n\x06reason\x18\x0f \x01(\t\x12.\n\ncreated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\nresolution\x18\x11 \x01(\x0b\x32&.nchat.entitlements.v1.FundsResolution\"\xba\x01\n\x19ListUnsettledFundsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x37\n\x04kind\x18\x03 \x01(\x0e\x32).nchat.entitlements.v1.UnsettledFundsKind\x12\x0f\n\x07network\x18\x04 \x01(\t\x12\x12\n\naccount_id\x18\x05 \x01(\t\x12\x18\n\x10include_resolved\x18\x06 \x01(\x08\"k\n\x1aListUnsettledFundsResponse\x12\x34\n\x05\x66unds\x18\x01 \x03(\x0b\x32%.nchat.entitlements.v1.UnsettledFunds\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"l\n\x0b\x43reditFunds\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12\x38\n\x08interval\x18\x03 \x01(\x0e\x32&.nchat.entitlements.v1.BillingInterval\"\x1e\n\x0bRefundFunds\x12\x0f\n\x07tx_hash\x18\x01 \x01(\t\"\xb0\x01\n\x1cResolveUnsettledFundsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x34\n\x06\x63redit\x18\x02 \x01(\x0b\x32\".nchat.entitlements.v1.CreditFundsH\x00\x12\x34\n\x06refund\x18\x03 \x01(\x0b\x32\".nchat.entitlements.v1.RefundFundsH\x00\x12\x0e\n\x06reason\x18\x04 \x01(\tB\x08\n\x06\x61\x63tion\"g\n\x1dResolveUnsettledFundsResponse\x12\x34\n\x05\x66unds\x18\x01 \x01(\x0b\x32%.nchat.entitlements.v1.UnsettledFunds\x12\x10\n\x08revision\x18\x02 \x01(\x03*\xbe\x02\n\x12UnsettledFundsKind\x12$\n UNSETTLED_FUNDS_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eUNSETTLED_FUNDS_KIND_UNDERPAID\x10\x01\x12!\n\x1dUNSETTLED_FUNDS_KIND_OVERPAID\x10\x02\x12\"\n\x1eUNSETTLED_FUNDS_KIND_PAID_LATE\x10\x03\x12\'\n#UNSETTLED_FUNDS_KIND_WRONG_CURRENCY\x10\x04\x12$\n UNSETTLED_FUNDS_KIND_WRONG_PAYER\x10\x05\x12\"\n\x1eUNSETTLED_FUNDS_KIND_UNMATCHED\x10\x06\x12$\n UNSETTLED_FUNDS_KIND_UNSUPPORTED\x10\x07*\x8c\x01\n\x15\x46undsResolutionAction\x12\'\n#FUNDS_RESOLUTION_ACTION_UNSPECIFIED\x10\x00\x12$\n FUNDS_RESOLUTION_ACTION_CREDITED\x10\x01\x12$\n FUNDS_RESOLUTION_ACTION_REFUNDED\x10\x02\x32\xdb\x07\n\x0c\x41\x64minService\x12v\n\x11GetRevenueMetrics\x12/.nchat.entitlements.v1.GetRevenueMetricsRequest\x1a\x30.nchat.entitlements.v1.GetRevenueMetricsResponse\x12v\n\x11ListSubscriptions\x12/.nchat.entitlements.v1.ListSubscriptionsRequest\x1a\x30.nchat.entitlements.v1.ListSubscriptionsResponse\x12|\n\x13SetAccountOverrides\x12\x31.nchat.entitlements.v1.SetAccountOverridesRequest\x1a\x32.nchat.entitlements.v1.SetAccountOverridesResponse\x12y\n\x12ListUnsettledFunds\x12\x30.nchat.entitlements.v1.ListUnsettledFundsRequest\x1a\x31.nchat.entitlements.v1.ListUnsettledFundsResponse\x12\x82\x01\n\x15ResolveUnsettledFunds\x12\x33.nchat.entitlements.v1.ResolveUnsettledFundsRequest\x1a\x34.nchat.entitlements.v1.ResolveUnsettledFundsResponse\x12|\n\x13ListEventDeliveries\x12\x31.nchat.entitlements.v1.ListEventDeliveriesRequest\x1a\x32.nchat.entitlements.v1.ListEventDeliveriesResponse\x12\x64\n\x0bReplayEvent\x12).nchat.entitlements.v1.ReplayEventRequest\x1a*.nchat.entitlements.v1.ReplayEventResponse\x12y\n\x12ReplayFailedEvents\x12\x30.nchat.entitlements.v1.ReplayFailedEventsRequest\x1a\x31.nchat.entitlements.v1.ReplayFailedEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)nchat/entitlements/v1/admin_service.proto\x12\x15nchat.entitlements.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a*nchat/entitlements/v1/event_delivery.proto\x1a nchat/entitlements/v1/plan.proto\x1a(nchat/entitlements/v1/subscription.proto\"`\n\x18GetRevenueMetricsRequest\x12\x19\n\x11\x63hurn_window_days\x18\x01 \x01(\x05\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\tPlanCount\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x9b\x01\n\x14PaymentMethodRevenue\x12<\n\x0epayment_method\x18\x01 \x01(\x0e\x32$.nchat.entitlements.v1.PaymentMethod\x12\x15\n\rrevenue_cents\x18\x02 \x01(\x03\x12\x10\n\x08payments\x18\x03 \x01(\x03\x12\x1c\n\x14\x61\x63tive_subscriptions\x18\x04 \x01(\x03\"5\n\x0e\x46\x61iledPayments\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\"{\n\x0fUpcomingRenewal\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12-\n\trenews_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\"\xca\x03\n\x19GetRevenueMetricsResponse\x12\x1b\n\x13total_revenue_cents\x18\x01 \x01(\x03\x12\x11\n\tmrr_cents\x18\x02 \x01(\x03\x12\x11\n\tarr_cents\x18\x03 \x01(\x03\x12\x1c\n\x14\x61\x63tive_subscriptions\x18\x04 \x01(\x03\x12\x12\n\nchurn_rate\x18\x05 \x01(\x01\x12;\n\x11plan_distribution\x18\x06 \x03(\x0b\x32 .nchat.entitlements.v1.PlanCount\x12M\n\x18payment_method_breakdown\x18\x07 \x03(\x0b\x32+.nchat.entitlements.v1.PaymentMethodRevenue\x12>\n\x0f\x66\x61iled_payments\x18\x08 \x01(\x0b\x32%.nchat.entitlements.v1.FailedPayments\x12\x41\n\x11upcoming_renewals\x18\t \x03(\x0b\x32&.nchat.entitlements.v1.UpcomingRenewal\x12)\n\x05\x61s_of\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x01\n\x18ListSubscriptionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x39\n\x06status\x18\x03 \x01(\x0e\x32).nchat.entitlements.v1.SubscriptionStatus\x12\x0f\n\x07plan_id\x18\x04 \x01(\t\"p\n\x19ListSubscriptionsResponse\x12:\n\rsubscriptions\x18\x01 \x03(\x0b\x32#.nchat.entitlements.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\rLimitOverride\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\tunlimited\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x03\"\xd0\x01\n\x10\x41\x63\x63ountOverrides\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x34\n\x06limits\x18\x02 \x03(\x0b\x32$.nchat.entitlements.v1.LimitOverride\x12\x18\n\x10granted_features\x18\x03 \x03(\t\x12\x18\n\x10revoked_features\x18\x04 \x03(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\"X\n\x1aSetAccountOverridesRequest\x12:\n\toverrides\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.AccountOverrides\"k\n\x1bSetAccountOverridesResponse\x12:\n\toverrides\x18\x01 \x01(\x0b\x32\'.nchat.entitlements.v1.AccountOverrides\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\xaa\x02\n\x0f\x46undsResolution\x12<\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32,.nchat.entitlements.v1.FundsResolutionAction\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0f\n\x07plan_id\x18\x03 \x01(\t\x12\x38\n\x08interval\x18\x04 \x01(\x0e\x32&.nchat.entitlements.v1.BillingInterval\x12\x12\n\npayment_id\x18\x05 \x01(\t\x12\x16\n\x0erefund_tx_hash\x18\x06 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12/\n\x0bresolved_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcf\x03\n\x0eUnsettledFunds\x12\n\n\x02id\x18\x01 \x01(\t\x12\x37\n\x04kind\x18\x02 \x01(\x0e\x32).nchat.entitlements.v1.UnsettledFundsKind\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x17\n\x0freceived_amount\x18\x05 \x01(\t\x12\x1b\n\x13received_base_units\x18\x06 \x01(\t\x12\x17\n\x0f\x65xpected_amount\x18\x07 \x01(\t\x12\x14\n\x0c\x65xcess_cents\x18\x08 \x01(\x03\x12\x12\n\npayment_id\x18\t \x01(\t\x12\x12\n\naccount_id\x18\n \x01(\t\x12\x0f\n\x07plan_id\x18\x0b \x01(\t\x12\x0f\n\x07tx_hash\x18\x0c \x01(\t\x12\x14\n\x0c\x66rom_address\x18\r \x01(\t\x12\x14\n\x0c\x62lock_number\x18\x0e \x01(\x03\x12\x0e\n\x06reason\x18\x0f \x01(\t\x12.\n\ncreated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\nresolution\x18\x11 \x01(\x0b\x32&.nchat.entitlements.v1.FundsResolution\"\xba\x01\n\x19ListUnsettledFundsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x37\n\x04kind\x18\x03 \x01(\x0e\x32).nchat.entitlements.v1.UnsettledFundsKind\x12\x0f\n\x07network\x18\x04 \x01(\t\x12\x12\n\naccount_id\x18\x05 \x01(\t\x12\x18\n\x10include_resolved\x18\x06 \x01(\x08\"k\n\x1aListUnsettledFundsResponse\x12\x34\n\x05\x66unds\x18\x01 \x03(\x0b\x32%.nchat.entitlements.v1.UnsettledFunds\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"l\n\x0b\x43reditFunds\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12\x38\n\x08interval\x18\x03 \x01(\x0e\x32&.nchat.entitlements.v1.BillingInterval\"\x1e\n\x0bRefundFunds\x12\x0f\n\x07tx_hash\x18\x01 \x01(\t\"\xb0\x01\n\x1cResolveUnsettledFundsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x34\n\x06\x63redit\x18\x02 \x01(\x0b\x32\".nchat.entitlements.v1.CreditFundsH\x00\x12\x34\n\x06refund\x18\x03 \x01(\x0b\x32\".nchat.entitlements.v1.RefundFundsH\x00\x12\x0e\n\x06reason\x18\x04 \x01(\tB\x08\n\x06\x61\x63tion\"g\n\x1dResolveUnsettledFundsResponse\x12\x34\n\x05\x66unds\x18\x01 \x01(\x0b\x32%.nchat.entitlements.v1.UnsettledFunds\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\xe9\x01\n\x17ManualSubscriptionTerms\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x13\n\x0bprice_cents\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x38\n\x08interval\x18\x04 \x01(\x0e\x32&.nchat.entitlements.v1.BillingInterval\x12.\n\nterm_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08term_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\x12ManualSubscription\x12\x39\n\x0csubscription\x18\x01 \x01(\x0b\x32#.nchat.entitlements.v1.Subscription\x12\x13\n\x0bprice_cents\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\x98\x01\n\x1f\x43reateManualSubscriptionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12=\n\x05terms\x18\x03 \x01(\x0b\x32..nchat.entitlements.v1.ManualSubscriptionTerms\x12\x0e\n\x06reason\x18\x04 \x01(\t\"u\n CreateManualSubscriptionResponse\x12?\n\x0csubscription\x18\x01 \x01(\x0b\x32).nchat.entitlements.v1.ManualSubscription\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x9d\x01\n\x1fUpdateManualSubscriptionRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12=\n\x05terms\x18\x02 \x01(\x0b\x32..nchat.entitlements.v1.ManualSubscriptionTerms\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"u\n UpdateManualSubscriptionResponse\x12?\n\x0csubscription\x18\x01 \x01(\x0b\x32).nchat.entitlements.v1.ManualSubscription\x12\x10\n\x08revision\x18\x02 \x01(\x03\"[\n\x1c\x45ndManualSubscriptionRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"r\n\x1d\x45ndManualSubscriptionResponse\x12?\n\x0csubscription\x18\x01 \x01(\x0b\x32).nchat.entitlements.v1.ManualSubscription\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\xf6\x01\n\rManualInvoice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x11\n\treference\x18\x06 \x01(\t\x12+\n\x07paid_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0brecorded_by\x18\x08 \x01(\t\x12/\n\x0brecorded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xad\x01\n\x1aRecordManualInvoiceRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x11\n\treference\x18\x04 \x01(\t\x12+\n\x07paid_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\"n\n\x1bRecordManualInvoiceResponse\x12\x35\n\x07invoice\x18\x01 \x01(\x0b\x32$.nchat.entitlements.v1.ManualInvoice\x12\x18\n\x10\x61lready_recorded\x18\x02 \x01(\x08\"\xb5\x01\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc9\x01\n\x17ListAuditEntriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x18ListAuditEntriesResponse\x12\x32\n\x07\x65ntries\x18\x01 \x03(\x0b\x32!.nchat.entitlements.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xbe\x02\n\x12UnsettledFundsKind\x12$\n UNSETTLED_FUNDS_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eUNSETTLED_FUNDS_KIND_UNDERPAID\x10\x01\x12!\n\x1dUNSETTLED_FUNDS_KIND_OVERPAID\x10\x02\x12\"\n\x1eUNSETTLED_FUNDS_KIND_PAID_LATE\x10\x03\x12\'\n#UNSETTLED_FUNDS_KIND_WRONG_CURRENCY\x10\x04\x12$\n UNSETTLED_FUNDS_KIND_WRONG_PAYER\x10\x05\x12\"\n\x1eUNSETTLED_FUNDS_KIND_UNMATCHED\x10\x06\x12$\n UNSETTLED_FUNDS_KIND_UNSUPPORTED\x10\x07*\x8c\x01\n\x15\x46undsResolutionAction\x12\'\n#FUNDS_RESOLUTION_ACTION_UNSPECIFIED\x10\x00\x12$\n FUNDS_RESOLUTION_ACTION_CREDITED\x10\x01\x12$\n FUNDS_RESOLUTION_ACTION_REFUNDED\x10\x02\x32\xef\x0c\n\x0c\x41\x64minService\x12v\n\x11GetRevenueMetrics\x12/.nchat.entitlements.v1.GetRevenueMetricsRequest\x1a\x30.nchat.entitlements.v1.GetRevenueMetricsResponse\x12v\n\x11ListSubscriptions\x12/.nchat.entitlements.v1.ListSubscriptionsRequest\x1a\x30.nchat.entitlements.v1.ListSubscriptionsResponse\x12|\n\x13SetAccountOverrides\x12\x31.nchat.entitlements.v1.SetAccountOverridesRequest\x1a\x32.nchat.entitlements.v1.SetAccountOverridesResponse\x12y\n\x12ListUnsettledFunds\x12\x30.nchat.entitlements.v1.ListUnsettledFundsRequest\x1a\x31.nchat.entitlements.v1.ListUnsettledFundsResponse\x12\x82\x01\n\x15ResolveUnsettledFunds\x12\x33.nchat.entitlements.v1.ResolveUnsettledFundsRequest\x1a\x34.nchat.entitlements.v1.ResolveUnsettledFundsResponse\x12|\n\x13ListEventDeliveries\x12\x31.nchat.entitlements.v1.ListEventDeliveriesRequest\x1a\x32.nchat.entitlements.v1.ListEventDeliveriesResponse\x12\x64\n\x0bReplayEvent\x12).nchat.entitlements.v1.ReplayEventRequest\x1a*.nchat.entitlements.v1.ReplayEventResponse\x12y\n\x12ReplayFailedEvents\x12\x30.nchat.entitlements.v1.ReplayFailedEventsRequest\x1a\x31.nchat.entitlements.v1.ReplayFailedEventsResponse\x12\x8b\x01\n\x18\x43reateManualSubscription\x12\x36.nchat.entitlements.v1.CreateManualSubscriptionRequest\x1a\x37.nchat.entitlements.v1.CreateManualSubscriptionResponse\x12\x8b\x01\n\x18UpdateManualSubscription\x12\x36.nchat.entitlements.v1.UpdateManualSubscriptionRequest\x1a\x37.nchat.entitlements.v1.UpdateManualSubscriptionResponse\x12\x82\x01\n\x15\x45ndManualSubscription\x12\x33.nchat.entitlements.v1.EndManualSubscriptionRequest\x1a\x34.nchat.entitlements.v1.EndManualSubscriptionResponse\x12|\n\x13RecordManualInvoice\x12\x31.nchat.entitlements.v1.RecordManualInvoiceRequest\x1a\x32.nchat.entitlements.v1.RecordManualInvoiceResponse\x12s\n\x10ListAuditEntries\x12..nchat.entitlements.v1.ListAuditEntriesRequest\x1a/.nchat.entitlements.v1.ListAuditEntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nchat.entitlements.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UNSETTLEDFUNDSKIND']._serialized_start=3387
-  _globals['_UNSETTLEDFUNDSKIND']._serialized_end=3705
-  _globals['_FUNDSRESOLUTIONACTION']._serialized_start=3708
-  _globals['_FUNDSRESOLUTIONACTION']._serialized_end=3848
-  _globals['_GETREVENUEMETRICSREQUEST']._serialized_start=221
-  _globals['_GETREVENUEMETRICSREQUEST']._serialized_end=317
-  _globals['_PLANCOUNT']._serialized_start=319
-  _globals['_PLANCOUNT']._serialized_end=362
-  _globals['_PAYMENTMETHODREVENUE']._serialized_start=365
-  _globals['_PAYMENTMETHODREVENUE']._serialized_end=520
-  _globals['_FAILEDPAYMENTS']._serialized_start=522
-  _globals['_FAILEDPAYMENTS']._serialized_end=575
-  _globals['_UPCOMINGRENEWAL']._serialized_start=577
-  _globals['_UPCOMINGRENEWAL']._serialized_end=700
-  _globals['_GETREVENUEMETRICSRESPONSE']._serialized_start=703
-  _globals['_GETREVENUEMETRICSRESPONSE']._serialized_end=1161
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1164
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1305
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=1307
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=1419
-  _globals['_LIMITOVERRIDE']._serialized_start=1421
-  _globals['_LIMITOVERRIDE']._serialized_end=1483
-  _globals['_ACCOUNTOVERRIDES']._serialized_start=1486
-  _globals['_ACCOUNTOVERRIDES']._serialized_end=1694
-  _globals['_SETACCOUNTOVERRIDESREQUEST']._serialized_start=1696
-  _globals['_SETACCOUNTOVERRIDESREQUEST']._serialized_end=1784
-  _globals['_SETACCOUNTOVERRIDESRESPONSE']._serialized_start=1786
-  _globals['_SETACCOUNTOVERRIDESRESPONSE']._serialized_end=1893
-  _globals['_FUNDSRESOLUTION']._serialized_start=1896
-  _globals['_FUNDSRESOLUTION']._serialized_end=2194
-  _globals['_UNSETTLEDFUNDS']._serialized_start=2197
-  _globals['_UNSETTLEDFUNDS']._serialized_end=2660
-  _globals['_LISTUNSETTLEDFUNDSREQUEST']._serialized_start=2663
-  _globals['_LISTUNSETTLEDFUNDSREQUEST']._serialized_end=2849
-  _globals['_LISTUNSETTLEDFUNDSRESPONSE']._serialized_start=2851
-  _globals['_LISTUNSETTLEDFUNDSRESPONSE']._serialized_end=2958
-  _globals['_CREDITFUNDS']._serialized_start=2960
-  _globals['_CREDITFUNDS']._serialized_end=3068
-  _globals['_REFUNDFUNDS']._serialized_start=3070
-  _globals['_REFUNDFUNDS']._serialized_end=3100
-  _globals['_RESOLVEUNSETTLEDFUNDSREQUEST']._serialized_start=3103
-  _globals['_RESOLVEUNSETTLEDFUNDSREQUEST']._serialized_end=3279
-  _globals['_RESOLVEUNSETTLEDFUNDSRESPONSE']._serialized_start=3281
-  _globals['_RESOLVEUNSETTLEDFUNDSRESPONSE']._serialized_end=3384
-  _globals['_ADMINSERVICE']._serialized_start=3851
-  _globals['_ADMINSERVICE']._serialized_end=4838
+  _globals['_UNSETTLEDFUNDSKIND']._serialized_start=5565
+  _globals['_UNSETTLEDFUNDSKIND']._serialized_end=5883
+  _globals['_FUNDSRESOLUTIONACTION']._serialized_start=5886
+  _globals['_FUNDSRESOLUTIONACTION']._serialized_end=6026
+  _globals['_GETREVENUEMETRICSREQUEST']._serialized_start=251
+  _globals['_GETREVENUEMETRICSREQUEST']._serialized_end=347
+  _globals['_PLANCOUNT']._serialized_start=349
+  _globals['_PLANCOUNT']._serialized_end=392
+  _globals['_PAYMENTMETHODREVENUE']._serialized_start=395
+  _globals['_PAYMENTMETHODREVENUE']._serialized_end=550
+  _globals['_FAILEDPAYMENTS']._serialized_start=552
+  _globals['_FAILEDPAYMENTS']._serialized_end=605
+  _globals['_UPCOMINGRENEWAL']._serialized_start=607
+  _globals['_UPCOMINGRENEWAL']._serialized_end=730
+  _globals['_GETREVENUEMETRICSRESPONSE']._serialized_start=733
+  _globals['_GETREVENUEMETRICSRESPONSE']._serialized_end=1191
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1194
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1335
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=1337
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=1449
+  _globals['_LIMITOVERRIDE']._serialized_start=1451
+  _globals['_LIMITOVERRIDE']._serialized_end=1513
+  _globals['_ACCOUNTOVERRIDES']._serialized_start=1516
+  _globals['_ACCOUNTOVERRIDES']._serialized_end=1724
+  _globals['_SETACCOUNTOVERRIDESREQUEST']._serialized_start=1726
+  _globals['_SETACCOUNTOVERRIDESREQUEST']._serialized_end=1814
+  _globals['_SETACCOUNTOVERRIDESRESPONSE']._serialized_start=1816
+  _globals['_SETACCOUNTOVERRIDESRESPONSE']._serialized_end=1923
+  _globals['_FUNDSRESOLUTION']._serialized_start=1926
+  _globals['_FUNDSRESOLUTION']._serialized_end=2224
+  _globals['_UNSETTLEDFUNDS']._serialized_start=2227
+  _globals['_UNSETTLEDFUNDS']._serialized_end=2690
+  _globals['_LISTUNSETTLEDFUNDSREQUEST']._serialized_start=2693
+  _globals['_LISTUNSETTLEDFUNDSREQUEST']._serialized_end=2879
+  _globals['_LISTUNSETTLEDFUNDSRESPONSE']._serialized_start=2881
+  _globals['_LISTUNSETTLEDFUNDSRESPONSE']._serialized_end=2988
+  _globals['_CREDITFUNDS']._serialized_start=2990
+  _globals['_CREDITFUNDS']._serialized_end=3098
+  _globals['_REFUNDFUNDS']._serialized_start=3100
+  _globals['_REFUNDFUNDS']._serialized_end=3130
+  _globals['_RESOLVEUNSETTLEDFUNDSREQUEST']._serialized_start=3133
+  _globals['_RESOLVEUNSETTLEDFUNDSREQUEST']._serialized_end=3309
+  _globals['_RESOLVEUNSETTLEDFUNDSRESPONSE']._serialized_start=3311
+  _globals['_RESOLVEUNSETTLEDFUNDSRESPONSE']._serialized_end=3414
+  _globals['_MANUALSUBSCRIPTIONTERMS']._serialized_start=3417
+  _globals['_MANUALSUBSCRIPTIONTERMS']._serialized_end=3650
+  _globals['_MANUALSUBSCRIPTION']._serialized_start=3652
+  _globals['_MANUALSUBSCRIPTION']._serialized_end=3770
+  _globals['_CREATEMANUALSUBSCRIPTIONREQUEST']._serialized_start=3773
+  _globals['_CREATEMANUALSUBSCRIPTIONREQUEST']._serialized_end=3925
+  _globals['_CREATEMANUALSUBSCRIPTIONRESPONSE']._serialized_start=3927
+  _globals['_CREATEMANUALSUBSCRIPTIONRESPONSE']._serialized_end=4044
+  _globals['_UPDATEMANUALSUBSCRIPTIONREQUEST']._serialized_start=4047
+  _globals['_UPDATEMANUALSUBSCRIPTIONREQUEST']._serialized_end=4204
+  _globals['_UPDATEMANUALSUBSCRIPTIONRESPONSE']._serialized_start=4206
+  _globals['_UPDATEMANUALSUBSCRIPTIONRESPONSE']._serialized_end=4323
+  _globals['_ENDMANUALSUBSCRIPTIONREQUEST']._serialized_start=4325
+  _globals['_ENDMANUALSUBSCRIPTIONREQUEST']._serialized_end=4416
+  _globals['_ENDMANUALSUBSCRIPTIONRESPONSE']._serialized_start=4418
+  _globals['_ENDMANUALSUBSCRIPTIONRESPONSE']._serialized_end=4532
+  _globals['_MANUALINVOICE']._serialized_start=4535
+  _globals['_MANUALINVOICE']._serialized_end=4781
+  _globals['_RECORDMANUALINVOICEREQUEST']._serialized_start=4784
+  _globals['_RECORDMANUALINVOICEREQUEST']._serialized_end=4957
+  _globals['_RECORDMANUALINVOICERESPONSE']._serialized_start=4959
+  _globals['_RECORDMANUALINVOICERESPONSE']._serialized_end=5069
+  _globals['_AUDITENTRY']._serialized_start=5072
+  _globals['_AUDITENTRY']._serialized_end=5253
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_start=5256
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_end=5457
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_start=5459
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_end=5562
+  _globals['_ADMINSERVICE']._serialized_start=6029
+  _globals['_ADMINSERVICE']._serialized_end=7676
 # @@protoc_insertion_point(module_scope)

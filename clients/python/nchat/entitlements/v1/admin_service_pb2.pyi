@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -259,7 +260,10 @@ class GetRevenueMetricsResponse(_message.Message):
     total_revenue_cents: _builtins.int
     """All revenue ever received, in US cents."""
     mrr_cents: _builtins.int
-    """Monthly recurring revenue: active subscriptions normalised to a month (yearly / 12)."""
+    """Monthly recurring revenue: active subscriptions normalised to a month (yearly / 12), at
+    their plan's list price, or a manual subscription's contract price (contracts priced in
+    another currency are left out: see docs/admin.md).
+    """
     arr_cents: _builtins.int
     """Annual recurring revenue, 12 x MRR."""
     active_subscriptions: _builtins.int
@@ -272,7 +276,7 @@ class GetRevenueMetricsResponse(_message.Message):
 
     @_builtins.property
     def payment_method_breakdown(self) -> _containers.RepeatedCompositeFieldContainer[Global___PaymentMethodRevenue]:
-        """Revenue by payment method (card, crypto)."""
+        """Revenue by payment method (card, crypto, and manual when there is any)."""
 
     @_builtins.property
     def failed_payments(self) -> Global___FailedPayments:
@@ -837,3 +841,536 @@ class ResolveUnsettledFundsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveUnsettledFundsResponse: _TypeAlias = ResolveUnsettledFundsResponse  # noqa: Y015
+
+@_typing.final
+class ManualSubscriptionTerms(_message.Message):
+    """ManualSubscriptionTerms are the terms of a sales-led contract."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    PRICE_CENTS_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    TERM_START_FIELD_NUMBER: _builtins.int
+    TERM_END_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.str
+    """The plan ("enterprise", or any paid plan of the catalog). Required on create."""
+    price_cents: _builtins.int
+    """The price of one interval, in minor units of `currency` (cents); more than zero. Required on
+    create; zero on update keeps the price.
+    """
+    currency: _builtins.str
+    """ISO 4217 code ("usd", "eur"; any case, stored lower case); "usd" when empty on create."""
+    interval: _plan_pb2.BillingInterval.ValueType
+    """The billing interval (month or year). Required on create."""
+    @_builtins.property
+    def term_start(self) -> _timestamp_pb2.Timestamp:
+        """The term's start; now when unset on create. Not in the future."""
+
+    @_builtins.property
+    def term_end(self) -> _timestamp_pb2.Timestamp:
+        """The term's end: the plan stops at this time (a manual subscription never renews by itself).
+        Unset: until ended with EndManualSubscription. After `term_start` and in the future.
+        """
+
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.str = ...,
+        price_cents: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        interval: _plan_pb2.BillingInterval.ValueType = ...,
+        term_start: _timestamp_pb2.Timestamp | None = ...,
+        term_end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["term_end", b"term_end", "term_start", b"term_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "interval", b"interval", "plan_id", b"plan_id", "price_cents", b"price_cents", "term_end", b"term_end", "term_start", b"term_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManualSubscriptionTerms: _TypeAlias = ManualSubscriptionTerms  # noqa: Y015
+
+@_typing.final
+class ManualSubscription(_message.Message):
+    """ManualSubscription is a manual subscription with its terms."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    PRICE_CENTS_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    price_cents: _builtins.int
+    """Its price and currency per interval, in minor units."""
+    currency: _builtins.str
+    """Its currency, lower case ISO 4217."""
+    @_builtins.property
+    def subscription(self) -> _subscription_pb2.Subscription:
+        """The subscription as every listing shows it (payment method MANUAL)."""
+
+    def __init__(
+        self,
+        *,
+        subscription: _subscription_pb2.Subscription | None = ...,
+        price_cents: _builtins.int = ...,
+        currency: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "price_cents", b"price_cents", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManualSubscription: _TypeAlias = ManualSubscription  # noqa: Y015
+
+@_typing.final
+class CreateManualSubscriptionRequest(_message.Message):
+    """CreateManualSubscriptionRequest starts a manual subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """A key unique per intended subscription (e.g. the contract's id); a retry with the same key
+    and the same fields answers the first call, with other fields ALREADY_EXISTS. Required.
+    """
+    account_id: _builtins.str
+    """The billing account. Required."""
+    reason: _builtins.str
+    """Why (kept in the audit log); at most 2000 characters."""
+    @_builtins.property
+    def terms(self) -> Global___ManualSubscriptionTerms:
+        """The contract's terms."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        terms: Global___ManualSubscriptionTerms | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["terms", b"terms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "reason", b"reason", "request_id", b"request_id", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateManualSubscriptionRequest: _TypeAlias = CreateManualSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class CreateManualSubscriptionResponse(_message.Message):
+    """CreateManualSubscriptionResponse is the subscription created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The account's entitlement revision after the change."""
+    @_builtins.property
+    def subscription(self) -> Global___ManualSubscription:
+        """The subscription and its terms."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___ManualSubscription | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateManualSubscriptionResponse: _TypeAlias = CreateManualSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class UpdateManualSubscriptionRequest(_message.Message):
+    """UpdateManualSubscriptionRequest changes a manual subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """The subscription's id. Required."""
+    reason: _builtins.str
+    """Why (kept in the audit log); at most 2000 characters."""
+    request_id: _builtins.str
+    """Optional: a retry with the same key and fields answers the first call."""
+    @_builtins.property
+    def terms(self) -> Global___ManualSubscriptionTerms:
+        """The new terms; empty fields (zero price, unspecified interval, unset times) keep their value."""
+
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        terms: Global___ManualSubscriptionTerms | None = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["terms", b"terms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "request_id", b"request_id", "subscription_id", b"subscription_id", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateManualSubscriptionRequest: _TypeAlias = UpdateManualSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class UpdateManualSubscriptionResponse(_message.Message):
+    """UpdateManualSubscriptionResponse is the subscription as changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The account's entitlement revision after the change."""
+    @_builtins.property
+    def subscription(self) -> Global___ManualSubscription:
+        """The subscription and its terms."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___ManualSubscription | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateManualSubscriptionResponse: _TypeAlias = UpdateManualSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class EndManualSubscriptionRequest(_message.Message):
+    """EndManualSubscriptionRequest ends a manual subscription now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """The subscription's id. Required."""
+    reason: _builtins.str
+    """Why (kept in the audit log); at most 2000 characters."""
+    request_id: _builtins.str
+    """Optional: a retry with the same key answers the first call."""
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "request_id", b"request_id", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndManualSubscriptionRequest: _TypeAlias = EndManualSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class EndManualSubscriptionResponse(_message.Message):
+    """EndManualSubscriptionResponse is the subscription as ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The account's entitlement revision after the change."""
+    @_builtins.property
+    def subscription(self) -> Global___ManualSubscription:
+        """The subscription (status CANCELED) and its terms."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___ManualSubscription | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndManualSubscriptionResponse: _TypeAlias = EndManualSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class ManualInvoice(_message.Message):
+    """ManualInvoice is an invoice of a manual subscription, paid."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    PAID_AT_FIELD_NUMBER: _builtins.int
+    RECORDED_BY_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The invoice's id in this service ("mi_...")."""
+    account_id: _builtins.str
+    """The billing account (the subscription's)."""
+    subscription_id: _builtins.str
+    """The manual subscription it bills."""
+    amount_cents: _builtins.int
+    """The amount paid, in minor units of `currency`."""
+    currency: _builtins.str
+    """Lower case ISO 4217."""
+    reference: _builtins.str
+    """The invoice's reference in the sales system (unique)."""
+    recorded_by: _builtins.str
+    """The admin caller who recorded it."""
+    @_builtins.property
+    def paid_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was paid."""
+
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was recorded."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+        amount_cents: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        paid_at: _timestamp_pb2.Timestamp | None = ...,
+        recorded_by: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["paid_at", b"paid_at", "recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_cents", b"amount_cents", "currency", b"currency", "id", b"id", "paid_at", b"paid_at", "recorded_at", b"recorded_at", "recorded_by", b"recorded_by", "reference", b"reference", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManualInvoice: _TypeAlias = ManualInvoice  # noqa: Y015
+
+@_typing.final
+class RecordManualInvoiceRequest(_message.Message):
+    """RecordManualInvoiceRequest records a paid invoice."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    PAID_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """The manual subscription the invoice bills. Required."""
+    amount_cents: _builtins.int
+    """The amount paid, in minor units of `currency`; more than zero."""
+    currency: _builtins.str
+    """ISO 4217 code; "usd" when empty."""
+    reference: _builtins.str
+    """The invoice's reference (its number in the sales system), at most 200 characters. Required,
+    and the idempotency key: the same reference with the same fields answers the first record,
+    with other fields ALREADY_EXISTS.
+    """
+    reason: _builtins.str
+    """Why or how (kept in the audit log); at most 2000 characters."""
+    @_builtins.property
+    def paid_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was paid; now when unset. Not in the future."""
+
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        amount_cents: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        paid_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["paid_at", b"paid_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "currency", b"currency", "paid_at", b"paid_at", "reason", b"reason", "reference", b"reference", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordManualInvoiceRequest: _TypeAlias = RecordManualInvoiceRequest  # noqa: Y015
+
+@_typing.final
+class RecordManualInvoiceResponse(_message.Message):
+    """RecordManualInvoiceResponse is the invoice as recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_FIELD_NUMBER: _builtins.int
+    ALREADY_RECORDED_FIELD_NUMBER: _builtins.int
+    already_recorded: _builtins.bool
+    """True when the reference was already recorded (this call changed nothing)."""
+    @_builtins.property
+    def invoice(self) -> Global___ManualInvoice:
+        """The invoice."""
+
+    def __init__(
+        self,
+        *,
+        invoice: Global___ManualInvoice | None = ...,
+        already_recorded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_recorded", b"already_recorded", "invoice", b"invoice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordManualInvoiceResponse: _TypeAlias = RecordManualInvoiceResponse  # noqa: Y015
+
+@_typing.final
+class AuditEntry(_message.Message):
+    """AuditEntry is one change an admin made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The entry's id (grows with time)."""
+    account_id: _builtins.str
+    """The account changed (empty for an unmatched transfer refunded)."""
+    actor: _builtins.str
+    """The admin caller (the token's caller name; "dev" in dev mode)."""
+    action: _builtins.str
+    """What was done: "set_overrides", "resolve_crypto_funds", "create_manual_subscription",
+    "update_manual_subscription", "end_manual_subscription", "record_manual_invoice".
+    """
+    reason: _builtins.str
+    """The reason the admin gave."""
+    @_builtins.property
+    def details(self) -> _struct_pb2.Struct:
+        """The change's details as recorded (old and new values, ids, amounts)."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        account_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        details: _struct_pb2.Struct | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "details", b"details"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "action", b"action", "actor", b"actor", "created_at", b"created_at", "details", b"details", "id", b"id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
+class ListAuditEntriesRequest(_message.Message):
+    """ListAuditEntriesRequest is a page request with filters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many entries (default 50, at most 500)."""
+    page_token: _builtins.str
+    """A `next_page_token` from an earlier call with the same filters."""
+    account_id: _builtins.str
+    """Only entries of this account."""
+    actor: _builtins.str
+    """Only entries by this actor."""
+    action: _builtins.str
+    """Only entries of this action (one of AuditEntry.action's values)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only entries at or after this time."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Only entries before this time."""
+
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "action", b"action", "actor", b"actor", "page_size", b"page_size", "page_token", b"page_token", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEntriesRequest: _TypeAlias = ListAuditEntriesRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditEntriesResponse(_message.Message):
+    """ListAuditEntriesResponse is a page of entries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty on the last."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]:
+        """The entries, newest first."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AuditEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEntriesResponse: _TypeAlias = ListAuditEntriesResponse  # noqa: Y015

@@ -77,6 +77,31 @@ class AdminServiceStub:
                 request_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsRequest.SerializeToString,
                 response_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsResponse.FromString,
                 _registered_method=True)
+        self.CreateManualSubscription = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/CreateManualSubscription',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.CreateManualSubscriptionRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.CreateManualSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.UpdateManualSubscription = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/UpdateManualSubscription',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.UpdateManualSubscriptionRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.UpdateManualSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.EndManualSubscription = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/EndManualSubscription',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.EndManualSubscriptionRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.EndManualSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.RecordManualInvoice = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/RecordManualInvoice',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.RecordManualInvoiceRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.RecordManualInvoiceResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEntries = channel.unary_unary(
+                '/nchat.entitlements.v1.AdminService/ListAuditEntries',
+                request_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -145,6 +170,49 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateManualSubscription(self, request, context):
+        """CreateManualSubscription records a sales-led subscription (payment method MANUAL): a plan at
+        a custom price and currency per interval, for a term. It drives the account's entitlements
+        like any subscription and counts in the revenue metrics. Audited; a retry with the same
+        `request_id` answers the first call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateManualSubscription(self, request, context):
+        """UpdateManualSubscription changes a manual subscription's plan, price, currency, interval or
+        term (fields left empty keep their value). Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndManualSubscription(self, request, context):
+        """EndManualSubscription ends a manual subscription now: the account goes back to the free plan
+        (or to its other subscription's plan). Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordManualInvoice(self, request, context):
+        """RecordManualInvoice records an invoice of a manual subscription as paid (money received by
+        bank transfer or cheque): a revenue fact of payment method MANUAL. The `reference` is unique:
+        recording it again answers the first record and never counts the money twice. Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEntries(self, request, context):
+        """ListAuditEntries pages through the audit log (override changes, manual subscriptions and
+        invoices, resolved crypto funds), newest first, filtered by account, actor, action and time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +255,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReplayFailedEvents,
                     request_deserializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsRequest.FromString,
                     response_serializer=nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsResponse.SerializeToString,
+            ),
+            'CreateManualSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateManualSubscription,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.CreateManualSubscriptionRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.CreateManualSubscriptionResponse.SerializeToString,
+            ),
+            'UpdateManualSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateManualSubscription,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.UpdateManualSubscriptionRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.UpdateManualSubscriptionResponse.SerializeToString,
+            ),
+            'EndManualSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndManualSubscription,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.EndManualSubscriptionRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.EndManualSubscriptionResponse.SerializeToString,
+            ),
+            'RecordManualInvoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordManualInvoice,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.RecordManualInvoiceRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.RecordManualInvoiceResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +500,141 @@ class AdminService:
             '/nchat.entitlements.v1.AdminService/ReplayFailedEvents',
             nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsRequest.SerializeToString,
             nchat_dot_entitlements_dot_v1_dot_event__delivery__pb2.ReplayFailedEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateManualSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/CreateManualSubscription',
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.CreateManualSubscriptionRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.CreateManualSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateManualSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/UpdateManualSubscription',
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.UpdateManualSubscriptionRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.UpdateManualSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndManualSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/EndManualSubscription',
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.EndManualSubscriptionRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.EndManualSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordManualInvoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/RecordManualInvoice',
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.RecordManualInvoiceRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.RecordManualInvoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nchat.entitlements.v1.AdminService/ListAuditEntries',
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
+            nchat_dot_entitlements_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,29 @@ class AdminServiceStub:
     """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown)."""
     ReplayFailedEvents: _grpc.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayFailedEventsRequest, _event_delivery_pb2.ReplayFailedEventsResponse]
     """ReplayFailedEvents sends every failed delivery of an endpoint again."""
+    CreateManualSubscription: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateManualSubscriptionRequest, _admin_service_pb2.CreateManualSubscriptionResponse]
+    """CreateManualSubscription records a sales-led subscription (payment method MANUAL): a plan at
+    a custom price and currency per interval, for a term. It drives the account's entitlements
+    like any subscription and counts in the revenue metrics. Audited; a retry with the same
+    `request_id` answers the first call.
+    """
+    UpdateManualSubscription: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateManualSubscriptionRequest, _admin_service_pb2.UpdateManualSubscriptionResponse]
+    """UpdateManualSubscription changes a manual subscription's plan, price, currency, interval or
+    term (fields left empty keep their value). Audited.
+    """
+    EndManualSubscription: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.EndManualSubscriptionRequest, _admin_service_pb2.EndManualSubscriptionResponse]
+    """EndManualSubscription ends a manual subscription now: the account goes back to the free plan
+    (or to its other subscription's plan). Audited.
+    """
+    RecordManualInvoice: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RecordManualInvoiceRequest, _admin_service_pb2.RecordManualInvoiceResponse]
+    """RecordManualInvoice records an invoice of a manual subscription as paid (money received by
+    bank transfer or cheque): a revenue fact of payment method MANUAL. The `reference` is unique:
+    recording it again answers the first record and never counts the money twice. Audited.
+    """
+    ListAuditEntries: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEntriesRequest, _admin_service_pb2.ListAuditEntriesResponse]
+    """ListAuditEntries pages through the audit log (override changes, manual subscriptions and
+    invoices, resolved crypto funds), newest first, filtered by account, actor, action and time.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -92,6 +115,29 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """ReplayEvent sends an event again to every endpoint it went to (NOT_FOUND if unknown)."""
     ReplayFailedEvents: _aio.UnaryUnaryMultiCallable[_event_delivery_pb2.ReplayFailedEventsRequest, _event_delivery_pb2.ReplayFailedEventsResponse]  # type: ignore[assignment]
     """ReplayFailedEvents sends every failed delivery of an endpoint again."""
+    CreateManualSubscription: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateManualSubscriptionRequest, _admin_service_pb2.CreateManualSubscriptionResponse]  # type: ignore[assignment]
+    """CreateManualSubscription records a sales-led subscription (payment method MANUAL): a plan at
+    a custom price and currency per interval, for a term. It drives the account's entitlements
+    like any subscription and counts in the revenue metrics. Audited; a retry with the same
+    `request_id` answers the first call.
+    """
+    UpdateManualSubscription: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateManualSubscriptionRequest, _admin_service_pb2.UpdateManualSubscriptionResponse]  # type: ignore[assignment]
+    """UpdateManualSubscription changes a manual subscription's plan, price, currency, interval or
+    term (fields left empty keep their value). Audited.
+    """
+    EndManualSubscription: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.EndManualSubscriptionRequest, _admin_service_pb2.EndManualSubscriptionResponse]  # type: ignore[assignment]
+    """EndManualSubscription ends a manual subscription now: the account goes back to the free plan
+    (or to its other subscription's plan). Audited.
+    """
+    RecordManualInvoice: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RecordManualInvoiceRequest, _admin_service_pb2.RecordManualInvoiceResponse]  # type: ignore[assignment]
+    """RecordManualInvoice records an invoice of a manual subscription as paid (money received by
+    bank transfer or cheque): a revenue fact of payment method MANUAL. The `reference` is unique:
+    recording it again answers the first record and never counts the money twice. Audited.
+    """
+    ListAuditEntries: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEntriesRequest, _admin_service_pb2.ListAuditEntriesResponse]  # type: ignore[assignment]
+    """ListAuditEntries pages through the audit log (override changes, manual subscriptions and
+    invoices, resolved crypto funds), newest first, filtered by account, actor, action and time.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService gives operators revenue analytics, per-account overrides and the crypto money
@@ -169,5 +215,58 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_event_delivery_pb2.ReplayFailedEventsResponse, _abc.Awaitable[_event_delivery_pb2.ReplayFailedEventsResponse]]:
         """ReplayFailedEvents sends every failed delivery of an endpoint again."""
+
+    @_abc_1.abstractmethod
+    def CreateManualSubscription(
+        self,
+        request: _admin_service_pb2.CreateManualSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.CreateManualSubscriptionResponse, _abc.Awaitable[_admin_service_pb2.CreateManualSubscriptionResponse]]:
+        """CreateManualSubscription records a sales-led subscription (payment method MANUAL): a plan at
+        a custom price and currency per interval, for a term. It drives the account's entitlements
+        like any subscription and counts in the revenue metrics. Audited; a retry with the same
+        `request_id` answers the first call.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateManualSubscription(
+        self,
+        request: _admin_service_pb2.UpdateManualSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.UpdateManualSubscriptionResponse, _abc.Awaitable[_admin_service_pb2.UpdateManualSubscriptionResponse]]:
+        """UpdateManualSubscription changes a manual subscription's plan, price, currency, interval or
+        term (fields left empty keep their value). Audited.
+        """
+
+    @_abc_1.abstractmethod
+    def EndManualSubscription(
+        self,
+        request: _admin_service_pb2.EndManualSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.EndManualSubscriptionResponse, _abc.Awaitable[_admin_service_pb2.EndManualSubscriptionResponse]]:
+        """EndManualSubscription ends a manual subscription now: the account goes back to the free plan
+        (or to its other subscription's plan). Audited.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordManualInvoice(
+        self,
+        request: _admin_service_pb2.RecordManualInvoiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.RecordManualInvoiceResponse, _abc.Awaitable[_admin_service_pb2.RecordManualInvoiceResponse]]:
+        """RecordManualInvoice records an invoice of a manual subscription as paid (money received by
+        bank transfer or cheque): a revenue fact of payment method MANUAL. The `reference` is unique:
+        recording it again answers the first record and never counts the money twice. Audited.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEntries(
+        self,
+        request: _admin_service_pb2.ListAuditEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListAuditEntriesResponse, _abc.Awaitable[_admin_service_pb2.ListAuditEntriesResponse]]:
+        """ListAuditEntries pages through the audit log (override changes, manual subscriptions and
+        invoices, resolved crypto funds), newest first, filtered by account, actor, action and time.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

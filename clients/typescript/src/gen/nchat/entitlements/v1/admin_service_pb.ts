@@ -5,20 +5,20 @@
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { ListEventDeliveriesRequestSchema, ListEventDeliveriesResponseSchema, ReplayEventRequestSchema, ReplayEventResponseSchema, ReplayFailedEventsRequestSchema, ReplayFailedEventsResponseSchema } from "./event_delivery_pb.js";
 import { file_nchat_entitlements_v1_event_delivery } from "./event_delivery_pb.js";
 import type { BillingInterval } from "./plan_pb.js";
 import { file_nchat_entitlements_v1_plan } from "./plan_pb.js";
 import type { PaymentMethod, Subscription, SubscriptionStatus } from "./subscription_pb.js";
 import { file_nchat_entitlements_v1_subscription } from "./subscription_pb.js";
-import type { Message } from "@bufbuild/protobuf";
+import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file nchat/entitlements/v1/admin_service.proto.
  */
 export const file_nchat_entitlements_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiluY2hhdC9lbnRpdGxlbWVudHMvdjEvYWRtaW5fc2VydmljZS5wcm90bxIVbmNoYXQuZW50aXRsZW1lbnRzLnYxImAKGEdldFJldmVudWVNZXRyaWNzUmVxdWVzdBIZChFjaHVybl93aW5kb3dfZGF5cxgBIAEoBRIpCgVhc19vZhgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKwoJUGxhbkNvdW50Eg8KB3BsYW5faWQYASABKAkSDQoFY291bnQYAiABKAMimwEKFFBheW1lbnRNZXRob2RSZXZlbnVlEjwKDnBheW1lbnRfbWV0aG9kGAEgASgOMiQubmNoYXQuZW50aXRsZW1lbnRzLnYxLlBheW1lbnRNZXRob2QSFQoNcmV2ZW51ZV9jZW50cxgCIAEoAxIQCghwYXltZW50cxgDIAEoAxIcChRhY3RpdmVfc3Vic2NyaXB0aW9ucxgEIAEoAyI1Cg5GYWlsZWRQYXltZW50cxINCgVjb3VudBgBIAEoAxIUCgxhbW91bnRfY2VudHMYAiABKAMiewoPVXBjb21pbmdSZW5ld2FsEhIKCmFjY291bnRfaWQYASABKAkSDwoHcGxhbl9pZBgCIAEoCRItCglyZW5ld3NfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGFtb3VudF9jZW50cxgEIAEoAyLKAwoZR2V0UmV2ZW51ZU1ldHJpY3NSZXNwb25zZRIbChN0b3RhbF9yZXZlbnVlX2NlbnRzGAEgASgDEhEKCW1ycl9jZW50cxgCIAEoAxIRCglhcnJfY2VudHMYAyABKAMSHAoUYWN0aXZlX3N1YnNjcmlwdGlvbnMYBCABKAMSEgoKY2h1cm5fcmF0ZRgFIAEoARI7ChFwbGFuX2Rpc3RyaWJ1dGlvbhgGIAMoCzIgLm5jaGF0LmVudGl0bGVtZW50cy52MS5QbGFuQ291bnQSTQoYcGF5bWVudF9tZXRob2RfYnJlYWtkb3duGAcgAygLMisubmNoYXQuZW50aXRsZW1lbnRzLnYxLlBheW1lbnRNZXRob2RSZXZlbnVlEj4KD2ZhaWxlZF9wYXltZW50cxgIIAEoCzIlLm5jaGF0LmVudGl0bGVtZW50cy52MS5GYWlsZWRQYXltZW50cxJBChF1cGNvbWluZ19yZW5ld2FscxgJIAMoCzImLm5jaGF0LmVudGl0bGVtZW50cy52MS5VcGNvbWluZ1JlbmV3YWwSKQoFYXNfb2YYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIo0BChhMaXN0U3Vic2NyaXB0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSOQoGc3RhdHVzGAMgASgOMikubmNoYXQuZW50aXRsZW1lbnRzLnYxLlN1YnNjcmlwdGlvblN0YXR1cxIPCgdwbGFuX2lkGAQgASgJInAKGUxpc3RTdWJzY3JpcHRpb25zUmVzcG9uc2USOgoNc3Vic2NyaXB0aW9ucxgBIAMoCzIjLm5jaGF0LmVudGl0bGVtZW50cy52MS5TdWJzY3JpcHRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj4KDUxpbWl0T3ZlcnJpZGUSCwoDa2V5GAEgASgJEhEKCXVubGltaXRlZBgCIAEoCBINCgV2YWx1ZRgDIAEoAyLQAQoQQWNjb3VudE92ZXJyaWRlcxISCgphY2NvdW50X2lkGAEgASgJEjQKBmxpbWl0cxgCIAMoCzIkLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaW1pdE92ZXJyaWRlEhgKEGdyYW50ZWRfZmVhdHVyZXMYAyADKAkSGAoQcmV2b2tlZF9mZWF0dXJlcxgEIAMoCRIuCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBiABKAkiWAoaU2V0QWNjb3VudE92ZXJyaWRlc1JlcXVlc3QSOgoJb3ZlcnJpZGVzGAEgASgLMicubmNoYXQuZW50aXRsZW1lbnRzLnYxLkFjY291bnRPdmVycmlkZXMiawobU2V0QWNjb3VudE92ZXJyaWRlc1Jlc3BvbnNlEjoKCW92ZXJyaWRlcxgBIAEoCzInLm5jaGF0LmVudGl0bGVtZW50cy52MS5BY2NvdW50T3ZlcnJpZGVzEhAKCHJldmlzaW9uGAIgASgDIqoCCg9GdW5kc1Jlc29sdXRpb24SPAoGYWN0aW9uGAEgASgOMiwubmNoYXQuZW50aXRsZW1lbnRzLnYxLkZ1bmRzUmVzb2x1dGlvbkFjdGlvbhISCgphY2NvdW50X2lkGAIgASgJEg8KB3BsYW5faWQYAyABKAkSOAoIaW50ZXJ2YWwYBCABKA4yJi5uY2hhdC5lbnRpdGxlbWVudHMudjEuQmlsbGluZ0ludGVydmFsEhIKCnBheW1lbnRfaWQYBSABKAkSFgoOcmVmdW5kX3R4X2hhc2gYBiABKAkSDQoFYWN0b3IYByABKAkSDgoGcmVhc29uGAggASgJEi8KC3Jlc29sdmVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLPAwoOVW5zZXR0bGVkRnVuZHMSCgoCaWQYASABKAkSNwoEa2luZBgCIAEoDjIpLm5jaGF0LmVudGl0bGVtZW50cy52MS5VbnNldHRsZWRGdW5kc0tpbmQSDwoHbmV0d29yaxgDIAEoCRIQCghjdXJyZW5jeRgEIAEoCRIXCg9yZWNlaXZlZF9hbW91bnQYBSABKAkSGwoTcmVjZWl2ZWRfYmFzZV91bml0cxgGIAEoCRIXCg9leHBlY3RlZF9hbW91bnQYByABKAkSFAoMZXhjZXNzX2NlbnRzGAggASgDEhIKCnBheW1lbnRfaWQYCSABKAkSEgoKYWNjb3VudF9pZBgKIAEoCRIPCgdwbGFuX2lkGAsgASgJEg8KB3R4X2hhc2gYDCABKAkSFAoMZnJvbV9hZGRyZXNzGA0gASgJEhQKDGJsb2NrX251bWJlchgOIAEoAxIOCgZyZWFzb24YDyABKAkSLgoKY3JlYXRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOgoKcmVzb2x1dGlvbhgRIAEoCzImLm5jaGF0LmVudGl0bGVtZW50cy52MS5GdW5kc1Jlc29sdXRpb24iugEKGUxpc3RVbnNldHRsZWRGdW5kc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSNwoEa2luZBgDIAEoDjIpLm5jaGF0LmVudGl0bGVtZW50cy52MS5VbnNldHRsZWRGdW5kc0tpbmQSDwoHbmV0d29yaxgEIAEoCRISCgphY2NvdW50X2lkGAUgASgJEhgKEGluY2x1ZGVfcmVzb2x2ZWQYBiABKAgiawoaTGlzdFVuc2V0dGxlZEZ1bmRzUmVzcG9uc2USNAoFZnVuZHMYASADKAsyJS5uY2hhdC5lbnRpdGxlbWVudHMudjEuVW5zZXR0bGVkRnVuZHMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImwKC0NyZWRpdEZ1bmRzEhIKCmFjY291bnRfaWQYASABKAkSDwoHcGxhbl9pZBgCIAEoCRI4CghpbnRlcnZhbBgDIAEoDjImLm5jaGF0LmVudGl0bGVtZW50cy52MS5CaWxsaW5nSW50ZXJ2YWwiHgoLUmVmdW5kRnVuZHMSDwoHdHhfaGFzaBgBIAEoCSKwAQocUmVzb2x2ZVVuc2V0dGxlZEZ1bmRzUmVxdWVzdBIKCgJpZBgBIAEoCRI0CgZjcmVkaXQYAiABKAsyIi5uY2hhdC5lbnRpdGxlbWVudHMudjEuQ3JlZGl0RnVuZHNIABI0CgZyZWZ1bmQYAyABKAsyIi5uY2hhdC5lbnRpdGxlbWVudHMudjEuUmVmdW5kRnVuZHNIABIOCgZyZWFzb24YBCABKAlCCAoGYWN0aW9uImcKHVJlc29sdmVVbnNldHRsZWRGdW5kc1Jlc3BvbnNlEjQKBWZ1bmRzGAEgASgLMiUubmNoYXQuZW50aXRsZW1lbnRzLnYxLlVuc2V0dGxlZEZ1bmRzEhAKCHJldmlzaW9uGAIgASgDKr4CChJVbnNldHRsZWRGdW5kc0tpbmQSJAogVU5TRVRUTEVEX0ZVTkRTX0tJTkRfVU5TUEVDSUZJRUQQABIiCh5VTlNFVFRMRURfRlVORFNfS0lORF9VTkRFUlBBSUQQARIhCh1VTlNFVFRMRURfRlVORFNfS0lORF9PVkVSUEFJRBACEiIKHlVOU0VUVExFRF9GVU5EU19LSU5EX1BBSURfTEFURRADEicKI1VOU0VUVExFRF9GVU5EU19LSU5EX1dST05HX0NVUlJFTkNZEAQSJAogVU5TRVRUTEVEX0ZVTkRTX0tJTkRfV1JPTkdfUEFZRVIQBRIiCh5VTlNFVFRMRURfRlVORFNfS0lORF9VTk1BVENIRUQQBhIkCiBVTlNFVFRMRURfRlVORFNfS0lORF9VTlNVUFBPUlRFRBAHKowBChVGdW5kc1Jlc29sdXRpb25BY3Rpb24SJwojRlVORFNfUkVTT0xVVElPTl9BQ1RJT05fVU5TUEVDSUZJRUQQABIkCiBGVU5EU19SRVNPTFVUSU9OX0FDVElPTl9DUkVESVRFRBABEiQKIEZVTkRTX1JFU09MVVRJT05fQUNUSU9OX1JFRlVOREVEEAIy2wcKDEFkbWluU2VydmljZRJ2ChFHZXRSZXZlbnVlTWV0cmljcxIvLm5jaGF0LmVudGl0bGVtZW50cy52MS5HZXRSZXZlbnVlTWV0cmljc1JlcXVlc3QaMC5uY2hhdC5lbnRpdGxlbWVudHMudjEuR2V0UmV2ZW51ZU1ldHJpY3NSZXNwb25zZRJ2ChFMaXN0U3Vic2NyaXB0aW9ucxIvLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0U3Vic2NyaXB0aW9uc1JlcXVlc3QaMC5uY2hhdC5lbnRpdGxlbWVudHMudjEuTGlzdFN1YnNjcmlwdGlvbnNSZXNwb25zZRJ8ChNTZXRBY2NvdW50T3ZlcnJpZGVzEjEubmNoYXQuZW50aXRsZW1lbnRzLnYxLlNldEFjY291bnRPdmVycmlkZXNSZXF1ZXN0GjIubmNoYXQuZW50aXRsZW1lbnRzLnYxLlNldEFjY291bnRPdmVycmlkZXNSZXNwb25zZRJ5ChJMaXN0VW5zZXR0bGVkRnVuZHMSMC5uY2hhdC5lbnRpdGxlbWVudHMudjEuTGlzdFVuc2V0dGxlZEZ1bmRzUmVxdWVzdBoxLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0VW5zZXR0bGVkRnVuZHNSZXNwb25zZRKCAQoVUmVzb2x2ZVVuc2V0dGxlZEZ1bmRzEjMubmNoYXQuZW50aXRsZW1lbnRzLnYxLlJlc29sdmVVbnNldHRsZWRGdW5kc1JlcXVlc3QaNC5uY2hhdC5lbnRpdGxlbWVudHMudjEuUmVzb2x2ZVVuc2V0dGxlZEZ1bmRzUmVzcG9uc2USfAoTTGlzdEV2ZW50RGVsaXZlcmllcxIxLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0RXZlbnREZWxpdmVyaWVzUmVxdWVzdBoyLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0RXZlbnREZWxpdmVyaWVzUmVzcG9uc2USZAoLUmVwbGF5RXZlbnQSKS5uY2hhdC5lbnRpdGxlbWVudHMudjEuUmVwbGF5RXZlbnRSZXF1ZXN0GioubmNoYXQuZW50aXRsZW1lbnRzLnYxLlJlcGxheUV2ZW50UmVzcG9uc2USeQoSUmVwbGF5RmFpbGVkRXZlbnRzEjAubmNoYXQuZW50aXRsZW1lbnRzLnYxLlJlcGxheUZhaWxlZEV2ZW50c1JlcXVlc3QaMS5uY2hhdC5lbnRpdGxlbWVudHMudjEuUmVwbGF5RmFpbGVkRXZlbnRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_nchat_entitlements_v1_event_delivery, file_nchat_entitlements_v1_plan, file_nchat_entitlements_v1_subscription]);
+  fileDesc("CiluY2hhdC9lbnRpdGxlbWVudHMvdjEvYWRtaW5fc2VydmljZS5wcm90bxIVbmNoYXQuZW50aXRsZW1lbnRzLnYxImAKGEdldFJldmVudWVNZXRyaWNzUmVxdWVzdBIZChFjaHVybl93aW5kb3dfZGF5cxgBIAEoBRIpCgVhc19vZhgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKwoJUGxhbkNvdW50Eg8KB3BsYW5faWQYASABKAkSDQoFY291bnQYAiABKAMimwEKFFBheW1lbnRNZXRob2RSZXZlbnVlEjwKDnBheW1lbnRfbWV0aG9kGAEgASgOMiQubmNoYXQuZW50aXRsZW1lbnRzLnYxLlBheW1lbnRNZXRob2QSFQoNcmV2ZW51ZV9jZW50cxgCIAEoAxIQCghwYXltZW50cxgDIAEoAxIcChRhY3RpdmVfc3Vic2NyaXB0aW9ucxgEIAEoAyI1Cg5GYWlsZWRQYXltZW50cxINCgVjb3VudBgBIAEoAxIUCgxhbW91bnRfY2VudHMYAiABKAMiewoPVXBjb21pbmdSZW5ld2FsEhIKCmFjY291bnRfaWQYASABKAkSDwoHcGxhbl9pZBgCIAEoCRItCglyZW5ld3NfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGFtb3VudF9jZW50cxgEIAEoAyLKAwoZR2V0UmV2ZW51ZU1ldHJpY3NSZXNwb25zZRIbChN0b3RhbF9yZXZlbnVlX2NlbnRzGAEgASgDEhEKCW1ycl9jZW50cxgCIAEoAxIRCglhcnJfY2VudHMYAyABKAMSHAoUYWN0aXZlX3N1YnNjcmlwdGlvbnMYBCABKAMSEgoKY2h1cm5fcmF0ZRgFIAEoARI7ChFwbGFuX2Rpc3RyaWJ1dGlvbhgGIAMoCzIgLm5jaGF0LmVudGl0bGVtZW50cy52MS5QbGFuQ291bnQSTQoYcGF5bWVudF9tZXRob2RfYnJlYWtkb3duGAcgAygLMisubmNoYXQuZW50aXRsZW1lbnRzLnYxLlBheW1lbnRNZXRob2RSZXZlbnVlEj4KD2ZhaWxlZF9wYXltZW50cxgIIAEoCzIlLm5jaGF0LmVudGl0bGVtZW50cy52MS5GYWlsZWRQYXltZW50cxJBChF1cGNvbWluZ19yZW5ld2FscxgJIAMoCzImLm5jaGF0LmVudGl0bGVtZW50cy52MS5VcGNvbWluZ1JlbmV3YWwSKQoFYXNfb2YYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIo0BChhMaXN0U3Vic2NyaXB0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSOQoGc3RhdHVzGAMgASgOMikubmNoYXQuZW50aXRsZW1lbnRzLnYxLlN1YnNjcmlwdGlvblN0YXR1cxIPCgdwbGFuX2lkGAQgASgJInAKGUxpc3RTdWJzY3JpcHRpb25zUmVzcG9uc2USOgoNc3Vic2NyaXB0aW9ucxgBIAMoCzIjLm5jaGF0LmVudGl0bGVtZW50cy52MS5TdWJzY3JpcHRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj4KDUxpbWl0T3ZlcnJpZGUSCwoDa2V5GAEgASgJEhEKCXVubGltaXRlZBgCIAEoCBINCgV2YWx1ZRgDIAEoAyLQAQoQQWNjb3VudE92ZXJyaWRlcxISCgphY2NvdW50X2lkGAEgASgJEjQKBmxpbWl0cxgCIAMoCzIkLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaW1pdE92ZXJyaWRlEhgKEGdyYW50ZWRfZmVhdHVyZXMYAyADKAkSGAoQcmV2b2tlZF9mZWF0dXJlcxgEIAMoCRIuCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBiABKAkiWAoaU2V0QWNjb3VudE92ZXJyaWRlc1JlcXVlc3QSOgoJb3ZlcnJpZGVzGAEgASgLMicubmNoYXQuZW50aXRsZW1lbnRzLnYxLkFjY291bnRPdmVycmlkZXMiawobU2V0QWNjb3VudE92ZXJyaWRlc1Jlc3BvbnNlEjoKCW92ZXJyaWRlcxgBIAEoCzInLm5jaGF0LmVudGl0bGVtZW50cy52MS5BY2NvdW50T3ZlcnJpZGVzEhAKCHJldmlzaW9uGAIgASgDIqoCCg9GdW5kc1Jlc29sdXRpb24SPAoGYWN0aW9uGAEgASgOMiwubmNoYXQuZW50aXRsZW1lbnRzLnYxLkZ1bmRzUmVzb2x1dGlvbkFjdGlvbhISCgphY2NvdW50X2lkGAIgASgJEg8KB3BsYW5faWQYAyABKAkSOAoIaW50ZXJ2YWwYBCABKA4yJi5uY2hhdC5lbnRpdGxlbWVudHMudjEuQmlsbGluZ0ludGVydmFsEhIKCnBheW1lbnRfaWQYBSABKAkSFgoOcmVmdW5kX3R4X2hhc2gYBiABKAkSDQoFYWN0b3IYByABKAkSDgoGcmVhc29uGAggASgJEi8KC3Jlc29sdmVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLPAwoOVW5zZXR0bGVkRnVuZHMSCgoCaWQYASABKAkSNwoEa2luZBgCIAEoDjIpLm5jaGF0LmVudGl0bGVtZW50cy52MS5VbnNldHRsZWRGdW5kc0tpbmQSDwoHbmV0d29yaxgDIAEoCRIQCghjdXJyZW5jeRgEIAEoCRIXCg9yZWNlaXZlZF9hbW91bnQYBSABKAkSGwoTcmVjZWl2ZWRfYmFzZV91bml0cxgGIAEoCRIXCg9leHBlY3RlZF9hbW91bnQYByABKAkSFAoMZXhjZXNzX2NlbnRzGAggASgDEhIKCnBheW1lbnRfaWQYCSABKAkSEgoKYWNjb3VudF9pZBgKIAEoCRIPCgdwbGFuX2lkGAsgASgJEg8KB3R4X2hhc2gYDCABKAkSFAoMZnJvbV9hZGRyZXNzGA0gASgJEhQKDGJsb2NrX251bWJlchgOIAEoAxIOCgZyZWFzb24YDyABKAkSLgoKY3JlYXRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOgoKcmVzb2x1dGlvbhgRIAEoCzImLm5jaGF0LmVudGl0bGVtZW50cy52MS5GdW5kc1Jlc29sdXRpb24iugEKGUxpc3RVbnNldHRsZWRGdW5kc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSNwoEa2luZBgDIAEoDjIpLm5jaGF0LmVudGl0bGVtZW50cy52MS5VbnNldHRsZWRGdW5kc0tpbmQSDwoHbmV0d29yaxgEIAEoCRISCgphY2NvdW50X2lkGAUgASgJEhgKEGluY2x1ZGVfcmVzb2x2ZWQYBiABKAgiawoaTGlzdFVuc2V0dGxlZEZ1bmRzUmVzcG9uc2USNAoFZnVuZHMYASADKAsyJS5uY2hhdC5lbnRpdGxlbWVudHMudjEuVW5zZXR0bGVkRnVuZHMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImwKC0NyZWRpdEZ1bmRzEhIKCmFjY291bnRfaWQYASABKAkSDwoHcGxhbl9pZBgCIAEoCRI4CghpbnRlcnZhbBgDIAEoDjImLm5jaGF0LmVudGl0bGVtZW50cy52MS5CaWxsaW5nSW50ZXJ2YWwiHgoLUmVmdW5kRnVuZHMSDwoHdHhfaGFzaBgBIAEoCSKwAQocUmVzb2x2ZVVuc2V0dGxlZEZ1bmRzUmVxdWVzdBIKCgJpZBgBIAEoCRI0CgZjcmVkaXQYAiABKAsyIi5uY2hhdC5lbnRpdGxlbWVudHMudjEuQ3JlZGl0RnVuZHNIABI0CgZyZWZ1bmQYAyABKAsyIi5uY2hhdC5lbnRpdGxlbWVudHMudjEuUmVmdW5kRnVuZHNIABIOCgZyZWFzb24YBCABKAlCCAoGYWN0aW9uImcKHVJlc29sdmVVbnNldHRsZWRGdW5kc1Jlc3BvbnNlEjQKBWZ1bmRzGAEgASgLMiUubmNoYXQuZW50aXRsZW1lbnRzLnYxLlVuc2V0dGxlZEZ1bmRzEhAKCHJldmlzaW9uGAIgASgDIukBChdNYW51YWxTdWJzY3JpcHRpb25UZXJtcxIPCgdwbGFuX2lkGAEgASgJEhMKC3ByaWNlX2NlbnRzGAIgASgDEhAKCGN1cnJlbmN5GAMgASgJEjgKCGludGVydmFsGAQgASgOMiYubmNoYXQuZW50aXRsZW1lbnRzLnYxLkJpbGxpbmdJbnRlcnZhbBIuCgp0ZXJtX3N0YXJ0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgh0ZXJtX2VuZBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAidgoSTWFudWFsU3Vic2NyaXB0aW9uEjkKDHN1YnNjcmlwdGlvbhgBIAEoCzIjLm5jaGF0LmVudGl0bGVtZW50cy52MS5TdWJzY3JpcHRpb24SEwoLcHJpY2VfY2VudHMYAiABKAMSEAoIY3VycmVuY3kYAyABKAkimAEKH0NyZWF0ZU1hbnVhbFN1YnNjcmlwdGlvblJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRISCgphY2NvdW50X2lkGAIgASgJEj0KBXRlcm1zGAMgASgLMi4ubmNoYXQuZW50aXRsZW1lbnRzLnYxLk1hbnVhbFN1YnNjcmlwdGlvblRlcm1zEg4KBnJlYXNvbhgEIAEoCSJ1CiBDcmVhdGVNYW51YWxTdWJzY3JpcHRpb25SZXNwb25zZRI/CgxzdWJzY3JpcHRpb24YASABKAsyKS5uY2hhdC5lbnRpdGxlbWVudHMudjEuTWFudWFsU3Vic2NyaXB0aW9uEhAKCHJldmlzaW9uGAIgASgDIp0BCh9VcGRhdGVNYW51YWxTdWJzY3JpcHRpb25SZXF1ZXN0EhcKD3N1YnNjcmlwdGlvbl9pZBgBIAEoCRI9CgV0ZXJtcxgCIAEoCzIuLm5jaGF0LmVudGl0bGVtZW50cy52MS5NYW51YWxTdWJzY3JpcHRpb25UZXJtcxIOCgZyZWFzb24YAyABKAkSEgoKcmVxdWVzdF9pZBgEIAEoCSJ1CiBVcGRhdGVNYW51YWxTdWJzY3JpcHRpb25SZXNwb25zZRI/CgxzdWJzY3JpcHRpb24YASABKAsyKS5uY2hhdC5lbnRpdGxlbWVudHMudjEuTWFudWFsU3Vic2NyaXB0aW9uEhAKCHJldmlzaW9uGAIgASgDIlsKHEVuZE1hbnVhbFN1YnNjcmlwdGlvblJlcXVlc3QSFwoPc3Vic2NyaXB0aW9uX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJInIKHUVuZE1hbnVhbFN1YnNjcmlwdGlvblJlc3BvbnNlEj8KDHN1YnNjcmlwdGlvbhgBIAEoCzIpLm5jaGF0LmVudGl0bGVtZW50cy52MS5NYW51YWxTdWJzY3JpcHRpb24SEAoIcmV2aXNpb24YAiABKAMi9gEKDU1hbnVhbEludm9pY2USCgoCaWQYASABKAkSEgoKYWNjb3VudF9pZBgCIAEoCRIXCg9zdWJzY3JpcHRpb25faWQYAyABKAkSFAoMYW1vdW50X2NlbnRzGAQgASgDEhAKCGN1cnJlbmN5GAUgASgJEhEKCXJlZmVyZW5jZRgGIAEoCRIrCgdwYWlkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtyZWNvcmRlZF9ieRgIIAEoCRIvCgtyZWNvcmRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAirQEKGlJlY29yZE1hbnVhbEludm9pY2VSZXF1ZXN0EhcKD3N1YnNjcmlwdGlvbl9pZBgBIAEoCRIUCgxhbW91bnRfY2VudHMYAiABKAMSEAoIY3VycmVuY3kYAyABKAkSEQoJcmVmZXJlbmNlGAQgASgJEisKB3BhaWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnJlYXNvbhgGIAEoCSJuChtSZWNvcmRNYW51YWxJbnZvaWNlUmVzcG9uc2USNQoHaW52b2ljZRgBIAEoCzIkLm5jaGF0LmVudGl0bGVtZW50cy52MS5NYW51YWxJbnZvaWNlEhgKEGFscmVhZHlfcmVjb3JkZWQYAiABKAgitQEKCkF1ZGl0RW50cnkSCgoCaWQYASABKAMSEgoKYWNjb3VudF9pZBgCIAEoCRINCgVhY3RvchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSDgoGcmVhc29uGAUgASgJEigKB2RldGFpbHMYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei4KCmNyZWF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIskBChdMaXN0QXVkaXRFbnRyaWVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRISCgphY2NvdW50X2lkGAMgASgJEg0KBWFjdG9yGAQgASgJEg4KBmFjdGlvbhgFIAEoCRIpCgVzaW5jZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImcKGExpc3RBdWRpdEVudHJpZXNSZXNwb25zZRIyCgdlbnRyaWVzGAEgAygLMiEubmNoYXQuZW50aXRsZW1lbnRzLnYxLkF1ZGl0RW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKr4CChJVbnNldHRsZWRGdW5kc0tpbmQSJAogVU5TRVRUTEVEX0ZVTkRTX0tJTkRfVU5TUEVDSUZJRUQQABIiCh5VTlNFVFRMRURfRlVORFNfS0lORF9VTkRFUlBBSUQQARIhCh1VTlNFVFRMRURfRlVORFNfS0lORF9PVkVSUEFJRBACEiIKHlVOU0VUVExFRF9GVU5EU19LSU5EX1BBSURfTEFURRADEicKI1VOU0VUVExFRF9GVU5EU19LSU5EX1dST05HX0NVUlJFTkNZEAQSJAogVU5TRVRUTEVEX0ZVTkRTX0tJTkRfV1JPTkdfUEFZRVIQBRIiCh5VTlNFVFRMRURfRlVORFNfS0lORF9VTk1BVENIRUQQBhIkCiBVTlNFVFRMRURfRlVORFNfS0lORF9VTlNVUFBPUlRFRBAHKowBChVGdW5kc1Jlc29sdXRpb25BY3Rpb24SJwojRlVORFNfUkVTT0xVVElPTl9BQ1RJT05fVU5TUEVDSUZJRUQQABIkCiBGVU5EU19SRVNPTFVUSU9OX0FDVElPTl9DUkVESVRFRBABEiQKIEZVTkRTX1JFU09MVVRJT05fQUNUSU9OX1JFRlVOREVEEAIy7wwKDEFkbWluU2VydmljZRJ2ChFHZXRSZXZlbnVlTWV0cmljcxIvLm5jaGF0LmVudGl0bGVtZW50cy52MS5HZXRSZXZlbnVlTWV0cmljc1JlcXVlc3QaMC5uY2hhdC5lbnRpdGxlbWVudHMudjEuR2V0UmV2ZW51ZU1ldHJpY3NSZXNwb25zZRJ2ChFMaXN0U3Vic2NyaXB0aW9ucxIvLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0U3Vic2NyaXB0aW9uc1JlcXVlc3QaMC5uY2hhdC5lbnRpdGxlbWVudHMudjEuTGlzdFN1YnNjcmlwdGlvbnNSZXNwb25zZRJ8ChNTZXRBY2NvdW50T3ZlcnJpZGVzEjEubmNoYXQuZW50aXRsZW1lbnRzLnYxLlNldEFjY291bnRPdmVycmlkZXNSZXF1ZXN0GjIubmNoYXQuZW50aXRsZW1lbnRzLnYxLlNldEFjY291bnRPdmVycmlkZXNSZXNwb25zZRJ5ChJMaXN0VW5zZXR0bGVkRnVuZHMSMC5uY2hhdC5lbnRpdGxlbWVudHMudjEuTGlzdFVuc2V0dGxlZEZ1bmRzUmVxdWVzdBoxLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0VW5zZXR0bGVkRnVuZHNSZXNwb25zZRKCAQoVUmVzb2x2ZVVuc2V0dGxlZEZ1bmRzEjMubmNoYXQuZW50aXRsZW1lbnRzLnYxLlJlc29sdmVVbnNldHRsZWRGdW5kc1JlcXVlc3QaNC5uY2hhdC5lbnRpdGxlbWVudHMudjEuUmVzb2x2ZVVuc2V0dGxlZEZ1bmRzUmVzcG9uc2USfAoTTGlzdEV2ZW50RGVsaXZlcmllcxIxLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0RXZlbnREZWxpdmVyaWVzUmVxdWVzdBoyLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0RXZlbnREZWxpdmVyaWVzUmVzcG9uc2USZAoLUmVwbGF5RXZlbnQSKS5uY2hhdC5lbnRpdGxlbWVudHMudjEuUmVwbGF5RXZlbnRSZXF1ZXN0GioubmNoYXQuZW50aXRsZW1lbnRzLnYxLlJlcGxheUV2ZW50UmVzcG9uc2USeQoSUmVwbGF5RmFpbGVkRXZlbnRzEjAubmNoYXQuZW50aXRsZW1lbnRzLnYxLlJlcGxheUZhaWxlZEV2ZW50c1JlcXVlc3QaMS5uY2hhdC5lbnRpdGxlbWVudHMudjEuUmVwbGF5RmFpbGVkRXZlbnRzUmVzcG9uc2USiwEKGENyZWF0ZU1hbnVhbFN1YnNjcmlwdGlvbhI2Lm5jaGF0LmVudGl0bGVtZW50cy52MS5DcmVhdGVNYW51YWxTdWJzY3JpcHRpb25SZXF1ZXN0GjcubmNoYXQuZW50aXRsZW1lbnRzLnYxLkNyZWF0ZU1hbnVhbFN1YnNjcmlwdGlvblJlc3BvbnNlEosBChhVcGRhdGVNYW51YWxTdWJzY3JpcHRpb24SNi5uY2hhdC5lbnRpdGxlbWVudHMudjEuVXBkYXRlTWFudWFsU3Vic2NyaXB0aW9uUmVxdWVzdBo3Lm5jaGF0LmVudGl0bGVtZW50cy52MS5VcGRhdGVNYW51YWxTdWJzY3JpcHRpb25SZXNwb25zZRKCAQoVRW5kTWFudWFsU3Vic2NyaXB0aW9uEjMubmNoYXQuZW50aXRsZW1lbnRzLnYxLkVuZE1hbnVhbFN1YnNjcmlwdGlvblJlcXVlc3QaNC5uY2hhdC5lbnRpdGxlbWVudHMudjEuRW5kTWFudWFsU3Vic2NyaXB0aW9uUmVzcG9uc2USfAoTUmVjb3JkTWFudWFsSW52b2ljZRIxLm5jaGF0LmVudGl0bGVtZW50cy52MS5SZWNvcmRNYW51YWxJbnZvaWNlUmVxdWVzdBoyLm5jaGF0LmVudGl0bGVtZW50cy52MS5SZWNvcmRNYW51YWxJbnZvaWNlUmVzcG9uc2UScwoQTGlzdEF1ZGl0RW50cmllcxIuLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0QXVkaXRFbnRyaWVzUmVxdWVzdBovLm5jaGF0LmVudGl0bGVtZW50cy52MS5MaXN0QXVkaXRFbnRyaWVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp, file_nchat_entitlements_v1_event_delivery, file_nchat_entitlements_v1_plan, file_nchat_entitlements_v1_subscription]);
 
 /**
  * GetRevenueMetricsRequest sets the window of the figures.
@@ -202,7 +202,9 @@ export type GetRevenueMetricsResponse = Message<"nchat.entitlements.v1.GetRevenu
   totalRevenueCents: bigint;
 
   /**
-   * Monthly recurring revenue: active subscriptions normalised to a month (yearly / 12).
+   * Monthly recurring revenue: active subscriptions normalised to a month (yearly / 12), at
+   * their plan's list price, or a manual subscription's contract price (contracts priced in
+   * another currency are left out: see docs/admin.md).
    *
    * @generated from field: int64 mrr_cents = 2;
    */
@@ -237,7 +239,7 @@ export type GetRevenueMetricsResponse = Message<"nchat.entitlements.v1.GetRevenu
   planDistribution: PlanCount[];
 
   /**
-   * Revenue by payment method (card, crypto).
+   * Revenue by payment method (card, crypto, and manual when there is any).
    *
    * @generated from field: repeated nchat.entitlements.v1.PaymentMethodRevenue payment_method_breakdown = 7;
    */
@@ -912,6 +914,621 @@ export const ResolveUnsettledFundsResponseSchema: GenMessage<ResolveUnsettledFun
   messageDesc(file_nchat_entitlements_v1_admin_service, 19);
 
 /**
+ * ManualSubscriptionTerms are the terms of a sales-led contract.
+ *
+ * @generated from message nchat.entitlements.v1.ManualSubscriptionTerms
+ */
+export type ManualSubscriptionTerms = Message<"nchat.entitlements.v1.ManualSubscriptionTerms"> & {
+  /**
+   * The plan ("enterprise", or any paid plan of the catalog). Required on create.
+   *
+   * @generated from field: string plan_id = 1;
+   */
+  planId: string;
+
+  /**
+   * The price of one interval, in minor units of `currency` (cents); more than zero. Required on
+   * create; zero on update keeps the price.
+   *
+   * @generated from field: int64 price_cents = 2;
+   */
+  priceCents: bigint;
+
+  /**
+   * ISO 4217 code ("usd", "eur"; any case, stored lower case); "usd" when empty on create.
+   *
+   * @generated from field: string currency = 3;
+   */
+  currency: string;
+
+  /**
+   * The billing interval (month or year). Required on create.
+   *
+   * @generated from field: nchat.entitlements.v1.BillingInterval interval = 4;
+   */
+  interval: BillingInterval;
+
+  /**
+   * The term's start; now when unset on create. Not in the future.
+   *
+   * @generated from field: google.protobuf.Timestamp term_start = 5;
+   */
+  termStart?: Timestamp | undefined;
+
+  /**
+   * The term's end: the plan stops at this time (a manual subscription never renews by itself).
+   * Unset: until ended with EndManualSubscription. After `term_start` and in the future.
+   *
+   * @generated from field: google.protobuf.Timestamp term_end = 6;
+   */
+  termEnd?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.ManualSubscriptionTerms.
+ * Use `create(ManualSubscriptionTermsSchema)` to create a new message.
+ */
+export const ManualSubscriptionTermsSchema: GenMessage<ManualSubscriptionTerms> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 20);
+
+/**
+ * ManualSubscription is a manual subscription with its terms.
+ *
+ * @generated from message nchat.entitlements.v1.ManualSubscription
+ */
+export type ManualSubscription = Message<"nchat.entitlements.v1.ManualSubscription"> & {
+  /**
+   * The subscription as every listing shows it (payment method MANUAL).
+   *
+   * @generated from field: nchat.entitlements.v1.Subscription subscription = 1;
+   */
+  subscription?: Subscription | undefined;
+
+  /**
+   * Its price and currency per interval, in minor units.
+   *
+   * @generated from field: int64 price_cents = 2;
+   */
+  priceCents: bigint;
+
+  /**
+   * Its currency, lower case ISO 4217.
+   *
+   * @generated from field: string currency = 3;
+   */
+  currency: string;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.ManualSubscription.
+ * Use `create(ManualSubscriptionSchema)` to create a new message.
+ */
+export const ManualSubscriptionSchema: GenMessage<ManualSubscription> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 21);
+
+/**
+ * CreateManualSubscriptionRequest starts a manual subscription.
+ *
+ * @generated from message nchat.entitlements.v1.CreateManualSubscriptionRequest
+ */
+export type CreateManualSubscriptionRequest = Message<"nchat.entitlements.v1.CreateManualSubscriptionRequest"> & {
+  /**
+   * A key unique per intended subscription (e.g. the contract's id); a retry with the same key
+   * and the same fields answers the first call, with other fields ALREADY_EXISTS. Required.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * The billing account. Required.
+   *
+   * @generated from field: string account_id = 2;
+   */
+  accountId: string;
+
+  /**
+   * The contract's terms.
+   *
+   * @generated from field: nchat.entitlements.v1.ManualSubscriptionTerms terms = 3;
+   */
+  terms?: ManualSubscriptionTerms | undefined;
+
+  /**
+   * Why (kept in the audit log); at most 2000 characters.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.CreateManualSubscriptionRequest.
+ * Use `create(CreateManualSubscriptionRequestSchema)` to create a new message.
+ */
+export const CreateManualSubscriptionRequestSchema: GenMessage<CreateManualSubscriptionRequest> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 22);
+
+/**
+ * CreateManualSubscriptionResponse is the subscription created.
+ *
+ * @generated from message nchat.entitlements.v1.CreateManualSubscriptionResponse
+ */
+export type CreateManualSubscriptionResponse = Message<"nchat.entitlements.v1.CreateManualSubscriptionResponse"> & {
+  /**
+   * The subscription and its terms.
+   *
+   * @generated from field: nchat.entitlements.v1.ManualSubscription subscription = 1;
+   */
+  subscription?: ManualSubscription | undefined;
+
+  /**
+   * The account's entitlement revision after the change.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.CreateManualSubscriptionResponse.
+ * Use `create(CreateManualSubscriptionResponseSchema)` to create a new message.
+ */
+export const CreateManualSubscriptionResponseSchema: GenMessage<CreateManualSubscriptionResponse> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 23);
+
+/**
+ * UpdateManualSubscriptionRequest changes a manual subscription.
+ *
+ * @generated from message nchat.entitlements.v1.UpdateManualSubscriptionRequest
+ */
+export type UpdateManualSubscriptionRequest = Message<"nchat.entitlements.v1.UpdateManualSubscriptionRequest"> & {
+  /**
+   * The subscription's id. Required.
+   *
+   * @generated from field: string subscription_id = 1;
+   */
+  subscriptionId: string;
+
+  /**
+   * The new terms; empty fields (zero price, unspecified interval, unset times) keep their value.
+   *
+   * @generated from field: nchat.entitlements.v1.ManualSubscriptionTerms terms = 2;
+   */
+  terms?: ManualSubscriptionTerms | undefined;
+
+  /**
+   * Why (kept in the audit log); at most 2000 characters.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * Optional: a retry with the same key and fields answers the first call.
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.UpdateManualSubscriptionRequest.
+ * Use `create(UpdateManualSubscriptionRequestSchema)` to create a new message.
+ */
+export const UpdateManualSubscriptionRequestSchema: GenMessage<UpdateManualSubscriptionRequest> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 24);
+
+/**
+ * UpdateManualSubscriptionResponse is the subscription as changed.
+ *
+ * @generated from message nchat.entitlements.v1.UpdateManualSubscriptionResponse
+ */
+export type UpdateManualSubscriptionResponse = Message<"nchat.entitlements.v1.UpdateManualSubscriptionResponse"> & {
+  /**
+   * The subscription and its terms.
+   *
+   * @generated from field: nchat.entitlements.v1.ManualSubscription subscription = 1;
+   */
+  subscription?: ManualSubscription | undefined;
+
+  /**
+   * The account's entitlement revision after the change.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.UpdateManualSubscriptionResponse.
+ * Use `create(UpdateManualSubscriptionResponseSchema)` to create a new message.
+ */
+export const UpdateManualSubscriptionResponseSchema: GenMessage<UpdateManualSubscriptionResponse> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 25);
+
+/**
+ * EndManualSubscriptionRequest ends a manual subscription now.
+ *
+ * @generated from message nchat.entitlements.v1.EndManualSubscriptionRequest
+ */
+export type EndManualSubscriptionRequest = Message<"nchat.entitlements.v1.EndManualSubscriptionRequest"> & {
+  /**
+   * The subscription's id. Required.
+   *
+   * @generated from field: string subscription_id = 1;
+   */
+  subscriptionId: string;
+
+  /**
+   * Why (kept in the audit log); at most 2000 characters.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * Optional: a retry with the same key answers the first call.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.EndManualSubscriptionRequest.
+ * Use `create(EndManualSubscriptionRequestSchema)` to create a new message.
+ */
+export const EndManualSubscriptionRequestSchema: GenMessage<EndManualSubscriptionRequest> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 26);
+
+/**
+ * EndManualSubscriptionResponse is the subscription as ended.
+ *
+ * @generated from message nchat.entitlements.v1.EndManualSubscriptionResponse
+ */
+export type EndManualSubscriptionResponse = Message<"nchat.entitlements.v1.EndManualSubscriptionResponse"> & {
+  /**
+   * The subscription (status CANCELED) and its terms.
+   *
+   * @generated from field: nchat.entitlements.v1.ManualSubscription subscription = 1;
+   */
+  subscription?: ManualSubscription | undefined;
+
+  /**
+   * The account's entitlement revision after the change.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.EndManualSubscriptionResponse.
+ * Use `create(EndManualSubscriptionResponseSchema)` to create a new message.
+ */
+export const EndManualSubscriptionResponseSchema: GenMessage<EndManualSubscriptionResponse> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 27);
+
+/**
+ * ManualInvoice is an invoice of a manual subscription, paid.
+ *
+ * @generated from message nchat.entitlements.v1.ManualInvoice
+ */
+export type ManualInvoice = Message<"nchat.entitlements.v1.ManualInvoice"> & {
+  /**
+   * The invoice's id in this service ("mi_...").
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The billing account (the subscription's).
+   *
+   * @generated from field: string account_id = 2;
+   */
+  accountId: string;
+
+  /**
+   * The manual subscription it bills.
+   *
+   * @generated from field: string subscription_id = 3;
+   */
+  subscriptionId: string;
+
+  /**
+   * The amount paid, in minor units of `currency`.
+   *
+   * @generated from field: int64 amount_cents = 4;
+   */
+  amountCents: bigint;
+
+  /**
+   * Lower case ISO 4217.
+   *
+   * @generated from field: string currency = 5;
+   */
+  currency: string;
+
+  /**
+   * The invoice's reference in the sales system (unique).
+   *
+   * @generated from field: string reference = 6;
+   */
+  reference: string;
+
+  /**
+   * When it was paid.
+   *
+   * @generated from field: google.protobuf.Timestamp paid_at = 7;
+   */
+  paidAt?: Timestamp | undefined;
+
+  /**
+   * The admin caller who recorded it.
+   *
+   * @generated from field: string recorded_by = 8;
+   */
+  recordedBy: string;
+
+  /**
+   * When it was recorded.
+   *
+   * @generated from field: google.protobuf.Timestamp recorded_at = 9;
+   */
+  recordedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.ManualInvoice.
+ * Use `create(ManualInvoiceSchema)` to create a new message.
+ */
+export const ManualInvoiceSchema: GenMessage<ManualInvoice> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 28);
+
+/**
+ * RecordManualInvoiceRequest records a paid invoice.
+ *
+ * @generated from message nchat.entitlements.v1.RecordManualInvoiceRequest
+ */
+export type RecordManualInvoiceRequest = Message<"nchat.entitlements.v1.RecordManualInvoiceRequest"> & {
+  /**
+   * The manual subscription the invoice bills. Required.
+   *
+   * @generated from field: string subscription_id = 1;
+   */
+  subscriptionId: string;
+
+  /**
+   * The amount paid, in minor units of `currency`; more than zero.
+   *
+   * @generated from field: int64 amount_cents = 2;
+   */
+  amountCents: bigint;
+
+  /**
+   * ISO 4217 code; "usd" when empty.
+   *
+   * @generated from field: string currency = 3;
+   */
+  currency: string;
+
+  /**
+   * The invoice's reference (its number in the sales system), at most 200 characters. Required,
+   * and the idempotency key: the same reference with the same fields answers the first record,
+   * with other fields ALREADY_EXISTS.
+   *
+   * @generated from field: string reference = 4;
+   */
+  reference: string;
+
+  /**
+   * When it was paid; now when unset. Not in the future.
+   *
+   * @generated from field: google.protobuf.Timestamp paid_at = 5;
+   */
+  paidAt?: Timestamp | undefined;
+
+  /**
+   * Why or how (kept in the audit log); at most 2000 characters.
+   *
+   * @generated from field: string reason = 6;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.RecordManualInvoiceRequest.
+ * Use `create(RecordManualInvoiceRequestSchema)` to create a new message.
+ */
+export const RecordManualInvoiceRequestSchema: GenMessage<RecordManualInvoiceRequest> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 29);
+
+/**
+ * RecordManualInvoiceResponse is the invoice as recorded.
+ *
+ * @generated from message nchat.entitlements.v1.RecordManualInvoiceResponse
+ */
+export type RecordManualInvoiceResponse = Message<"nchat.entitlements.v1.RecordManualInvoiceResponse"> & {
+  /**
+   * The invoice.
+   *
+   * @generated from field: nchat.entitlements.v1.ManualInvoice invoice = 1;
+   */
+  invoice?: ManualInvoice | undefined;
+
+  /**
+   * True when the reference was already recorded (this call changed nothing).
+   *
+   * @generated from field: bool already_recorded = 2;
+   */
+  alreadyRecorded: boolean;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.RecordManualInvoiceResponse.
+ * Use `create(RecordManualInvoiceResponseSchema)` to create a new message.
+ */
+export const RecordManualInvoiceResponseSchema: GenMessage<RecordManualInvoiceResponse> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 30);
+
+/**
+ * AuditEntry is one change an admin made.
+ *
+ * @generated from message nchat.entitlements.v1.AuditEntry
+ */
+export type AuditEntry = Message<"nchat.entitlements.v1.AuditEntry"> & {
+  /**
+   * The entry's id (grows with time).
+   *
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * The account changed (empty for an unmatched transfer refunded).
+   *
+   * @generated from field: string account_id = 2;
+   */
+  accountId: string;
+
+  /**
+   * The admin caller (the token's caller name; "dev" in dev mode).
+   *
+   * @generated from field: string actor = 3;
+   */
+  actor: string;
+
+  /**
+   * What was done: "set_overrides", "resolve_crypto_funds", "create_manual_subscription",
+   * "update_manual_subscription", "end_manual_subscription", "record_manual_invoice".
+   *
+   * @generated from field: string action = 4;
+   */
+  action: string;
+
+  /**
+   * The reason the admin gave.
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+
+  /**
+   * The change's details as recorded (old and new values, ids, amounts).
+   *
+   * @generated from field: google.protobuf.Struct details = 6;
+   */
+  details?: JsonObject | undefined;
+
+  /**
+   * When.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 7;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.AuditEntry.
+ * Use `create(AuditEntrySchema)` to create a new message.
+ */
+export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 31);
+
+/**
+ * ListAuditEntriesRequest is a page request with filters.
+ *
+ * @generated from message nchat.entitlements.v1.ListAuditEntriesRequest
+ */
+export type ListAuditEntriesRequest = Message<"nchat.entitlements.v1.ListAuditEntriesRequest"> & {
+  /**
+   * At most this many entries (default 50, at most 500).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * A `next_page_token` from an earlier call with the same filters.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only entries of this account.
+   *
+   * @generated from field: string account_id = 3;
+   */
+  accountId: string;
+
+  /**
+   * Only entries by this actor.
+   *
+   * @generated from field: string actor = 4;
+   */
+  actor: string;
+
+  /**
+   * Only entries of this action (one of AuditEntry.action's values).
+   *
+   * @generated from field: string action = 5;
+   */
+  action: string;
+
+  /**
+   * Only entries at or after this time.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 6;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * Only entries before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp until = 7;
+   */
+  until?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.ListAuditEntriesRequest.
+ * Use `create(ListAuditEntriesRequestSchema)` to create a new message.
+ */
+export const ListAuditEntriesRequestSchema: GenMessage<ListAuditEntriesRequest> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 32);
+
+/**
+ * ListAuditEntriesResponse is a page of entries.
+ *
+ * @generated from message nchat.entitlements.v1.ListAuditEntriesResponse
+ */
+export type ListAuditEntriesResponse = Message<"nchat.entitlements.v1.ListAuditEntriesResponse"> & {
+  /**
+   * The entries, newest first.
+   *
+   * @generated from field: repeated nchat.entitlements.v1.AuditEntry entries = 1;
+   */
+  entries: AuditEntry[];
+
+  /**
+   * The token of the next page; empty on the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message nchat.entitlements.v1.ListAuditEntriesResponse.
+ * Use `create(ListAuditEntriesResponseSchema)` to create a new message.
+ */
+export const ListAuditEntriesResponseSchema: GenMessage<ListAuditEntriesResponse> = /*@__PURE__*/
+  messageDesc(file_nchat_entitlements_v1_admin_service, 33);
+
+/**
  * UnsettledFundsKind is why received money gave no (or not all its) access.
  *
  * @generated from enum nchat.entitlements.v1.UnsettledFundsKind
@@ -1105,6 +1722,64 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ReplayFailedEventsRequestSchema;
     output: typeof ReplayFailedEventsResponseSchema;
+  },
+  /**
+   * CreateManualSubscription records a sales-led subscription (payment method MANUAL): a plan at
+   * a custom price and currency per interval, for a term. It drives the account's entitlements
+   * like any subscription and counts in the revenue metrics. Audited; a retry with the same
+   * `request_id` answers the first call.
+   *
+   * @generated from rpc nchat.entitlements.v1.AdminService.CreateManualSubscription
+   */
+  createManualSubscription: {
+    methodKind: "unary";
+    input: typeof CreateManualSubscriptionRequestSchema;
+    output: typeof CreateManualSubscriptionResponseSchema;
+  },
+  /**
+   * UpdateManualSubscription changes a manual subscription's plan, price, currency, interval or
+   * term (fields left empty keep their value). Audited.
+   *
+   * @generated from rpc nchat.entitlements.v1.AdminService.UpdateManualSubscription
+   */
+  updateManualSubscription: {
+    methodKind: "unary";
+    input: typeof UpdateManualSubscriptionRequestSchema;
+    output: typeof UpdateManualSubscriptionResponseSchema;
+  },
+  /**
+   * EndManualSubscription ends a manual subscription now: the account goes back to the free plan
+   * (or to its other subscription's plan). Audited.
+   *
+   * @generated from rpc nchat.entitlements.v1.AdminService.EndManualSubscription
+   */
+  endManualSubscription: {
+    methodKind: "unary";
+    input: typeof EndManualSubscriptionRequestSchema;
+    output: typeof EndManualSubscriptionResponseSchema;
+  },
+  /**
+   * RecordManualInvoice records an invoice of a manual subscription as paid (money received by
+   * bank transfer or cheque): a revenue fact of payment method MANUAL. The `reference` is unique:
+   * recording it again answers the first record and never counts the money twice. Audited.
+   *
+   * @generated from rpc nchat.entitlements.v1.AdminService.RecordManualInvoice
+   */
+  recordManualInvoice: {
+    methodKind: "unary";
+    input: typeof RecordManualInvoiceRequestSchema;
+    output: typeof RecordManualInvoiceResponseSchema;
+  },
+  /**
+   * ListAuditEntries pages through the audit log (override changes, manual subscriptions and
+   * invoices, resolved crypto funds), newest first, filtered by account, actor, action and time.
+   *
+   * @generated from rpc nchat.entitlements.v1.AdminService.ListAuditEntries
+   */
+  listAuditEntries: {
+    methodKind: "unary";
+    input: typeof ListAuditEntriesRequestSchema;
+    output: typeof ListAuditEntriesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nchat_entitlements_v1_admin_service, 0);
