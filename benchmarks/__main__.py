@@ -302,6 +302,10 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
                     )
             finally:
                 await _drop_postgres_database(database)
+        from benchmarks.freshness import bench_freshness
+
+        print("freshness (issue 14): change -> first answer that shows it, defaults", flush=True)
+        report["freshness"] = await bench_freshness()
     return report
 
 

@@ -109,6 +109,12 @@ class EntitlementService:
             await asyncio.sleep(min(pause, remaining))
             pause *= 2
 
+    async def stored_revision(self, account_id: str) -> int:
+        """The account's revision in the database (not this replica's cache, which may lag a
+        write made elsewhere): a `min_revision` token covering every committed change."""
+        snapshot = await self.store.get_account_snapshot(account_id)
+        return 0 if snapshot is None else snapshot.revision
+
     async def save_subscription(self, record: SubscriptionRecord) -> AccountEntitlements:
         """Store a subscription (created or changed) and publish the account's new state."""
         self.catalog.plan(record.plan_id, field="plan_id")

@@ -35,6 +35,9 @@ class StripeSettings:
     max_network_retries: int = 2
     #: Seconds before a request to Stripe is given up.
     timeout_seconds: float = 30.0
+    #: Stripe's reachability (/readyz?verbose, metrics) comes from the billing calls; when none
+    #: was made for this many seconds, one probe (GET /v1/balance) asks. 0: never probe.
+    probe_interval_seconds: int = 60
 
     @property
     def configured(self) -> bool:
@@ -71,6 +74,7 @@ class StripeSettings:
                     f"STRIPE_API_BASE: expected an http(s) URL, got {api_base!r}"
                 )
         retries = _int(env, "STRIPE_MAX_NETWORK_RETRIES", cls.max_network_retries)
+        probe = _int(env, "STRIPE_PROBE_INTERVAL_SECONDS", cls.probe_interval_seconds)
         if secret_key and not book:
             raise StripeConfigError(
                 "STRIPE_SECRET_KEY is set but no STRIPE_<PLAN>_<INTERVAL>_PRICE_ID is: "
@@ -82,6 +86,7 @@ class StripeSettings:
             prices=book,
             api_base=api_base,
             max_network_retries=retries,
+            probe_interval_seconds=probe,
         )
 
 

@@ -17,6 +17,7 @@ import stripe
 
 from adapters.stripe.config import StripeSettings
 from adapters.stripe.objects import CheckoutSession, StripeSubscription
+from adapters.stripe.reachability import ObservedHTTPClient, Reachability, StripeState
 from entitlements.errors import (
     FailedPrecondition,
     IdempotencyKeyReused,
@@ -77,7 +78,9 @@ class StripeGateway:
     def __init__(self, settings: StripeSettings) -> None:
         if not settings.configured:
             raise ValueError("Stripe is not configured (STRIPE_SECRET_KEY)")
-        self._http = stripe.AIOHTTPClient(timeout=settings.timeout_seconds)
+        #: Whether Stripe answered this replica's last exchanges (readiness reports it apart).
+        self.reachability = Reachability(settings.probe_interval_seconds)
+        self._http = ObservedHTTPClient(self.reachability, timeout=settings.timeout_seconds)
         base: dict[str, str] = {}
         if settings.api_base:
             base["api"] = settings.api_base
@@ -90,6 +93,11 @@ class StripeGateway:
 
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    async def probe_reachability(self) -> StripeState:
+        """Stripe's reachability; asks Stripe (one GET /v1/balance) only when no exchange was
+        heard for the probe interval."""
+        return await self.reachability.probe(self._client.v1.balance.retrieve_async)
 
     async def create_checkout_session(
         self,

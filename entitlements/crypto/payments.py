@@ -92,6 +92,8 @@ class TransactionInfo:
     confirmations: int = 0
     required_confirmations: int = 0
     payment_id: str = ""
+    #: The paid payment's activation revision (see `CryptoPayments.revision`); 0 if none.
+    revision: int = 0
 
 
 class CryptoPayments:
@@ -256,6 +258,13 @@ class CryptoPayments:
             payment = replace(payment, status="expired")
         return payment
 
+    async def revision(self, payment: PaymentRecord) -> int:
+        """0 until the payment's plan is activated; then the account's stored revision, at
+        least the activation's own (a caller's `min_revision` to see it on any replica)."""
+        if payment.activation != "applied":
+            return 0
+        return await self.service.stored_revision(payment.account_id)
+
     async def transaction(self, network: str, tx_hash: str) -> TransactionInfo:
         if not _TX_HASH.match(tx_hash):
             raise InvalidArgument("tx_hash", "must be 0x followed by 64 hex digits")
@@ -270,6 +279,10 @@ class CryptoPayments:
         except ChainError as exc:
             raise Unavailable(f"the {network} node cannot be read: {exc.message}") from exc
         payment_id = await self.repo.payment_of_transaction(reads.chain_id, tx_hash)
+        revision = 0
+        if payment_id is not None:
+            paid = await self.repo.get_payment(payment_id)
+            revision = 0 if paid is None else await self.revision(paid)
         return TransactionInfo(
             found=True,
             succeeded=receipt.succeeded,
@@ -277,6 +290,7 @@ class CryptoPayments:
             confirmations=max(0, head - receipt.block_number + 1),
             required_confirmations=depth,
             payment_id=payment_id or "",
+            revision=revision,
         )
 
     # -- matching (the watcher) --

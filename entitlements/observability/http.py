@@ -6,7 +6,9 @@
   Other dependencies (each chain node, with its head's age) are reported apart and never make it
   503: checks keep answering while a node is down. `/readyz?verbose` adds each dependency's
   state; its details (where the database is, error texts) only for a caller with the `admin`
-  scope (open in dev mode). `/healthz` (the shim's) only says the process is alive.
+  scope (open in dev mode). Stripe's reachability comes from the billing calls, with a probe at
+  most once per `STRIPE_PROBE_INTERVAL_SECONDS` (60) when none was made. `/healthz` (the
+  shim's) only says the process is alive.
 - `/admin`: the read-only revenue dashboard, for a caller with the `admin` scope: the token as
   `Authorization: Bearer <token>`, or `?token=<token>` for a browser; 401 without a known
   token, 403 without the scope. Open in dev mode. `?as_of=` and `?churn_window_days=` as in
@@ -74,6 +76,9 @@ class OpsRoutes:
     probe_timeout_seconds: float = 2.0
     #: More sections of the /admin page (HTML), e.g. outbound events; rendered in order.
     sections: list[Callable[[], Awaitable[str]]] = field(default_factory=list)
+    #: More public fields of a dependency in /readyz?verbose (e.g. Stripe's last success), by
+    #: dependency name; read after its probe ran.
+    reports: Mapping[str, Callable[[], Mapping[str, Any]]] = field(default_factory=dict)
 
 
 #: How long a public chain's head may stand still before it is reported "stalled".
@@ -176,6 +181,8 @@ def install_routes(app: web.Application, ops: OpsRoutes) -> None:
                     block, age = heads[network]
                     entry["head_block"] = block
                     entry["head_age_seconds"] = round(age, 3)
+                if name in ops.reports:
+                    entry.update(ops.reports[name]())
                 if details:
                     if errors[name] is not None:
                         entry["detail"] = errors[name]

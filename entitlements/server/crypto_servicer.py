@@ -38,7 +38,7 @@ STATUSES = {
 }
 
 
-def payment_message(p: PaymentRecord) -> pb.CryptoPayment:
+def payment_message(p: PaymentRecord, revision: int = 0) -> pb.CryptoPayment:
     return pb.CryptoPayment(
         payment_id=p.id,
         account_id=p.account_id,
@@ -62,6 +62,7 @@ def payment_message(p: PaymentRecord) -> pb.CryptoPayment:
         received_amount=format_amount(int(p.received_base_units), p.decimals),
         confirmed_at=convert.timestamp(p.confirmed_at),
         payer_address=p.payer_address or "",
+        revision=revision,
     )
 
 
@@ -98,9 +99,9 @@ class CryptoPaymentServicer(pb_grpc.CryptoPaymentServiceServicer):
     async def GetCryptoPayment(
         self, request: pb.GetCryptoPaymentRequest, context: Ctx
     ) -> pb.GetCryptoPaymentResponse:
-        payment_id = require_id(request.payment_id, "payment_id")
+        payment = await self.payments.get(require_id(request.payment_id, "payment_id"))
         return pb.GetCryptoPaymentResponse(
-            payment=payment_message(await self.payments.get(payment_id))
+            payment=payment_message(payment, await self.payments.revision(payment))
         )
 
     @unary
@@ -122,4 +123,5 @@ class CryptoPaymentServicer(pb_grpc.CryptoPaymentServiceServicer):
             required_confirmations=info.required_confirmations,
             block_number=info.block_number,
             payment_id=info.payment_id,
+            revision=info.revision,
         )

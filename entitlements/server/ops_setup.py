@@ -3,17 +3,24 @@ and the admin dashboard's routes."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from entitlements.errors import Unavailable
 from entitlements.observability.http import OpsRoutes, Probe, chain_probes
 from entitlements.observability.logs import set_caller_resolver, set_slow_call_seconds
-from entitlements.observability.metrics import RuntimeSource, register_runtime
+from entitlements.observability.metrics import (
+    RuntimeSource,
+    register_runtime,
+    set_dependency_up,
+)
 from entitlements.observability.multiprocess import publish as publish_metrics
 from entitlements.observability.tracing import flush as flush_traces
 from entitlements.server.auth import AuthInterceptor
 from entitlements.store.engine import safe_url
 
 if TYPE_CHECKING:
+    from adapters.stripe import StripeGateway
     from entitlements.admin import AdminService
     from entitlements.config import Settings
     from entitlements.server.deps import Deps
@@ -56,13 +63,47 @@ def install_observability(
     deps.closers.insert(0, flush_traces)
     probes: list[Probe] = [("database", deps.store.ping)]
     optional: list[Probe] = []
+    reports: dict[str, Callable[[], Mapping[str, Any]]] = {}
     if readers is not None and readers.networks:
         optional = chain_probes(readers, settings.chains.request_timeout_seconds)
+    if deps.billing is not None:
+        optional.append(("stripe", _stripe_probe(deps.billing.gateway)))
+        reports["stripe"] = _stripe_report(deps.billing.gateway)
     return OpsRoutes(
         probes=probes,
         optional_probes=optional,
+        reports=reports,
         targets={"database": safe_url(deps.store.engine.url)},
         admin=admin,
         callers=settings.callers,
         dev_mode=settings.dev_mode,
     )
+
+
+def _stripe_probe(gateway: StripeGateway) -> Callable[[], Awaitable[None]]:
+    """Readiness's view of Stripe: down when the last exchange failed (never makes /readyz
+    503). The gateway's exchanges also set the dependency metric as they happen."""
+    gateway.reachability.observer = lambda up: set_dependency_up("stripe", up)
+
+    async def probe() -> None:
+        state = await gateway.probe_reachability()
+        if state.reachable is False:
+            raise Unavailable(f"Stripe: {state.last_error}")
+
+    return probe
+
+
+def _stripe_report(gateway: StripeGateway) -> Callable[[], Mapping[str, Any]]:
+    def report() -> Mapping[str, Any]:
+        state = gateway.reachability.state()
+        return {
+            "last_success_seconds_ago": _rounded(state.last_success_seconds_ago),
+            "last_failure_seconds_ago": _rounded(state.last_failure_seconds_ago),
+            "probe_interval_seconds": gateway.reachability.probe_interval_seconds,
+        }
+
+    return report
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)

@@ -193,6 +193,46 @@ async def test_a_quote_over_grpc_is_paid_confirmed_and_seen_by_entitlement_watch
     assert revenue.mrr_cents == 2500
 
 
+async def test_an_activated_payment_carries_the_revision_a_check_must_reach_to_see_it(
+    running: Running, channel: grpc.aio.Channel, chain: ChainKit
+) -> None:
+    stub = pb_grpc.CryptoPaymentServiceStub(channel)
+    ent = ent_grpc.EntitlementsServiceStub(channel)
+    before = await ent.GetEntitlements(
+        ent_pb.GetEntitlementsRequest(account_id="rev-acme"), metadata=OPS
+    )
+    quote = (await stub.CreateCryptoPayment(request(account_id="rev-acme"), metadata=OPS)).payment
+    assert quote.revision == 0  # nothing activated yet
+    deps = running.deps
+    assert deps.crypto is not None
+    (watcher,) = deps.crypto.watchers
+    await watcher.catch_up()
+    token = chain.w3.eth.contract(
+        address=quote.token_contract, abi=chain.contracts["TestERC20"]["abi"]
+    )
+    await chain.transact(token.functions.mint(quote.pay_to_address, int(quote.amount_base_units)))
+    await chain.w3.provider.make_request("anvil_mine", [hex(DEPTH - 1)])  # type: ignore[arg-type]
+    await watcher.catch_up()
+    paid = (
+        await stub.GetCryptoPayment(
+            pb.GetCryptoPaymentRequest(payment_id=quote.payment_id), metadata=OPS
+        )
+    ).payment
+    assert paid.status == pb.CRYPTO_PAYMENT_STATUS_CONFIRMED
+    assert paid.revision > before.entitlements.revision
+    check = await ent.CanUseFeature(
+        ent_pb.CanUseFeatureRequest(
+            account_id="rev-acme", feature="tokenGating", min_revision=paid.revision
+        ),
+        metadata=OPS,
+    )
+    assert check.allowed and check.revision == paid.revision
+    status = await stub.GetTransactionStatus(
+        pb.GetTransactionStatusRequest(network="local", tx_hash=paid.tx_hash), metadata=OPS
+    )
+    assert status.payment_id == quote.payment_id and status.revision == paid.revision
+
+
 async def test_without_a_receiving_address_quotes_are_refused_as_failed_precondition(
     settings: Settings, store: Store, anvil: AnvilNode, tokens: TestTokens
 ) -> None:

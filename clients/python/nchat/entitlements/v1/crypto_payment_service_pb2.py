@@ -26,31 +26,31 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nchat.entitlements.v1 import plan_pb2 as nchat_dot_entitlements_dot_v1_dot_plan__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2nchat/entitlements/v1/crypto_payment_service.proto\x12\x15nchat.entitlements.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a nchat/entitlements/v1/plan.proto\"\xff\x04\n\rCryptoPayment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0f\n\x07plan_id\x18\x03 \x01(\t\x12\x38\n\x08interval\x18\x04 \x01(\x0e\x32&.nchat.entitlements.v1.BillingInterval\x12\x0f\n\x07network\x18\x05 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x06 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x07 \x01(\t\x12\x16\n\x0etoken_contract\x18\x08 \x01(\t\x12\x16\n\x0epay_to_address\x18\t \x01(\t\x12\x0e\n\x06\x61mount\x18\n \x01(\t\x12\x19\n\x11\x61mount_base_units\x18\x0b \x01(\t\x12\x10\n\x08\x64\x65\x63imals\x18\x0c \x01(\x05\x12\x13\n\x0bprice_cents\x18\r \x01(\x03\x12:\n\x06status\x18\x0e \x01(\x0e\x32*.nchat.entitlements.v1.CryptoPaymentStatus\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07tx_hash\x18\x11 \x01(\t\x12\x15\n\rconfirmations\x18\x12 \x01(\x03\x12\x1e\n\x16required_confirmations\x18\x13 \x01(\x03\x12\x17\n\x0freceived_amount\x18\x14 \x01(\t\x12\x30\n\x0c\x63onfirmed_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rpayer_address\x18\x16 \x01(\t\"\xb5\x01\n\x1a\x43reateCryptoPaymentRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12\x38\n\x08interval\x18\x03 \x01(\x0e\x32&.nchat.entitlements.v1.BillingInterval\x12\x0f\n\x07network\x18\x04 \x01(\t\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x15\n\rpayer_address\x18\x06 \x01(\t\"T\n\x1b\x43reateCryptoPaymentResponse\x12\x35\n\x07payment\x18\x01 \x01(\x0b\x32$.nchat.entitlements.v1.CryptoPayment\"-\n\x17GetCryptoPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"Q\n\x18GetCryptoPaymentResponse\x12\x35\n\x07payment\x18\x01 \x01(\x0b\x32$.nchat.entitlements.v1.CryptoPayment\"?\n\x1bGetTransactionStatusRequest\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0f\n\x07tx_hash\x18\x02 \x01(\t\"\xb9\x01\n\x1cGetTransactionStatusResponse\x12\x38\n\x06status\x18\x01 \x01(\x0e\x32(.nchat.entitlements.v1.TransactionStatus\x12\x15\n\rconfirmations\x18\x02 \x01(\x03\x12\x1e\n\x16required_confirmations\x18\x03 \x01(\x03\x12\x14\n\x0c\x62lock_number\x18\x04 \x01(\x03\x12\x12\n\npayment_id\x18\x05 \x01(\t*\xbb\x02\n\x13\x43ryptoPaymentStatus\x12%\n!CRYPTO_PAYMENT_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1d\x43RYPTO_PAYMENT_STATUS_PENDING\x10\x01\x12$\n CRYPTO_PAYMENT_STATUS_PROCESSING\x10\x02\x12#\n\x1f\x43RYPTO_PAYMENT_STATUS_CONFIRMED\x10\x03\x12!\n\x1d\x43RYPTO_PAYMENT_STATUS_EXPIRED\x10\x04\x12#\n\x1f\x43RYPTO_PAYMENT_STATUS_UNDERPAID\x10\x05\x12\"\n\x1e\x43RYPTO_PAYMENT_STATUS_OVERPAID\x10\x06\x12#\n\x1f\x43RYPTO_PAYMENT_STATUS_PAID_LATE\x10\x07*\xbd\x01\n\x11TransactionStatus\x12\"\n\x1eTRANSACTION_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cTRANSACTION_STATUS_NOT_FOUND\x10\x01\x12!\n\x1dTRANSACTION_STATUS_CONFIRMING\x10\x02\x12 \n\x1cTRANSACTION_STATUS_CONFIRMED\x10\x03\x12\x1d\n\x19TRANSACTION_STATUS_FAILED\x10\x04\x32\x8a\x03\n\x14\x43ryptoPaymentService\x12|\n\x13\x43reateCryptoPayment\x12\x31.nchat.entitlements.v1.CreateCryptoPaymentRequest\x1a\x32.nchat.entitlements.v1.CreateCryptoPaymentResponse\x12s\n\x10GetCryptoPayment\x12..nchat.entitlements.v1.GetCryptoPaymentRequest\x1a/.nchat.entitlements.v1.GetCryptoPaymentResponse\x12\x7f\n\x14GetTransactionStatus\x12\x32.nchat.entitlements.v1.GetTransactionStatusRequest\x1a\x33.nchat.entitlements.v1.GetTransactionStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2nchat/entitlements/v1/crypto_payment_service.proto\x12\x15nchat.entitlements.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a nchat/entitlements/v1/plan.proto\"\x91\x05\n\rCryptoPayment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0f\n\x07plan_id\x18\x03 \x01(\t\x12\x38\n\x08interval\x18\x04 \x01(\x0e\x32&.nchat.entitlements.v1.BillingInterval\x12\x0f\n\x07network\x18\x05 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x06 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x07 \x01(\t\x12\x16\n\x0etoken_contract\x18\x08 \x01(\t\x12\x16\n\x0epay_to_address\x18\t \x01(\t\x12\x0e\n\x06\x61mount\x18\n \x01(\t\x12\x19\n\x11\x61mount_base_units\x18\x0b \x01(\t\x12\x10\n\x08\x64\x65\x63imals\x18\x0c \x01(\x05\x12\x13\n\x0bprice_cents\x18\r \x01(\x03\x12:\n\x06status\x18\x0e \x01(\x0e\x32*.nchat.entitlements.v1.CryptoPaymentStatus\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07tx_hash\x18\x11 \x01(\t\x12\x15\n\rconfirmations\x18\x12 \x01(\x03\x12\x1e\n\x16required_confirmations\x18\x13 \x01(\x03\x12\x17\n\x0freceived_amount\x18\x14 \x01(\t\x12\x30\n\x0c\x63onfirmed_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rpayer_address\x18\x16 \x01(\t\x12\x10\n\x08revision\x18\x17 \x01(\x03\"\xb5\x01\n\x1a\x43reateCryptoPaymentRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12\x38\n\x08interval\x18\x03 \x01(\x0e\x32&.nchat.entitlements.v1.BillingInterval\x12\x0f\n\x07network\x18\x04 \x01(\t\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x15\n\rpayer_address\x18\x06 \x01(\t\"T\n\x1b\x43reateCryptoPaymentResponse\x12\x35\n\x07payment\x18\x01 \x01(\x0b\x32$.nchat.entitlements.v1.CryptoPayment\"-\n\x17GetCryptoPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"Q\n\x18GetCryptoPaymentResponse\x12\x35\n\x07payment\x18\x01 \x01(\x0b\x32$.nchat.entitlements.v1.CryptoPayment\"?\n\x1bGetTransactionStatusRequest\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0f\n\x07tx_hash\x18\x02 \x01(\t\"\xcb\x01\n\x1cGetTransactionStatusResponse\x12\x38\n\x06status\x18\x01 \x01(\x0e\x32(.nchat.entitlements.v1.TransactionStatus\x12\x15\n\rconfirmations\x18\x02 \x01(\x03\x12\x1e\n\x16required_confirmations\x18\x03 \x01(\x03\x12\x14\n\x0c\x62lock_number\x18\x04 \x01(\x03\x12\x12\n\npayment_id\x18\x05 \x01(\t\x12\x10\n\x08revision\x18\x06 \x01(\x03*\xbb\x02\n\x13\x43ryptoPaymentStatus\x12%\n!CRYPTO_PAYMENT_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1d\x43RYPTO_PAYMENT_STATUS_PENDING\x10\x01\x12$\n CRYPTO_PAYMENT_STATUS_PROCESSING\x10\x02\x12#\n\x1f\x43RYPTO_PAYMENT_STATUS_CONFIRMED\x10\x03\x12!\n\x1d\x43RYPTO_PAYMENT_STATUS_EXPIRED\x10\x04\x12#\n\x1f\x43RYPTO_PAYMENT_STATUS_UNDERPAID\x10\x05\x12\"\n\x1e\x43RYPTO_PAYMENT_STATUS_OVERPAID\x10\x06\x12#\n\x1f\x43RYPTO_PAYMENT_STATUS_PAID_LATE\x10\x07*\xbd\x01\n\x11TransactionStatus\x12\"\n\x1eTRANSACTION_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cTRANSACTION_STATUS_NOT_FOUND\x10\x01\x12!\n\x1dTRANSACTION_STATUS_CONFIRMING\x10\x02\x12 \n\x1cTRANSACTION_STATUS_CONFIRMED\x10\x03\x12\x1d\n\x19TRANSACTION_STATUS_FAILED\x10\x04\x32\x8a\x03\n\x14\x43ryptoPaymentService\x12|\n\x13\x43reateCryptoPayment\x12\x31.nchat.entitlements.v1.CreateCryptoPaymentRequest\x1a\x32.nchat.entitlements.v1.CreateCryptoPaymentResponse\x12s\n\x10GetCryptoPayment\x12..nchat.entitlements.v1.GetCryptoPaymentRequest\x1a/.nchat.entitlements.v1.GetCryptoPaymentResponse\x12\x7f\n\x14GetTransactionStatus\x12\x32.nchat.entitlements.v1.GetTransactionStatusRequest\x1a\x33.nchat.entitlements.v1.GetTransactionStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nchat.entitlements.v1.crypto_payment_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CRYPTOPAYMENTSTATUS']._serialized_start=1440
-  _globals['_CRYPTOPAYMENTSTATUS']._serialized_end=1755
-  _globals['_TRANSACTIONSTATUS']._serialized_start=1758
-  _globals['_TRANSACTIONSTATUS']._serialized_end=1947
+  _globals['_CRYPTOPAYMENTSTATUS']._serialized_start=1476
+  _globals['_CRYPTOPAYMENTSTATUS']._serialized_end=1791
+  _globals['_TRANSACTIONSTATUS']._serialized_start=1794
+  _globals['_TRANSACTIONSTATUS']._serialized_end=1983
   _globals['_CRYPTOPAYMENT']._serialized_start=145
-  _globals['_CRYPTOPAYMENT']._serialized_end=784
-  _globals['_CREATECRYPTOPAYMENTREQUEST']._serialized_start=787
-  _globals['_CREATECRYPTOPAYMENTREQUEST']._serialized_end=968
-  _globals['_CREATECRYPTOPAYMENTRESPONSE']._serialized_start=970
-  _globals['_CREATECRYPTOPAYMENTRESPONSE']._serialized_end=1054
-  _globals['_GETCRYPTOPAYMENTREQUEST']._serialized_start=1056
-  _globals['_GETCRYPTOPAYMENTREQUEST']._serialized_end=1101
-  _globals['_GETCRYPTOPAYMENTRESPONSE']._serialized_start=1103
-  _globals['_GETCRYPTOPAYMENTRESPONSE']._serialized_end=1184
-  _globals['_GETTRANSACTIONSTATUSREQUEST']._serialized_start=1186
-  _globals['_GETTRANSACTIONSTATUSREQUEST']._serialized_end=1249
-  _globals['_GETTRANSACTIONSTATUSRESPONSE']._serialized_start=1252
-  _globals['_GETTRANSACTIONSTATUSRESPONSE']._serialized_end=1437
-  _globals['_CRYPTOPAYMENTSERVICE']._serialized_start=1950
-  _globals['_CRYPTOPAYMENTSERVICE']._serialized_end=2344
+  _globals['_CRYPTOPAYMENT']._serialized_end=802
+  _globals['_CREATECRYPTOPAYMENTREQUEST']._serialized_start=805
+  _globals['_CREATECRYPTOPAYMENTREQUEST']._serialized_end=986
+  _globals['_CREATECRYPTOPAYMENTRESPONSE']._serialized_start=988
+  _globals['_CREATECRYPTOPAYMENTRESPONSE']._serialized_end=1072
+  _globals['_GETCRYPTOPAYMENTREQUEST']._serialized_start=1074
+  _globals['_GETCRYPTOPAYMENTREQUEST']._serialized_end=1119
+  _globals['_GETCRYPTOPAYMENTRESPONSE']._serialized_start=1121
+  _globals['_GETCRYPTOPAYMENTRESPONSE']._serialized_end=1202
+  _globals['_GETTRANSACTIONSTATUSREQUEST']._serialized_start=1204
+  _globals['_GETTRANSACTIONSTATUSREQUEST']._serialized_end=1267
+  _globals['_GETTRANSACTIONSTATUSRESPONSE']._serialized_start=1270
+  _globals['_GETTRANSACTIONSTATUSRESPONSE']._serialized_end=1473
+  _globals['_CRYPTOPAYMENTSERVICE']._serialized_start=1986
+  _globals['_CRYPTOPAYMENTSERVICE']._serialized_end=2380
 # @@protoc_insertion_point(module_scope)

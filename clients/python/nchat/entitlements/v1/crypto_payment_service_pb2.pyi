@@ -123,6 +123,7 @@ class CryptoPayment(_message.Message):
     RECEIVED_AMOUNT_FIELD_NUMBER: _builtins.int
     CONFIRMED_AT_FIELD_NUMBER: _builtins.int
     PAYER_ADDRESS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     """The payment's id."""
     account_id: _builtins.str
@@ -161,6 +162,11 @@ class CryptoPayment(_message.Message):
     """The amount received, a decimal string in the currency."""
     payer_address: _builtins.str
     """The wallet the quote must be paid from (checksummed); empty when any wallet may pay."""
+    revision: _builtins.int
+    """Once the payment's plan is activated: the account's entitlement revision as stored when this
+    answer was read (at least the activation's own). Pass it as `min_revision` to a check, on any
+    replica, to see the activation. 0 while nothing is activated.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the quote was made."""
@@ -198,10 +204,11 @@ class CryptoPayment(_message.Message):
         received_amount: _builtins.str = ...,
         confirmed_at: _timestamp_pb2.Timestamp | None = ...,
         payer_address: _builtins.str = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["confirmed_at", b"confirmed_at", "created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "amount_base_units", b"amount_base_units", "chain_id", b"chain_id", "confirmations", b"confirmations", "confirmed_at", b"confirmed_at", "created_at", b"created_at", "currency", b"currency", "decimals", b"decimals", "expires_at", b"expires_at", "interval", b"interval", "network", b"network", "pay_to_address", b"pay_to_address", "payer_address", b"payer_address", "payment_id", b"payment_id", "plan_id", b"plan_id", "price_cents", b"price_cents", "received_amount", b"received_amount", "required_confirmations", b"required_confirmations", "status", b"status", "token_contract", b"token_contract", "tx_hash", b"tx_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "amount_base_units", b"amount_base_units", "chain_id", b"chain_id", "confirmations", b"confirmations", "confirmed_at", b"confirmed_at", "created_at", b"created_at", "currency", b"currency", "decimals", b"decimals", "expires_at", b"expires_at", "interval", b"interval", "network", b"network", "pay_to_address", b"pay_to_address", "payer_address", b"payer_address", "payment_id", b"payment_id", "plan_id", b"plan_id", "price_cents", b"price_cents", "received_amount", b"received_amount", "required_confirmations", b"required_confirmations", "revision", b"revision", "status", b"status", "token_contract", b"token_contract", "tx_hash", b"tx_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -359,6 +366,7 @@ class GetTransactionStatusResponse(_message.Message):
     REQUIRED_CONFIRMATIONS_FIELD_NUMBER: _builtins.int
     BLOCK_NUMBER_FIELD_NUMBER: _builtins.int
     PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     status: Global___TransactionStatus.ValueType
     """The status."""
     confirmations: _builtins.int
@@ -369,6 +377,8 @@ class GetTransactionStatusResponse(_message.Message):
     """The block the transaction is in."""
     payment_id: _builtins.str
     """The payment the transaction paid, if any."""
+    revision: _builtins.int
+    """The paid payment's `revision` (see CryptoPayment.revision): 0 until its plan is activated."""
     def __init__(
         self,
         *,
@@ -377,10 +387,11 @@ class GetTransactionStatusResponse(_message.Message):
         required_confirmations: _builtins.int = ...,
         block_number: _builtins.int = ...,
         payment_id: _builtins.str = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_number", b"block_number", "confirmations", b"confirmations", "payment_id", b"payment_id", "required_confirmations", b"required_confirmations", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_number", b"block_number", "confirmations", b"confirmations", "payment_id", b"payment_id", "required_confirmations", b"required_confirmations", "revision", b"revision", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
