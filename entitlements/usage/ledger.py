@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +117,10 @@ class UsageLedger:
         self._counters: LRUCache[CounterKey, tuple[int, float, float]] = LRUCache(
             counter_cache_size
         )
+        # `peek` reads the counters from gRPC's handler threads while the loop writes them: the
+        # entries are immutable tuples replaced whole, and the LRU (a read reorders it) is only
+        # touched under this lock, never held across an await.
+        self._counters_lock = threading.Lock()
         self._refreshing: dict[CounterKey, asyncio.Task[int]] = {}
         self._counter_ttl = counter_ttl_seconds
         self._retention = key_retention_seconds
@@ -160,7 +165,7 @@ class UsageLedger:
         (concurrent first reads share one query); after that a value older than the TTL is
         still answered at once while one background read refreshes it, so the hot path never
         waits for the database (and keeps answering while it is down)."""
-        cached = self._counters.get(key)
+        cached = self._counter(key)
         if cached is not None:
             if time.monotonic() >= cached[1] and key not in self._refreshing:
                 self._refreshing[key] = asyncio.get_running_loop().create_task(
@@ -177,13 +182,13 @@ class UsageLedger:
         try:
             value = await self._repo.counter(key)
         except EntitlementsError:
-            cached = self._counters.get(key)
+            cached = self._counter(key)
             if cached is None:
                 raise
             return cached[0]  # keep the last value while the database is away
         finally:
             self._refreshing.pop(key, None)
-        cached = self._counters.get(key)
+        cached = self._counter(key)
         if cached is not None and cached[2] > started:
             return cached[0]  # this replica wrote it since: that value is newer
         self._remember(key, value)
@@ -196,9 +201,23 @@ class UsageLedger:
             self._remember((account_id, metric, metric_period), value)
         return values
 
+    def peek(self, key: CounterKey) -> int | None:
+        """The counter's value while it is fresh (younger than the TTL), else None: the answer
+        `current` would give without waiting or refreshing. Safe from any thread."""
+        cached = self._counter(key)
+        if cached is None or time.monotonic() >= cached[1]:
+            return None
+        return cached[0]
+
+    def _counter(self, key: CounterKey) -> tuple[int, float, float] | None:
+        with self._counters_lock:
+            return self._counters.get(key)
+
     def _remember(self, key: CounterKey, value: int) -> None:
         now = time.monotonic()
-        self._counters[key] = (value, now + self._counter_ttl, now)
+        entry = (value, now + self._counter_ttl, now)
+        with self._counters_lock:
+            self._counters[key] = entry
 
     def _future(self) -> asyncio.Future[list[Outcome]]:
         return asyncio.get_running_loop().create_future()
