@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message_factory import GetMessageClass
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 from nchat.entitlements.v1 import (
     admin_service_pb2,
@@ -24,7 +24,6 @@ from nchat.entitlements.v1 import (
     crypto_payment_service_pb2,
     crypto_payment_service_pb2_grpc,
     entitlements_service_pb2,
-    entitlements_service_pb2_grpc,
     token_gate_service_pb2,
     token_gate_service_pb2_grpc,
     usage_service_pb2,
@@ -38,8 +37,8 @@ from entitlements.observability.in_flight import Budgets
 from entitlements.policies import Catalog, default_catalog
 from entitlements.server.admin_servicer import install_admin
 from entitlements.server.auth import Authenticator
-from entitlements.server.bridge import LoopBridge
 from entitlements.server.billing_setup import install_billing, webhook_server
+from entitlements.server.bridge import LoopBridge
 from entitlements.server.crypto_setup import install_crypto
 from entitlements.server.deps import Deps
 from entitlements.server.entitlements_servicer import EntitlementsServicer
@@ -242,7 +241,9 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
             path = f"/{service.full_name}/{method.name}"
             parse = GetMessageClass(method.input_type).FromString
             if method.server_streaming:
-                table[method.name] = handlers.stream(path, parse, slow=getattr(servicer, method.name))
+                table[method.name] = handlers.stream(
+                    path, parse, slow=getattr(servicer, method.name)
+                )
             else:
                 table[method.name] = handlers.unary(
                     path,
@@ -289,9 +290,7 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
         deps.feed.start()
     if deps.events is not None:
         deps.events.start()
-    running = Running(
-        server=server, port=port, health=health_servicer, deps=deps, streams=streams
-    )
+    running = Running(server=server, port=port, health=health_servicer, deps=deps, streams=streams)
     await running.set_serving(False)
     return running
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, NoReturn
 
 import grpc
@@ -23,7 +23,7 @@ from entitlements.server.status import status_proto
 
 __all__ = ["LoopBridge", "LoopContext"]
 
-UnaryMethod = Callable[[Any, Any], Awaitable[Any]]
+UnaryMethod = Callable[[Any, Any], Coroutine[Any, Any, Any]]
 StreamMethod = Callable[[Any, Any], AsyncIterator[Any]]
 
 #: The answer when the loop is gone (the process is stopping): retryable.
@@ -113,11 +113,14 @@ class LoopBridge:
         """`await method(request, context)` on the loop; its answer, or its abort sent."""
         context = LoopContext(transport)
         try:
-            future = asyncio.run_coroutine_threadsafe(method(request, context), self.loop)
+            future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(
+                method(request, context), self.loop
+            )
         except RuntimeError:  # the loop is closed: the process is stopping
             transport.abort_with_status(_LOOP_GONE)
             raise
-        transport.add_callback(future.cancel)  # the caller went away: stop working for it
+        # The caller went away (cancel, deadline): stop working for it.
+        transport.add_callback(lambda: _cancel(future))
         try:
             return future.result()
         except _Aborted:
@@ -166,6 +169,11 @@ class LoopBridge:
 
 
 _END = object()
+
+
+def _cancel(future: concurrent.futures.Future[Any] | None) -> None:
+    if future is not None:
+        future.cancel()
 
 
 async def _next(items: AsyncIterator[Any]) -> Any:

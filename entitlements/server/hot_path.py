@@ -213,8 +213,9 @@ class HotPath:
         assert self._gate is not None
         if request.WhichOneof("requirement_source") != "requirement":
             return None
-        parsed = self._requirements.get(raw, False)
-        if parsed is False:  # validated once per distinct request (a checksum costs a hash)
+        try:
+            parsed = self._requirements[raw]
+        except KeyError:  # validated once per distinct request (an address checksum hashes)
             parsed = self._parse_requirement(request)
             _keep(self._requirements, raw, parsed)
         if parsed is None:

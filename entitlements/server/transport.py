@@ -38,7 +38,7 @@ from entitlements.server.guard import RequestGuard
 from entitlements.server.hot_path import Fast
 from entitlements.server.status import READ_METHODS, status_proto
 
-__all__ = ["Handlers", "SyncServer", "Streams"]
+__all__ = ["Handlers", "Streams", "SyncServer"]
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +214,14 @@ class SyncServer:
         self,
         server: grpc.Server,
         pools: tuple[ThreadPoolExecutor, ...],
-        generic: Mapping[str, Mapping[str, grpc.RpcMethodHandler[Any, Any]]],
+        generic: Mapping[str, dict[str, grpc.RpcMethodHandler[Any, Any]]],
     ) -> None:
         self.grpc = server
         self._pools = pools
         for service, methods in generic.items():
-            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service, methods),)
+            )
             server.add_registered_method_handlers(service, dict(methods))
 
     def add_insecure_port(self, address: str) -> int:
