@@ -121,6 +121,7 @@ class UsageLedger:
         # entries are immutable tuples replaced whole, and the LRU (a read reorders it) is only
         # touched under this lock, never held across an await.
         self._counters_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._refreshing: dict[CounterKey, asyncio.Task[int]] = {}
         self._counter_ttl = counter_ttl_seconds
         self._retention = key_retention_seconds
@@ -137,6 +138,7 @@ class UsageLedger:
         return self._retention
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
             self._pruner = asyncio.get_running_loop().create_task(self._prune_loop())
@@ -202,12 +204,24 @@ class UsageLedger:
         return values
 
     def peek(self, key: CounterKey) -> int | None:
-        """The counter's value while it is fresh (younger than the TTL), else None: the answer
-        `current` would give without waiting or refreshing. Safe from any thread."""
+        """`current` without waiting, from any thread: the value in memory, or None when the
+        counter was never read. A value past its TTL is answered too (as `current` does) and
+        its background refresh is asked of the loop."""
         cached = self._counter(key)
-        if cached is None or time.monotonic() >= cached[1]:
+        if cached is None:
             return None
+        loop = self._loop
+        if time.monotonic() >= cached[1] and loop is not None and key not in self._refreshing:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to refresh
+                loop.call_soon_threadsafe(self._refresh_soon, key)
         return cached[0]
+
+    def _refresh_soon(self, key: CounterKey) -> None:
+        cached = self._counter(key)
+        if key not in self._refreshing and cached is not None and time.monotonic() >= cached[1]:
+            self._refreshing[key] = asyncio.get_running_loop().create_task(
+                self._refresh(key, time.monotonic())
+            )
 
     def _counter(self, key: CounterKey) -> tuple[int, float, float] | None:
         with self._counters_lock:
