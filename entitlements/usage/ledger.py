@@ -122,6 +122,9 @@ class UsageLedger:
         # touched under this lock, never held across an await.
         self._counters_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Counters whose refresh a handler thread asked of the loop (set.add and discard are
+        # atomic; a race asks twice, which `_refresh_soon` ignores).
+        self._refresh_asked: set[CounterKey] = set()
         self._refreshing: dict[CounterKey, asyncio.Task[int]] = {}
         self._counter_ttl = counter_ttl_seconds
         self._retention = key_retention_seconds
@@ -211,12 +214,19 @@ class UsageLedger:
         if cached is None:
             return None
         loop = self._loop
-        if time.monotonic() >= cached[1] and loop is not None and key not in self._refreshing:
+        if (
+            time.monotonic() >= cached[1]
+            and loop is not None
+            and key not in self._refreshing
+            and key not in self._refresh_asked  # asked once until the loop takes it up
+        ):
+            self._refresh_asked.add(key)
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to refresh
                 loop.call_soon_threadsafe(self._refresh_soon, key)
         return cached[0]
 
     def _refresh_soon(self, key: CounterKey) -> None:
+        self._refresh_asked.discard(key)
         cached = self._counter(key)
         if key not in self._refreshing and cached is not None and time.monotonic() >= cached[1]:
             self._refreshing[key] = asyncio.get_running_loop().create_task(
