@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -188,11 +189,18 @@ SERVICE_NAMES = tuple(
 _STREAM_HEADROOM = 64
 
 
-async def create_server(settings: Settings, deps: Deps, *, addr: str | None = None) -> Running:
+async def create_server(
+    settings: Settings,
+    deps: Deps,
+    *,
+    addr: str | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+) -> Running:
     """A started-ready (not yet started) server bound to ``addr`` (port 0 picks a free one).
 
     The running event loop is the one that owns `deps`: calls the handler threads cannot answer
-    from memory are run on it (see entitlements.server.transport)."""
+    from memory are run on it (see entitlements.server.transport). `interceptors` are grpc's
+    sync server interceptors (tracing, say): each costs every call, the hot path included."""
     if settings.dev_mode:
         log.warning(
             "DEV MODE: authentication is OFF; every caller has every scope and /admin is open. "
@@ -265,6 +273,7 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
     server = SyncServer(
         grpc.server(
             unary_pool,
+            interceptors=list(interceptors),
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),

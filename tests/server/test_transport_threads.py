@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 from nchat.entitlements.v1 import entitlements_service_pb2 as pb
@@ -15,11 +16,13 @@ from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 
 from entitlements.cache import EntitlementCache
+from entitlements.config import Settings
 from entitlements.observability.in_flight import Budgets
 from entitlements.policies import default_catalog
-from entitlements.server.app import Running
+from entitlements.server.app import Running, build_deps, create_server
 from entitlements.state import AccountEntitlements, derive
-from tests.server.conftest import OPS, subscription
+from entitlements.store.repository import Store
+from tests.server.conftest import CALLERS_TOML, OPS, subscription
 
 
 def _calls_during_a_blocked_loop(port: int, call: str) -> list[float]:
@@ -188,3 +191,36 @@ async def test_the_loop_is_not_needed_for_health(lone_server: Running) -> None:
     thread.join(5)
     assert result == [health_pb2.HealthCheckResponse.SERVING]
     await asyncio.sleep(0)
+
+
+class _Seen(grpc.ServerInterceptor):
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        self.methods.append(handler_call_details.method)
+        return continuation(handler_call_details)
+
+
+async def test_interceptors_handed_to_create_server_see_every_call(
+    tmp_path: Path, sqlite_store: Store
+) -> None:
+    """The hook for server-wide concerns (tracing): grpc's sync interceptors, hot path included."""
+    callers = tmp_path / "callers.toml"
+    callers.write_text(CALLERS_TOML)
+    settings = Settings.from_env({"ENTITLEMENTS_CALLERS_FILE": str(callers)})
+    seen = _Seen()
+    running = await create_server(
+        settings, build_deps(settings, sqlite_store), addr="127.0.0.1:0", interceptors=[seen]
+    )
+    await running.server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.EntitlementsServiceStub(channel)
+            for _ in range(2):  # a miss (the loop), then the hot path (the thread)
+                await stub.CanUseFeature(
+                    pb.CanUseFeatureRequest(account_id="ws-i", feature="apiAccess"), metadata=OPS
+                )
+    finally:
+        await running.stop(0)
+    assert seen.methods == ["/nchat.entitlements.v1.EntitlementsService/CanUseFeature"] * 2
