@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 from nchat.entitlements.v1 import (
@@ -241,35 +240,15 @@ async def create_server(
         servicers.append((pb2, name, servicer))
     gate = deps.token_gate.gate if deps.token_gate is not None else None
     fast = HotPath(deps.service, deps.catalog, deps.ledger, gate).methods()
-    methods: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
-    for pb2, name, servicer in servicers:
-        service = pb2.DESCRIPTOR.services_by_name[name]
-        table = methods[service.full_name] = {}
-        for method in service.methods:
-            path = f"/{service.full_name}/{method.name}"
-            parse = GetMessageClass(method.input_type).FromString
-            if method.server_streaming:
-                table[method.name] = handlers.stream(
-                    path, parse, slow=getattr(servicer, method.name)
-                )
-            else:
-                table[method.name] = handlers.unary(
-                    path,
-                    parse,
-                    slow=getattr(servicer, method.name),
-                    fast=fast.get(f"{name}/{method.name}"),
-                )
+    methods = {
+        pb2.DESCRIPTOR.services_by_name[name].full_name: handlers.service(
+            pb2.DESCRIPTOR.services_by_name[name], servicer, fast
+        )
+        for pb2, name, servicer in servicers
+    }
     # The sync health servicer, in blocking mode: a Watch holds a stream-pool thread.
     health_servicer = health.HealthServicer(experimental_non_blocking=False)
-    check = health_pb2.HealthCheckRequest.FromString
-    methods[health.SERVICE_NAME] = {
-        "Check": handlers.unary(
-            f"/{health.SERVICE_NAME}/Check", check, native=health_servicer.Check
-        ),
-        "Watch": handlers.stream(
-            f"/{health.SERVICE_NAME}/Watch", check, native=health_servicer.Watch
-        ),
-    }
+    methods[health.SERVICE_NAME] = handlers.health(health_servicer)
     server = SyncServer(
         grpc.server(
             unary_pool,

@@ -27,7 +27,10 @@ from time import perf_counter
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+from grpc_health.v1 import health, health_pb2
 from grpc_status import rpc_status
 
 from entitlements.observability.in_flight import Budgets
@@ -112,6 +115,32 @@ class Handlers:
                 context.abort_with_status(refused)
 
         return authorize
+
+    def service(
+        self, service: ServiceDescriptor, servicer: object, fast: Mapping[str, Fast]
+    ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """The handlers of every method of `service`: the asyncio `servicer`'s methods on the
+        loop, with the fast answers of `fast` (by "Service/Method") on the calling thread."""
+        table: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        for method in service.methods:
+            path = f"/{service.full_name}/{method.name}"
+            parse = GetMessageClass(method.input_type).FromString
+            on_loop = getattr(servicer, method.name)
+            if method.server_streaming:
+                table[method.name] = self.stream(path, parse, slow=on_loop)
+            else:
+                answer = fast.get(f"{service.name}/{method.name}")
+                table[method.name] = self.unary(path, parse, slow=on_loop, fast=answer)
+        return table
+
+    def health(self, servicer: health.HealthServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """The standard health service, answered on the calling thread (`servicer` in blocking
+        mode: a Watch holds a stream-pool thread)."""
+        parse = health_pb2.HealthCheckRequest.FromString
+        return {
+            "Check": self.unary(f"/{health.SERVICE_NAME}/Check", parse, native=servicer.Check),
+            "Watch": self.stream(f"/{health.SERVICE_NAME}/Watch", parse, native=servicer.Watch),
+        }
 
     def unary(
         self,

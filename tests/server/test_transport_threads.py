@@ -25,39 +25,42 @@ from entitlements.store.repository import Store
 from tests.server.conftest import CALLERS_TOML, OPS, subscription
 
 
-def _calls_during_a_blocked_loop(port: int, call: str) -> list[float]:
-    """Latencies of sync calls made from a thread while the test blocks the event loop."""
-    latencies: list[float] = []
+def _calls_during_a_blocked_loop(port: int, call: str) -> int:
+    """How many sync calls, made from a thread, completed while the test blocked the event loop
+    (a call answered through the loop cannot complete before the loop runs again)."""
+    done: list[float] = []
     started = threading.Event()
+    stop = threading.Event()
 
     def run() -> None:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             ent = pb_grpc.EntitlementsServiceStub(channel)
             usage = usage_grpc.UsageServiceStub(channel)
             started.set()
-            deadline = time.monotonic() + 0.6
-            while time.monotonic() < deadline:
-                begun = time.monotonic()
+            while not stop.is_set():
                 if call == "CanUseFeature":
                     ent.CanUseFeature(
                         pb.CanUseFeatureRequest(account_id="ws-hot", feature="apiAccess"),
                         metadata=OPS,
-                        timeout=5,
+                        timeout=10,
                     )
                 else:
                     usage.CheckLimit(
                         usage_pb.CheckLimitRequest(account_id="ws-hot", limit="maxMessages"),
                         metadata=OPS,
-                        timeout=5,
+                        timeout=10,
                     )
-                latencies.append(time.monotonic() - begun)
+                done.append(time.monotonic())
 
     thread = threading.Thread(target=run)
     thread.start()
     started.wait(5)
-    time.sleep(0.8)  # the event loop (this test's) is blocked: nothing bridged could answer
-    thread.join(5)
-    return latencies
+    blocked_at = time.monotonic()
+    time.sleep(1.0)  # the event loop (this test's) is blocked: nothing bridged could answer
+    unblocked_at = time.monotonic()
+    stop.set()
+    thread.join(10)
+    return sum(1 for t in done if blocked_at < t < unblocked_at)
 
 
 async def test_cached_checks_are_answered_while_the_event_loop_is_blocked(
@@ -74,9 +77,7 @@ async def test_cached_checks_are_answered_while_the_event_loop_is_blocked(
         usage_pb.CheckLimitRequest(account_id="ws-hot", limit="maxMessages"), metadata=OPS
     )
     for call in ("CanUseFeature", "CheckLimit"):
-        latencies = _calls_during_a_blocked_loop(lone_server.port, call)
-        assert len(latencies) >= 10, (call, latencies)
-        assert max(latencies) < 0.3, (call, max(latencies))
+        assert _calls_during_a_blocked_loop(lone_server.port, call) >= 3, call
 
 
 async def test_a_miss_waits_for_the_loop_and_is_answered_from_it(
