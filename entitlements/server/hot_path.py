@@ -43,6 +43,8 @@ V = TypeVar("V")
 
 #: Kept answers per map before it is cleared (each a few hundred bytes).
 MAX_KEPT = 100_000
+#: Requests longer than this are not kept as keys (a caller could fill memory with big ones).
+MAX_KEPT_REQUEST_BYTES = 512
 
 #: (request, its bytes) -> the serialized answer, or None for the loop to answer.
 Fast = Callable[[Any, bytes], bytes | None]
@@ -217,7 +219,8 @@ class HotPath:
             parsed = self._requirements[raw]
         except KeyError:  # validated once per distinct request (an address checksum hashes)
             parsed = self._parse_requirement(request)
-            _keep(self._requirements, raw, parsed)
+            if len(raw) <= MAX_KEPT_REQUEST_BYTES:
+                _keep(self._requirements, raw, parsed)
         if parsed is None:
             return None
         record, wallet = parsed
