@@ -96,7 +96,6 @@ class Authenticator:
         # The refusals are few (per scope, and per caller and scope): built once each.
         self._refusals: dict[tuple[str, str], grpc.Status] = {}
         self._lock = threading.Lock()
-        self._recent: dict[str, Caller | None] = {}
 
     def caller_for(self, metadata: Any) -> Caller | None:
         token = bearer_token(metadata)
@@ -104,25 +103,11 @@ class Authenticator:
             return None
         return self._callers.get(token_digest(token))
 
-    def _caller(self, metadata: Any) -> Caller | None:
-        """`caller_for`, remembering recent tokens' callers (the callers are fixed at start):
-        the digest costs more than the rest of the check. Bounded, so random tokens cannot
-        grow it."""
-        token = bearer_token(metadata)
-        if token is None:
-            return None
-        try:
-            return self._recent[token]
-        except KeyError:
-            caller = self._callers.get(token_digest(token))
-            if len(self._recent) >= 1024:
-                self._recent.clear()
-            self._recent[token] = caller
-            return caller
-
     def refusal(self, scope: str, metadata: Any) -> grpc.Status | None:
         """None when the call's caller has `scope`; else the status to answer."""
-        caller = self._caller(metadata)
+        # Looked up by the token's digest each call (about 3 us): remembering tokens would keep
+        # the secrets in a table, which the digests exist to avoid.
+        caller = self.caller_for(metadata)
         if caller is not None and scope in caller.scopes:
             return None
         key = (caller.name if caller is not None else "", scope)
