@@ -97,8 +97,11 @@ class Settings:
     max_in_flight_reads: int = 2000
     #: Unary writes (every call that is not a read) handled at once.
     max_in_flight_writes: int = 2000
-    #: WatchEntitlements streams open at once.
+    #: WatchEntitlements streams open at once (each holds a thread of its own pool while open).
     max_watchers: int = 10_000
+    #: Threads of the gRPC server's unary pool: the hot checks run on them, and every other
+    #: call waits on one while the event loop answers it (so this bounds such calls in flight).
+    grpc_threads: int = 32
     #: How often each process polls the change feed (coherence across workers and replicas).
     change_feed_interval_seconds: float = 0.25
     #: On PostgreSQL, wake the change feed with LISTEN/NOTIFY (off for a pooler in transaction
@@ -193,6 +196,7 @@ class Settings:
                 _number(env, "ENTITLEMENTS_MAX_IN_FLIGHT_WRITES", max_in_flight, minimum=1)
             ),
             max_watchers=int(_number(env, "ENTITLEMENTS_MAX_WATCHERS", 10_000, minimum=1)),
+            grpc_threads=int(_number(env, "ENTITLEMENTS_GRPC_THREADS", 32, minimum=1)),
             change_feed_interval_seconds=_number(
                 env, "ENTITLEMENTS_CHANGE_FEED_INTERVAL_SECONDS", 0.25, minimum=0.01
             ),

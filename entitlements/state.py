@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from entitlements.policies import Catalog, EffectiveEntitlements, Overrides, resolve
@@ -80,10 +80,31 @@ class AccountEntitlements:
     #: When the state was read from the database: every change committed before it is included
     #: (answers report it as `as_of`). None for a value not read from a database.
     as_of: datetime | None = None
+    #: `as_of` as a protobuf Timestamp's (seconds, nanos), computed once here: every answer
+    #: carries it, and converting a datetime costs more than the rest of a cached answer.
+    as_of_parts: tuple[int, int] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "as_of_parts", timestamp_parts(self.as_of))
 
     @property
     def plan_id(self) -> str:
         return self.effective.plan.id
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp_parts(value: datetime | None) -> tuple[int, int] | None:
+    """(seconds, nanos) since the epoch, as google.protobuf.Timestamp.FromDatetime computes them
+    (a naive datetime is taken as UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - _EPOCH
+    seconds = delta.days * 86400 + delta.seconds
+    return seconds, delta.microseconds * 1000
 
 
 def derive(

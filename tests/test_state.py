@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
 
 from entitlements.policies import default_catalog
 from entitlements.state import derive
@@ -112,3 +115,19 @@ def test_expired_overrides_do_not_apply_and_the_next_expiry_bounds_the_answer() 
     assert not ent.effective.can_use("tokenGating").allowed
     assert ent.effective.limits["maxUsers"] == 200
     assert ent.valid_until == soon
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+    )
+)
+def test_as_of_parts_are_what_a_timestamp_makes_of_as_of(as_of: datetime) -> None:
+    """Answers stamp `as_of` from parts computed once per derived account (no conversion per
+    call, no process-wide cache of times)."""
+    ent = derive(
+        default_catalog(), "ws", None, now=as_of, past_due_grace=timedelta(days=7), as_of=as_of
+    )
+    expected = Timestamp()
+    expected.FromDatetime(as_of)
+    assert ent.as_of_parts == (expected.seconds, expected.nanos)

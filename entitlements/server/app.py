@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 from nchat.entitlements.v1 import (
     admin_service_pb2,
@@ -21,7 +24,6 @@ from nchat.entitlements.v1 import (
     crypto_payment_service_pb2,
     crypto_payment_service_pb2_grpc,
     entitlements_service_pb2,
-    entitlements_service_pb2_grpc,
     token_gate_service_pb2,
     token_gate_service_pb2_grpc,
     usage_service_pb2,
@@ -34,20 +36,22 @@ from entitlements.admin.audit_section import audit_section
 from entitlements.coherence import ChangeFeed
 from entitlements.config import Settings
 from entitlements.observability.in_flight import Budgets
-from entitlements.observability.tracing import aio_server_interceptors
+from entitlements.observability.tracing import server_interceptors
 from entitlements.policies import Catalog, default_catalog
 from entitlements.server.admin_servicer import install_admin
-from entitlements.server.auth import AuthInterceptor
+from entitlements.server.auth import Authenticator
 from entitlements.server.billing_setup import install_billing, webhook_server
+from entitlements.server.bridge import LoopBridge
 from entitlements.server.crypto_setup import install_crypto
 from entitlements.server.deps import Deps
 from entitlements.server.entitlements_servicer import EntitlementsServicer
 from entitlements.server.events_setup import install_events
-from entitlements.server.guard import RequestGuard
+from entitlements.server.hot_path import HotPath
 from entitlements.server.ops_setup import install_observability
 from entitlements.server.reflection import enable_reflection
 from entitlements.server.schema import check_schema
 from entitlements.server.token_gate_setup import install_token_gate
+from entitlements.server.transport import Handlers, Streams, SyncServer
 from entitlements.server.unimplemented import NOT_BUILT, unimplemented_servicer
 from entitlements.server.usage_servicer import UsageServicer
 from entitlements.service import EntitlementService
@@ -118,10 +122,12 @@ def build_deps(settings: Settings, store: Store, catalog: Catalog | None = None)
 
 @dataclass
 class Running:
-    server: grpc.aio.Server
+    server: SyncServer
     port: int
-    health: health.aio.HealthServicer
+    health: health.HealthServicer
     deps: Deps
+    #: The open WatchEntitlements streams (each on a thread of the stream pool).
+    streams: Streams
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -130,14 +136,14 @@ class Running:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, status)
+            self.health.set(name, status)
 
     async def drain(self, grace: float) -> None:
         """Health says NOT_SERVING, watch streams end and new unary calls get UNAVAILABLE while
         the ones in flight finish; returns once none is in flight and calls have stopped
         arriving, or after `grace` seconds."""
         deadline = asyncio.get_running_loop().time() + grace
-        await self.health.enter_graceful_shutdown()
+        self.health.enter_graceful_shutdown()
         self.deps.in_flight.closing = True
         self.deps.hub.close()
         await _drain(self.deps.in_flight, deadline)
@@ -183,10 +189,23 @@ SERVICE_NAMES = tuple(
 )
 
 
-async def create_server(settings: Settings, deps: Deps, *, addr: str | None = None) -> Running:
-    """A started-ready (not yet started) server bound to ``addr`` (port 0 picks a free one)."""
-    # Tracing first (empty when off): every call gets a span, refusals included.
-    interceptors: list[grpc.aio.ServerInterceptor] = aio_server_interceptors()
+#: Stream-pool threads beyond `max_watchers`: a stream past the limit still needs a thread to be
+#: refused on (briefly), and health watches share the pool.
+_STREAM_HEADROOM = 64
+
+
+async def create_server(
+    settings: Settings,
+    deps: Deps,
+    *,
+    addr: str | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+) -> Running:
+    """A started-ready (not yet started) server bound to ``addr`` (port 0 picks a free one).
+
+    The running event loop is the one that owns `deps`: calls the handler threads cannot answer
+    from memory are run on it (see entitlements.server.transport). `interceptors` are grpc's
+    sync server interceptors (tracing, say): each costs every call, the hot path included."""
     if settings.dev_mode:
         log.warning(
             "DEV MODE: authentication is OFF; every caller has every scope and /admin is open. "
@@ -196,31 +215,26 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
             addr if addr is not None else settings.grpc_addr,
             settings.http_addr,
         )
-    else:
-        interceptors.append(AuthInterceptor(settings.callers))
-    # After authentication: a stranger's request is never decoded.
-    interceptors.append(RequestGuard())
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            # One process owns the port, and a second server on it fails instead of silently
-            # sharing calls; with --workers N the workers share it on purpose.
-            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
-            ("grpc.keepalive_time_ms", 60_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ],
+    unary_pool = ThreadPoolExecutor(settings.grpc_threads, thread_name_prefix="grpc")
+    stream_pool = ThreadPoolExecutor(
+        settings.max_watchers + _STREAM_HEADROOM, thread_name_prefix="grpc-stream"
+    )
+    streams = Streams(settings.max_watchers)
+    handlers = Handlers(
+        bridge=LoopBridge(asyncio.get_running_loop()),
+        budgets=deps.in_flight,
+        auth=None if settings.dev_mode else Authenticator(settings.callers),
+        streams=streams,
+        stream_pool=stream_pool,
     )
     entitlements_servicer = EntitlementsServicer(
         deps.service, deps.catalog, max_watchers=settings.max_watchers
     )
     entitlements_servicer.in_flight = deps.in_flight
-    entitlements_service_pb2_grpc.add_EntitlementsServiceServicer_to_server(
-        entitlements_servicer, server
-    )
+    servicers: list[tuple[Any, str, object]] = [
+        (entitlements_service_pb2, "EntitlementsService", entitlements_servicer)
+    ]
     for pb2, pb2_grpc, name in _OTHER_SERVICES:
-        add = getattr(pb2_grpc, f"add_{name}Servicer_to_server")
         servicer = deps.servicers.get(name)
         if servicer is None:
             descriptor = pb2.DESCRIPTOR.services_by_name[name]
@@ -229,10 +243,37 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
             servicer = unimplemented_servicer(descriptor, base, why)
         else:
             servicer.in_flight = deps.in_flight  # type: ignore[attr-defined]
-        add(servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        servicers.append((pb2, name, servicer))
+    gate = deps.token_gate.gate if deps.token_gate is not None else None
+    fast = HotPath(deps.service, deps.catalog, deps.ledger, gate).methods()
+    methods = {
+        pb2.DESCRIPTOR.services_by_name[name].full_name: handlers.service(
+            pb2.DESCRIPTOR.services_by_name[name], servicer, fast
+        )
+        for pb2, name, servicer in servicers
+    }
+    # The sync health servicer, in blocking mode: a Watch holds a stream-pool thread.
+    health_servicer = health.HealthServicer(experimental_non_blocking=False)
+    methods[health.SERVICE_NAME] = handlers.health(health_servicer)
+    server = SyncServer(
+        grpc.server(
+            unary_pool,
+            # Tracing first (none when off): every call gets a span, refusals included.
+            interceptors=[*server_interceptors(), *interceptors],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                # One process owns the port, and a second server on it fails instead of
+                # silently sharing calls; with --workers N the workers share it on purpose.
+                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        ),
+        (unary_pool, stream_pool),
+        methods,
+    )
+    enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server.grpc)
     bind = addr if addr is not None else settings.grpc_addr
     try:
         port = server.add_insecure_port(bind)
@@ -244,7 +285,7 @@ async def create_server(settings: Settings, deps: Deps, *, addr: str | None = No
         deps.feed.start()
     if deps.events is not None:
         deps.events.start()
-    running = Running(server=server, port=port, health=health_servicer, deps=deps)
+    running = Running(server=server, port=port, health=health_servicer, deps=deps, streams=streams)
     await running.set_serving(False)
     return running
 
@@ -268,6 +309,10 @@ async def serve(settings: Settings) -> None:
             await store.recently_changed_accounts(settings.warm_accounts)
         )
         await running.set_serving(True)
+        # What start-up built (every module, the catalog, the warmed cache) stays: out of the
+        # collector's generations, the collections the calls' garbage triggers skip it.
+        gc.collect()
+        gc.freeze()
         log.info(
             "serving gRPC on %s (port %d, pid %d), database %s, %d accounts warmed",
             settings.grpc_addr,

@@ -51,24 +51,12 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-#: (seconds, nanos) of the `as_of` times answers carry: each cached entry's time is converted
-#: once, not on every check (a Timestamp conversion costs more than the rest of an answer).
-_STAMPS: dict[datetime, tuple[int, int]] = {}
-
-
-def stamp(target: Timestamp, value: datetime | None) -> None:
-    """Set `target` (a response's Timestamp field) to `value`; leave it unset for None."""
-    if value is None:
-        return
-    parts = _STAMPS.get(value)
-    if parts is None:
-        converted = Timestamp()
-        converted.FromDatetime(value)
-        parts = (converted.seconds, converted.nanos)
-        if len(_STAMPS) >= 100_000:
-            _STAMPS.clear()
-        _STAMPS[value] = parts
-    target.seconds, target.nanos = parts
+def stamp(target: Timestamp, ent: AccountEntitlements) -> None:
+    """Set `target` (a response's Timestamp field) to the account's `as_of` (converted once,
+    when the entitlements were derived); leave it unset when there is none."""
+    parts = ent.as_of_parts
+    if parts is not None:
+        target.seconds, target.nanos = parts
 
 
 def limits(catalog: Catalog, values: dict[str, int | None] | object) -> list[plan_pb2.Limit]:

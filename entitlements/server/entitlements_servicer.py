@@ -80,7 +80,7 @@ def _answer(
         revision=ent.revision,
         message=_message(feature, decision),
     )
-    convert.stamp(answer.as_of, ent.as_of)
+    convert.stamp(answer.as_of, ent)
     return answer
 
 
@@ -200,7 +200,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
             plan_id=ent.plan_id,
             revision=ent.revision,
         )
-        convert.stamp(answer.as_of, ent.as_of)
+        convert.stamp(answer.as_of, ent)
         return answer
 
     @unary

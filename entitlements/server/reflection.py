@@ -70,8 +70,8 @@ def _not_found(
     )
 
 
-class SourceReflectionServicer(reflection.aio.ReflectionServicer):  # type: ignore[misc]
-    """grpcio-reflection's asyncio servicer, answering files from `files` (with source info)."""
+class SourceReflectionServicer(reflection.ReflectionServicer):  # type: ignore[misc]
+    """grpcio-reflection's servicer, answering files from `files` (with source info)."""
 
     def __init__(self, service_names: Iterable[str], files: Mapping[str, bytes]) -> None:
         self._files = dict(files)
@@ -138,7 +138,7 @@ class SourceReflectionServicer(reflection.aio.ReflectionServicer):  # type: igno
         return self._response(extension.file, request)
 
 
-def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
+def enable_reflection(service_names: Iterable[str], server: grpc.Server) -> None:
     """Serve reflection for `service_names` on `server` from the API's descriptor set."""
     servicer = SourceReflectionServicer(service_names, _served_files())
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)

@@ -211,16 +211,15 @@ def unary(fn: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
         in_flight = None
         if budgets is not None:
             if budgets.closing:
-                budgets.refused_closing += 1
+                budgets.refuse_closing()
                 metrics.observe("UNAVAILABLE", perf_counter() - start)
                 await context.abort(_CLOSING.code, _CLOSING.details, _CLOSING.trailing_metadata)
-            in_flight = budgets.reads if reads else budgets.writes
-            if in_flight.current >= in_flight.limit:
-                in_flight.shed += 1
+            budget = budgets.reads if reads else budgets.writes
+            if not budgets.enter(budget):
                 metrics.observe("RESOURCE_EXHAUSTED", perf_counter() - start)
-                refusal = _refusal(in_flight)
+                refusal = _refusal(budget)
                 await context.abort(refusal.code, refusal.details, refusal.trailing_metadata)
-            in_flight.current += 1
+            in_flight = budget
         code = "OK"
         try:
             return await fn(self, request, context)
@@ -243,7 +242,7 @@ def unary(fn: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
             )
         finally:
             if in_flight is not None:
-                in_flight.current -= 1
+                budgets.leave(in_flight)  # type: ignore[union-attr]
             elapsed = perf_counter() - start
             metrics.observe(code, elapsed)
             if code != "OK" or elapsed >= slow_call_seconds():

@@ -14,7 +14,7 @@ from nchat.entitlements.v1 import token_gate_service_pb2_grpc as pb_grpc
 from entitlements.config import Caller
 from entitlements.errors import InvalidArgument
 from entitlements.server import convert
-from entitlements.server.auth import AuthInterceptor
+from entitlements.server.auth import Authenticator
 from entitlements.server.status import unary
 from entitlements.server.validation import require_min_revision
 from entitlements.store.tokengate_records import RequirementRecord
@@ -80,7 +80,7 @@ class TokenGateServicer(pb_grpc.TokenGateServiceServicer):
 
     def __init__(self, gate: TokenGate, callers: Mapping[bytes, Caller] | None) -> None:
         self._gate = gate
-        self._auth = AuthInterceptor(callers) if callers is not None else None
+        self._auth = Authenticator(callers) if callers is not None else None
 
     def _has_scope(self, context: Ctx, scope: str) -> bool:
         if self._auth is None:

@@ -243,7 +243,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             plan_id=ent.plan_id,
             revision=ent.revision,
         )
-        convert.stamp(answer.as_of, ent.as_of)
+        convert.stamp(answer.as_of, ent)
         return answer
 
     @unary

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -94,6 +95,9 @@ class TokenVerifier:
         self._grace = stale_grace_seconds
         self._clock = clock
         self._cache: LRUCache[CacheKey, tuple[float, Verification]] = LRUCache(max_entries)
+        # `peek` reads from gRPC's handler threads while the loop writes: entries are immutable
+        # (time, Verification) tuples replaced whole; the LRU is touched only under this lock.
+        self._lock = threading.Lock()
         self._inflight: dict[CacheKey, asyncio.Task[Verification]] = {}
         #: Keys forgotten while a read of them was in flight: that read's answer may predate
         #: the transfer that made us forget, so it is returned but not cached.
@@ -108,7 +112,7 @@ class TokenVerifier:
         positive answer may stand in."""
         key = _key(requirement, wallet)
         now = self._clock()
-        entry = self._cache.get(key)
+        entry = self._entry(key)
         if not fresh and entry is not None and now - entry[0] < self._ttl:
             return replace(entry[1], cached=True)
         task = self._inflight.get(key)
@@ -120,7 +124,7 @@ class TokenVerifier:
             # shield: a caller that gives up does not cancel the read the others wait for.
             return await asyncio.shield(task)
         except ChainUnavailable as exc:
-            stale = self._cache.get(key)
+            stale = self._entry(key)
             if stale is not None and stale[1].verified and self._clock() - stale[0] <= self._grace:
                 log.warning("serving a cached grant within the stale grace: %s", exc)
                 return replace(stale[1], cached=True, stale=True)
@@ -132,15 +136,39 @@ class TokenVerifier:
         except ContractMismatch as exc:
             raise not_the_token(exc, requirement) from exc
 
+    def peek(
+        self, requirement: RequirementRecord, wallet: str
+    ) -> tuple[CacheKey, float, Verification] | None:
+        """The cached answer while fresh, with its key and when it was read (callers keep a
+        serialized answer per key and time), else None. Safe from any thread; never reads the
+        chain. The answer is the uncached one: `verify` marks what it returns `cached`."""
+        key = _key(requirement, wallet)
+        entry = self._entry(key)
+        if entry is None or self._clock() - entry[0] >= self._ttl:
+            return None
+        return key, entry[0], entry[1]
+
+    def _entry(self, key: CacheKey) -> tuple[float, Verification] | None:
+        with self._lock:
+            return self._cache.get(key)
+
+    def _cached_keys(self) -> list[CacheKey]:
+        with self._lock:
+            return [*self._cache.keys()]
+
     def forget(self) -> None:
         """Drop every cached answer (tests; a configuration change)."""
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
 
     def forget_network(self, network: str) -> None:
         """Drop every answer about `network` (a reorg: any of them may have been read from a
         block that is gone)."""
-        for key in [k for k in [*self._cache.keys(), *self._inflight.keys()] if k[0] == network]:
-            self._cache.pop(key, None)
+        with self._lock:
+            cached = [*self._cache.keys()]
+        for key in [k for k in [*cached, *self._inflight.keys()] if k[0] == network]:
+            with self._lock:
+                self._cache.pop(key, None)
             task = self._inflight.pop(key, None)
             if task is not None:
                 self._forgotten.add(task)
@@ -150,11 +178,12 @@ class TokenVerifier:
         or out of them): the next check reads the chain. Returns how many were dropped."""
         stale = [
             key
-            for key in [*self._cache.keys(), *self._inflight.keys()]
+            for key in [*self._cached_keys(), *self._inflight.keys()]
             if key[0] == network and key[1] == contract and key[6] in wallets
         ]
         for key in stale:
-            self._cache.pop(key, None)
+            with self._lock:
+                self._cache.pop(key, None)
             task = self._inflight.pop(key, None)
             if task is not None:
                 self._forgotten.add(task)
@@ -168,7 +197,9 @@ class TokenVerifier:
             self.chain_reads += 1
             result = await self._evaluate(requirement, wallet)
             if me not in self._forgotten:
-                self._cache[key] = (self._clock(), result)
+                entry = (self._clock(), result)
+                with self._lock:
+                    self._cache[key] = entry
             return result
         finally:
             if me in self._forgotten:

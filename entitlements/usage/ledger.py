@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -114,9 +115,14 @@ class UsageLedger:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         # key -> (value, refresh after (monotonic), stored at (monotonic)). A plain dict of
         # immutable tuples, in the order they were last written: a read is one lookup that
-        # changes nothing (safe from any thread), and past the bound the longest-unwritten go.
+        # changes nothing (safe from any thread: `peek` reads it from gRPC's handler threads while
+        # the loop writes, no lock needed), and past the bound the longest-unwritten go.
         self._counters: dict[CounterKey, tuple[int, float, float]] = {}
         self._counter_cache_size = counter_cache_size
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Counters whose refresh a handler thread asked of the loop (set.add and discard are
+        # atomic; a race asks twice, which `_refresh_soon` ignores).
+        self._refresh_asked: set[CounterKey] = set()
         self._refreshing: dict[CounterKey, asyncio.Task[int]] = {}
         self._counter_ttl = counter_ttl_seconds
         self._retention = key_retention_seconds
@@ -133,6 +139,7 @@ class UsageLedger:
         return self._retention
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
             self._pruner = asyncio.get_running_loop().create_task(self._prune_loop())
@@ -161,7 +168,7 @@ class UsageLedger:
         (concurrent first reads share one query); after that a value older than the TTL is
         still answered at once while one background read refreshes it, so the hot path never
         waits for the database (and keeps answering while it is down)."""
-        cached = self._counters.get(key)
+        cached = self._counter(key)
         if cached is not None:
             if time.monotonic() >= cached[1] and key not in self._refreshing:
                 self._refreshing[key] = asyncio.get_running_loop().create_task(
@@ -178,13 +185,13 @@ class UsageLedger:
         try:
             value = await self._repo.counter(key)
         except EntitlementsError:
-            cached = self._counters.get(key)
+            cached = self._counter(key)
             if cached is None:
                 raise
             return cached[0]  # keep the last value while the database is away
         finally:
             self._refreshing.pop(key, None)
-        cached = self._counters.get(key)
+        cached = self._counter(key)
         if cached is not None and cached[2] > started:
             return cached[0]  # this replica wrote it since: that value is newer
         self._remember(key, value)
@@ -196,6 +203,36 @@ class UsageLedger:
         for (metric, metric_period), value in values.items():
             self._remember((account_id, metric, metric_period), value)
         return values
+
+    def peek(self, key: CounterKey) -> int | None:
+        """`current` without waiting, from any thread: the value in memory, or None when the
+        counter was never read. A value past its TTL is answered too (as `current` does) and
+        its background refresh is asked of the loop."""
+        cached = self._counter(key)
+        if cached is None:
+            return None
+        loop = self._loop
+        if (
+            time.monotonic() >= cached[1]
+            and loop is not None
+            and key not in self._refreshing
+            and key not in self._refresh_asked  # asked once until the loop takes it up
+        ):
+            self._refresh_asked.add(key)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to refresh
+                loop.call_soon_threadsafe(self._refresh_soon, key)
+        return cached[0]
+
+    def _refresh_soon(self, key: CounterKey) -> None:
+        self._refresh_asked.discard(key)
+        cached = self._counter(key)
+        if key not in self._refreshing and cached is not None and time.monotonic() >= cached[1]:
+            self._refreshing[key] = asyncio.get_running_loop().create_task(
+                self._refresh(key, time.monotonic())
+            )
+
+    def _counter(self, key: CounterKey) -> tuple[int, float, float] | None:
+        return self._counters.get(key)  # one dict lookup: atomic, from any thread
 
     def _remember(self, key: CounterKey, value: int) -> None:
         now = time.monotonic()

@@ -4,6 +4,8 @@ bad input names the field and stores nothing, CRUD with field masks and pages, c
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -323,6 +325,52 @@ async def test_verify_token_inline_and_stored(
     assert again.cached and first.checked_at == again.checked_at
     assert (short.verified, short.balance) == (False, "2.5")
     assert "below the required 3" in short.error
+
+
+async def test_a_cached_verify_token_is_answered_while_the_event_loop_is_blocked(
+    settings: Settings, store: Store, anvil: AnvilNode, chain: ChainKit, tokens: TestTokens
+) -> None:
+    """The hot path: a cached inline check is answered on gRPC's handler thread, from memory
+    (the loop owns the chain readers; a bridged call could not finish while it is blocked)."""
+    holder = new_wallet().address
+    await chain.transact(tokens.usdc6.functions.mint(holder, 2_000_000))
+    request = pb.VerifyTokenRequest(
+        requirement=pb.TokenRequirement(
+            token_type=pb.TOKEN_TYPE_ERC20,
+            contract_address=tokens.usdc6.address,
+            network="local",
+            min_balance="1.5",
+        ),
+        wallet_address=holder,
+    )
+    running = await start(replace(settings, chains=local_settings(anvil)), store)
+    try:
+        target = f"127.0.0.1:{running.port}"
+        async with grpc.aio.insecure_channel(target) as channel:
+            first = await pb_grpc.TokenGateServiceStub(channel).VerifyToken(request, metadata=OPS)
+        assert first.verified and not first.cached
+        answers: list[tuple[float, pb.VerifyTokenResponse]] = []
+        stop = threading.Event()
+
+        def call() -> None:
+            with grpc.insecure_channel(target) as sync_channel:
+                sync_stub = pb_grpc.TokenGateServiceStub(sync_channel)
+                while not stop.is_set():
+                    answer = sync_stub.VerifyToken(request, metadata=OPS, timeout=10)
+                    answers.append((time.monotonic(), answer))
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        blocked_at = time.monotonic()
+        time.sleep(1.0)  # noqa: ASYNC251 - blocks the event loop on purpose
+        unblocked_at = time.monotonic()
+        stop.set()
+        caller.join(10)
+        during = [a for t, a in answers if blocked_at < t < unblocked_at]
+        assert len(during) >= 3
+        assert all(a.verified and a.cached and a.checked_at == first.checked_at for a in during)
+    finally:
+        await running.stop(0)
 
 
 BAD_VERIFICATIONS: list[tuple[pb.VerifyTokenRequest, str]] = [
