@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from entitlements.store.engine import is_postgres
 from entitlements.store.repository import Store
 from entitlements.store.usage_repository import CounterKey, GroupWrite, KeyRecord, UsageRepository
 
@@ -15,12 +14,15 @@ def record(key: str, total: int, metric: str = "messages") -> KeyRecord:
     return KeyRecord("ws", key, metric, 1, "2026-11", total, 0)
 
 
+# PostgreSQL only: on SQLite the group holds the database's write lock from its read of the
+# stored keys to its commit, so no other writer can take a key meanwhile.
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 async def test_a_key_taken_meanwhile_is_retried_and_then_seen_as_stored(store: Store) -> None:
     """Another replica can insert a key between this group's read of the stored keys and its
     write (for another counter, so the counter locks do not order them). The write then fails
     on the unique index and the whole group is tried again, seeing the key this time."""
-    if not is_postgres(store.engine):
-        pytest.skip("SQLite's group holds the database's write lock: nothing is taken meanwhile")
     repository = UsageRepository(store.engine)
     try:
         await repository.apply_group(
