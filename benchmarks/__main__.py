@@ -21,6 +21,7 @@ from nchat.entitlements.v1 import entitlements_service_pb2_grpc as ent_grpc
 from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as usage_grpc
 
+from benchmarks.databases import POSTGRES_URL, drop_postgres_database, fresh_postgres_database
 from benchmarks.harness import (
     Latency,
     Result,
@@ -29,10 +30,6 @@ from benchmarks.harness import (
     drive,
     latency_at_rate,
     pin_client,
-)
-
-POSTGRES_URL = os.environ.get(
-    "ENTITLEMENTS_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 
 
@@ -295,7 +292,7 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
     if skip_postgres:
         print("PostgreSQL: skipped (--no-postgres)")
     else:
-        database = await _fresh_postgres_database()
+        database = await fresh_postgres_database()
         if database is None:
             print(f"PostgreSQL: not reachable at {POSTGRES_URL}; skipped")
         else:
@@ -312,7 +309,7 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
                         sync_ref,
                     )
             finally:
-                await _drop_postgres_database(database)
+                await drop_postgres_database(database)
         from benchmarks.freshness import bench_freshness
 
         print("freshness (issue 14): change -> first answer that shows it, defaults", flush=True)
@@ -385,37 +382,6 @@ def cache_memory(accounts: int) -> dict[str, float]:
     tracemalloc.stop()
     assert len(cache) == accounts
     return {"accounts": accounts, "mb": used / 1e6, "bytes_per_account": used / accounts}
-
-
-async def _fresh_postgres_database(name: str = "entitlements_bench") -> str | None:
-    """A new empty database `name` (dropped first if there), or None without PostgreSQL."""
-    import asyncpg  # type: ignore[import-untyped]
-
-    admin = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
-    try:
-        connection = await asyncpg.connect(admin, timeout=5)
-    except (OSError, asyncpg.PostgresError):
-        return None
-    try:
-        await connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await connection.execute(f"CREATE DATABASE {name}")
-    finally:
-        await connection.close()
-    return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-
-
-async def _drop_postgres_database(url: str) -> None:
-    """Drop the database of `url` (or the one named `url`)."""
-    name = url.rsplit("/", 1)[-1]
-    import asyncpg
-
-    connection = await asyncpg.connect(
-        POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
-    )
-    try:
-        await connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await connection.close()
 
 
 if __name__ == "__main__":

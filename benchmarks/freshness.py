@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import time
 import uuid
@@ -37,15 +36,13 @@ from nchat.entitlements.v1 import plan_pb2
 from nchat.entitlements.v1 import token_gate_service_pb2 as gate_pb
 from nchat.entitlements.v1 import token_gate_service_pb2_grpc as gate_grpc
 
+from benchmarks.databases import POSTGRES_URL, drop_postgres_database, fresh_postgres_database
 from benchmarks.harness import Server
 from tests.billing.conftest import PRICES, WEBHOOK_SECRET, stripe_env
 from tests.billing.helpers import checkout_request
 from tests.chain_fixtures import AnvilNode, ChainKit, new_wallet
 from tests.stripe_double import StripeDouble, WebhookSender, event
 
-POSTGRES_URL = os.environ.get(
-    "ENTITLEMENTS_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 #: A change not seen within this long counts as missed (and as this long in the figures).
 GIVE_UP_SECONDS = 15.0
 CHANNEL = "fresh-holders"
@@ -353,34 +350,6 @@ async def token_rows(rig: Rig, samples: int) -> tuple[Row, Row]:
     return deny, pushed
 
 
-async def _create_database(name: str) -> str | None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    admin = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
-    try:
-        connection = await asyncpg.connect(admin, timeout=5)
-    except (OSError, asyncpg.PostgresError):
-        return None
-    try:
-        await connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await connection.execute(f"CREATE DATABASE {name}")
-    finally:
-        await connection.close()
-    return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-
-
-async def _drop_database(name: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(
-        POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
-    )
-    try:
-        await connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await connection.close()
-
-
 async def bench_freshness(
     samples: int = 40, only: frozenset[str] = frozenset()
 ) -> dict[str, Any] | None:
@@ -388,7 +357,7 @@ async def bench_freshness(
     take three quarters as many, as each costs blocks), or only the groups named in `only`
     (stripe, override, crypto, token). None without PostgreSQL."""
     name = f"entitlements_fresh_{uuid.uuid4().hex[:8]}"
-    database = await _create_database(name)
+    database = await fresh_postgres_database(name)
     if database is None:
         print(f"freshness: PostgreSQL not reachable at {POSTGRES_URL}; skipped", flush=True)
         return None
@@ -447,7 +416,7 @@ async def bench_freshness(
         if node is not None:
             node.stop()
         await double.stop()
-        await _drop_database(name)
+        await drop_postgres_database(name)
 
 
 if __name__ == "__main__":

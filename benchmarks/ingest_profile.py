@@ -21,11 +21,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.__main__ import (
-    _drop_postgres_database,
-    _fresh_postgres_database,
-    usage_throughput,
-)
+from benchmarks.__main__ import usage_throughput
+from benchmarks.databases import drop_postgres_database, fresh_postgres_database
 from benchmarks.harness import Server, pin_client
 
 #: (bucket, a substring of a frame "function (file:line)"), first match from the top of the
@@ -73,7 +70,7 @@ def classify(stack: str) -> str:
 
 async def profile(postgres: bool, seconds: float, out: Path) -> dict[str, object]:
     pin_client()
-    database = await _fresh_postgres_database() if postgres else None
+    database = await fresh_postgres_database() if postgres else None
     if postgres and database is None:
         raise SystemExit("PostgreSQL is not reachable")
     spy = shutil.which("py-spy") or str(Path(".venv/bin/py-spy"))
@@ -103,7 +100,7 @@ async def profile(postgres: bool, seconds: float, out: Path) -> dict[str, object
             await asyncio.to_thread(recorder.wait)
     finally:
         if database is not None:
-            await _drop_postgres_database(database)
+            await drop_postgres_database(database)
     buckets: Counter[str] = Counter()
     waiting = 0
     for row in (await asyncio.to_thread(out.read_text)).splitlines():

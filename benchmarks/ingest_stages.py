@@ -210,16 +210,16 @@ async def main(postgres: bool, count: int, concurrency: int) -> dict[str, object
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite+aiosqlite:///{Path(tmp) / 'stages.db'}"
             return {"database": "SQLite", **await measure(url, count, concurrency)}
-    from benchmarks.__main__ import _drop_postgres_database, _fresh_postgres_database
+    from benchmarks.databases import drop_postgres_database, fresh_postgres_database
 
     name = "entitlements_stages"
-    url = await _fresh_postgres_database(name)
+    url = await fresh_postgres_database(name)
     if url is None:
         raise SystemExit("PostgreSQL is not reachable")
     try:
         return {"database": "PostgreSQL", **await measure(url, count, concurrency)}
     finally:
-        await _drop_postgres_database(name)
+        await drop_postgres_database(name)
 
 
 if __name__ == "__main__":

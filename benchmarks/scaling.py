@@ -172,14 +172,14 @@ async def postgres_ingest(
     events of the same 20 accounts, and a batch repeats keys of the batch sent just before it
     (to another replica); otherwise each replica has 20 accounts of its own, as when callers
     are routed by account."""
-    from benchmarks.__main__ import (
+    from benchmarks.databases import (
         POSTGRES_URL,
-        _drop_postgres_database,
-        _fresh_postgres_database,
+        drop_postgres_database,
+        fresh_postgres_database,
     )
 
     name = "entitlements_scaling"
-    url = await _fresh_postgres_database(name)
+    url = await fresh_postgres_database(name)
     if url is None:
         return None
     admin = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
@@ -236,7 +236,7 @@ async def postgres_ingest(
                     )
                     totals += sum(m.current for m in usage.metrics if m.metric == "messages")
     finally:
-        await _drop_postgres_database(name)
+        await drop_postgres_database(name)
     events = result.calls * 100
     warm_and_measured_events = counted["applied"] + counted["duplicate"]
     return {

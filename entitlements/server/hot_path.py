@@ -25,10 +25,10 @@ from nchat.entitlements.v1 import token_gate_service_pb2 as gate_pb
 from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
 
 from entitlements.errors import EntitlementsError
-from entitlements.policies import Catalog, check_limit, meets_minimum_plan
+from entitlements.policies import Catalog, meets_minimum_plan
 from entitlements.server import convert
 from entitlements.server.entitlements_servicer import MAX_CHECKS, _answer
-from entitlements.server.usage_servicer import _level
+from entitlements.server.usage_servicer import limit_answer
 from entitlements.service import EntitlementService
 from entitlements.state import AccountEntitlements
 from entitlements.tokengate import TokenGate
@@ -192,20 +192,7 @@ class HotPath:
         kept = self._limit_answers.get(key)
         if kept is not None and kept[0] is ent and kept[1] == current:
             return kept[2]
-        result = check_limit(ent.effective.limits[info.key], current)
-        answer = usage_pb.CheckLimitResponse(
-            allowed=result.allowed,
-            limit=result.limit or 0,
-            current=result.current,
-            percentage=result.percentage,
-            level=_level(result.level),
-            unlimited=result.unlimited,
-            remaining=result.remaining or 0,
-            plan_id=ent.plan_id,
-            revision=ent.revision,
-        )
-        convert.stamp(answer.as_of, ent)
-        data = answer.SerializeToString()
+        data = limit_answer(ent, info.key, current).SerializeToString()
         _keep(self._limit_answers, key, (ent, current, data))
         return data
 

@@ -23,6 +23,7 @@ from entitlements.server.validation import (
     require_timestamp,
 )
 from entitlements.service import EntitlementService
+from entitlements.state import AccountEntitlements
 from entitlements.usage.ledger import (
     APPLIED,
     DUPLICATE,
@@ -47,6 +48,25 @@ FUTURE_TOLERANCE_MS = 5 * 60 * 1000
 RETENTION_MARGIN_MS = 60 * 60 * 1000
 
 _new = tuple.__new__  # see entitlements.usage.ledger._new
+
+
+def limit_answer(ent: AccountEntitlements, limit: str, current: int) -> pb.CheckLimitResponse:
+    """The `CheckLimit` answer for `limit` of `ent` at usage `current` (the hot path keeps it
+    serialized)."""
+    result = check_limit(ent.effective.limits[limit], current)
+    answer = pb.CheckLimitResponse(
+        allowed=result.allowed,
+        limit=result.limit or 0,
+        current=result.current,
+        percentage=result.percentage,
+        level=_level(result.level),
+        unlimited=result.unlimited,
+        remaining=result.remaining or 0,
+        plan_id=ent.plan_id,
+        revision=ent.revision,
+    )
+    convert.stamp(answer.as_of, ent)
+    return answer
 
 
 def _level(level: int) -> plan_pb2.UsageLevel.ValueType:
@@ -231,20 +251,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
         else:
             period = current_period(self._service.now()) if info.monthly else ""
             current = await self._ledger.current((account_id, info.metric, period))
-        result = check_limit(ent.effective.limits[info.key], current)
-        answer = pb.CheckLimitResponse(
-            allowed=result.allowed,
-            limit=result.limit or 0,
-            current=result.current,
-            percentage=result.percentage,
-            level=_level(result.level),
-            unlimited=result.unlimited,
-            remaining=result.remaining or 0,
-            plan_id=ent.plan_id,
-            revision=ent.revision,
-        )
-        convert.stamp(answer.as_of, ent)
-        return answer
+        return limit_answer(ent, info.key, current)
 
     @unary
     async def GetUsage(self, request: pb.GetUsageRequest, context: Ctx) -> pb.GetUsageResponse:
