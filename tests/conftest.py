@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from entitlements.store.engine import create_engine, normalize_url, safe_url
 from entitlements.store.migrate import upgrade
 from entitlements.store.repository import Store
+from tests.events.receiver import Receiver
 
 POSTGRES_URL = normalize_url(
     os.environ.get(
@@ -117,3 +118,14 @@ async def store(database_url: str) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real HTTP receiver of outbound events (tests/events/receiver.py), started and stopped."""
+    r = Receiver()
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.stop()

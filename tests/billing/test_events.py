@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from nchat.entitlements.v1 import billing_service_pb2 as pb
@@ -19,16 +18,6 @@ from tests.events.outbox import check_documented, outbox
 from tests.events.outbox import deliver as deliver_events
 from tests.events.receiver import Receiver
 from tests.stripe_double import WebhookSender, event
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
 
 
 async def test_a_stripe_subscriptions_lifecycle_reaches_the_receiver_once_per_transition(

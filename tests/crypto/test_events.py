@@ -5,7 +5,6 @@ once however often the same confirmation is settled, and delivered to a real rec
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,16 +19,6 @@ from tests.events.outbox import check_documented, deliver, outbox
 from tests.events.receiver import Receiver
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
 
 
 async def confirm(rig: Rig) -> None:

@@ -37,16 +37,6 @@ def endpoint(receiver: Receiver, **kw: object) -> Endpoint:
     return Endpoint("hook", receiver.url, SECRET, timeout_s=0.3, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
-
-
 @contextlib.asynccontextmanager
 async def running(dispatcher: Dispatcher) -> AsyncIterator[Dispatcher]:
     dispatcher.start()

@@ -6,7 +6,6 @@ a change that rolled back, or the same change written again, writes nothing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -32,16 +31,6 @@ MANUAL = SubscriptionRecord(
     current_period_start=END - timedelta(days=365),
     current_period_end=END,
 )
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
 
 
 async def test_a_manual_subscriptions_lifecycle_reaches_the_receiver(

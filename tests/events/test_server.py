@@ -24,16 +24,6 @@ from tests.server.helpers import details
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
-
-
-@pytest.fixture
 async def events_server(tmp_path: Path, store: Store, receiver: Receiver) -> AsyncIterator[Running]:
     (tmp_path / "callers.toml").write_text(CALLERS_TOML)
     (tmp_path / "endpoints.toml").write_text(
