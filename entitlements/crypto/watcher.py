@@ -67,6 +67,8 @@ class PaymentWatcher:
         self._on_poll = on_poll
         #: Payments with a transfer a reorg could still undo, as of this poll's check.
         self._recent: set[str] = set()
+        #: The time of the last block this watcher scanned (None before its first scan).
+        self._read_until: datetime | None = None
 
     def __repr__(self) -> str:
         return f"PaymentWatcher({self.network!r})"
@@ -133,6 +135,12 @@ class PaymentWatcher:
         # still have its orphaned transfers found.
         seen_until = head if stored is None else min(head, stored.block_number)
         reorged, affected = await self._check_transfers(seen_until - 2 * self.depth)
+        if stored is not None and head > stored.block_number and self._read_until is not None:
+            # Settle first: a payment awaiting confirmations needs only the head's number (its
+            # transfer's block was just checked against the chain), so a confirming block
+            # activates it now, not after this poll has read the new blocks. The chain is read
+            # up to the last block scanned, as a poll mid catch-up settles.
+            await self._settle(head, affected, self._recent, self._read_until)
         cursor = await self._cursor(head, stored)
         start = cursor.block_number + 1
         end = min(head, cursor.block_number + self.max_blocks)
@@ -154,6 +162,7 @@ class PaymentWatcher:
             last = by_number[end]
             cursor = Cursor(last.number, last.hash)
             await self.repo.set_cursor(self.network, self.reads.chain_id, cursor)
+            self._read_until = block_time(last.timestamp)
             if cursor.block_number < head:
                 # Mid catch-up: the chain is read up to this block's time, not up to now.
                 scanned_until = block_time(last.timestamp)
@@ -234,7 +243,6 @@ class PaymentWatcher:
     async def _cursor(self, head: int, cursor: Cursor | None) -> Cursor:
         """The stored cursor, rewound twice the depth when its block was replaced (a reorg under
         it); a first start begins at the oldest open payment's quote block (or the head)."""
-        cursor = await self.repo.cursor(self.network)
         if cursor is None:
             open_payments = await self.repo.payments(self.network)
             first = min((p.created_block for p in open_payments), default=head)
