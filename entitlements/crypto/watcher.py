@@ -135,12 +135,13 @@ class PaymentWatcher:
         # still have its orphaned transfers found.
         seen_until = head if stored is None else min(head, stored.block_number)
         reorged, affected = await self._check_transfers(seen_until - 2 * self.depth)
-        if stored is not None and head > stored.block_number and self._read_until is not None:
+        awaiting = affected | self._recent
+        if awaiting and stored is not None and head > stored.block_number and self._read_until:
             # Settle first: a payment awaiting confirmations needs only the head's number (its
             # transfer's block was just checked against the chain), so a confirming block
             # activates it now, not after this poll has read the new blocks. The chain is read
             # up to the last block scanned, as a poll mid catch-up settles.
-            await self._settle(head, affected, self._recent, self._read_until)
+            await self._settle(head, awaiting, set(), self._read_until)
         cursor = await self._cursor(head, stored)
         start = cursor.block_number + 1
         end = min(head, cursor.block_number + self.max_blocks)
@@ -148,11 +149,10 @@ class PaymentWatcher:
         scanned_until: datetime | None = None
         if start <= end:
             numbers = list(range(start, end + 1))
-            blocks = await self.reads.blocks(numbers, self._pay_to())
-            by_number = {b.number: b for b in blocks}
-            tokens = await self.reads.token_transfers(
-                start, end, self.payments.tokens(self.network), self._pay_to()
+            blocks, tokens = await self.reads.scan(
+                numbers, self.payments.tokens(self.network), self._pay_to()
             )
+            by_number = {b.number: b for b in blocks}
             events = await self._events(blocks, tokens)
             for event in events:
                 payment_id = await self.payments.record(self.network, event)

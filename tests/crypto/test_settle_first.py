@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from adapters.chains.payments import PaymentReads, TokenTransfer
+from adapters.chains.payments import Block, PaymentReads, TokenTransfer
 from entitlements.crypto import PaymentWatcher
 from tests.crypto.conftest import DEPTH, Rig
 
@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 
 class SlowLogs(PaymentReads):
-    """The node's answers, except that `eth_getLogs` hangs while `held` (a slow or stalled node)."""
+    """The node's answers, except that reading new blocks' contents (their transactions and
+    logs) hangs while `held`: a slow or stalled node."""
 
     def __init__(self, inner: PaymentReads) -> None:
         super().__init__(inner.reader)
@@ -24,13 +25,13 @@ class SlowLogs(PaymentReads):
         self.waiting = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def token_transfers(
-        self, start: int, end: int, tokens: Sequence[str], recipient: str
-    ) -> list[TokenTransfer]:
+    async def scan(
+        self, numbers: Sequence[int], tokens: Sequence[str], recipient: str
+    ) -> tuple[list[Block], list[TokenTransfer]]:
         if self.held:
             self.waiting.set()
             await self.release.wait()
-        return await super().token_transfers(start, end, tokens, recipient)
+        return await super().scan(numbers, tokens, recipient)
 
 
 async def _watcher(rig: Rig) -> tuple[PaymentWatcher, SlowLogs]:
