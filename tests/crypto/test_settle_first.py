@@ -90,3 +90,36 @@ async def test_a_head_with_no_new_transfer_settles_nothing_twice_and_still_reads
     await watcher.catch_up()
     assert (await rig.get(second)).status == "confirmed"
     assert await rig.plan_of("globex") == "pro"
+
+
+async def test_a_head_on_a_chain_without_the_payments_block_does_not_activate_it(
+    rig: Rig,
+) -> None:
+    """Settling first checks the transfer's block against the chain before counting the new
+    head's confirmations: a reorg that drops the payment's block and grows past the depth
+    leaves the payment pending, even while the node is slow to answer for the new blocks."""
+    payment = await rig.quote("ETH")
+    watcher, slow = await _watcher(rig)
+    before = await rig.snapshot()
+    await rig.pay(payment)
+    await rig.mine(DEPTH - 2)
+    await watcher.catch_up()
+    assert (await rig.get(payment)).status == "processing"
+
+    await rig.revert(before)
+    await rig.mine(DEPTH + 1)  # a longer chain without the payment
+    slow.held = True
+    poll = asyncio.create_task(watcher.poll_once())
+    try:
+        async with asyncio.timeout(10):
+            await slow.waiting.wait()  # settled first, now reading the new blocks
+        assert await rig.plan_of("acme") == "free"
+        assert (await rig.get(payment)).status == "pending"
+    finally:
+        slow.release.set()
+        await poll
+    await watcher.catch_up()
+    assert await rig.plan_of("acme") == "free"
+    after = await rig.get(payment)
+    assert after.status == "pending"
+    assert after.activation == "none"  # never activated, not activated and revoked
