@@ -140,15 +140,31 @@ class PaymentReads:
         (response,) = await self.reader._batch([("eth_blockNumber", [])])
         return _int(self._value(response, "eth_blockNumber"), self.network, "eth_blockNumber")
 
-    async def blocks(self, numbers: Sequence[int], recipient: str) -> list[Block]:
-        """The blocks `numbers` (one batch), with their native transfers to `recipient` only.
-        A block the node does not have (yet) raises ChainUnavailable."""
+    async def scan(
+        self, numbers: Sequence[int], tokens: Sequence[str], recipient: str
+    ) -> tuple[list[Block], list[TokenTransfer]]:
+        """The consecutive blocks `numbers` with their native transfers to `recipient`, and the
+        `Transfer` logs to `recipient` emitted by the contracts `tokens` only in those blocks, in
+        one batch (one round trip). A block the node does not have (yet) raises
+        ChainUnavailable."""
         if not numbers:
-            return []
+            return [], []
+        calls: list[tuple[str, list[Any]]] = [
+            ("eth_getBlockByNumber", [hex(n), True]) for n in numbers
+        ]
+        query = _logs_query(numbers[0], numbers[-1], tokens, recipient) if tokens else None
+        if query is not None:
+            calls.append(("eth_getLogs", [query]))
+        responses = await self.reader._batch(calls)
+        blocks = self._blocks(numbers, responses[: len(numbers)], recipient)
+        if query is None:
+            return blocks, []
+        return blocks, self._token_transfers(responses[-1], tokens)
+
+    def _blocks(
+        self, numbers: Sequence[int], responses: Sequence[RPCResponse], recipient: str
+    ) -> list[Block]:
         want = recipient.lower()
-        responses = await self.reader._batch(
-            [("eth_getBlockByNumber", [hex(n), True]) for n in numbers]
-        )
         blocks = []
         for number, response in zip(numbers, responses, strict=True):
             raw = self._value(response, "eth_getBlockByNumber")
@@ -192,20 +208,7 @@ class PaymentReads:
             hashes[number] = str(raw["hash"]).lower() if isinstance(raw, Mapping) else None
         return hashes
 
-    async def token_transfers(
-        self, from_block: int, to_block: int, tokens: Sequence[str], recipient: str
-    ) -> list[TokenTransfer]:
-        """`Transfer` logs to `recipient` emitted by the contracts `tokens` only, in the range."""
-        if not tokens or from_block > to_block:
-            return []
-        topic_to = "0x" + "00" * 12 + recipient.lower().removeprefix("0x")
-        query = {
-            "fromBlock": hex(from_block),
-            "toBlock": hex(to_block),
-            "address": [to_checksum_address(t) for t in tokens],
-            "topics": [TRANSFER_TOPIC, None, topic_to],
-        }
-        (response,) = await self.reader._batch([("eth_getLogs", [query])])
+    def _token_transfers(self, response: RPCResponse, tokens: Sequence[str]) -> list[TokenTransfer]:
         raw = self._value(response, "eth_getLogs")
         if not isinstance(raw, list):
             raise ChainUnavailable(self.network, "eth_getLogs: not a list")
@@ -291,6 +294,19 @@ class PaymentReads:
             message = error.get("message", "") if isinstance(error, Mapping) else error
             raise ChainUnavailable(self.network, f"{what}: RPC error: {message}")
         return response.get("result")
+
+
+def _logs_query(
+    from_block: int, to_block: int, tokens: Sequence[str], recipient: str
+) -> dict[str, Any]:
+    """The `eth_getLogs` filter for `Transfer`s to `recipient` from the contracts `tokens`."""
+    topic_to = "0x" + "00" * 12 + recipient.lower().removeprefix("0x")
+    return {
+        "fromBlock": hex(from_block),
+        "toBlock": hex(to_block),
+        "address": [to_checksum_address(t) for t in tokens],
+        "topics": [TRANSFER_TOPIC, None, topic_to],
+    }
 
 
 def _transfer(

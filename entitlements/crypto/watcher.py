@@ -20,7 +20,7 @@ from adapters.chains import ChainUnavailable
 from adapters.chains.payments import Block, PaymentReads, Receipt, TokenTransfer
 from entitlements.crypto.payments import ChainEvent, CryptoPayments, block_time
 from entitlements.errors import Unavailable
-from entitlements.store.crypto_repository import Cursor, TransferRecord
+from entitlements.store.crypto_repository import Cursor, TransferRecord, UnmatchedRecord
 
 __all__ = ["PaymentWatcher", "PollResult"]
 
@@ -67,6 +67,8 @@ class PaymentWatcher:
         self._on_poll = on_poll
         #: Payments with a transfer a reorg could still undo, as of this poll's check.
         self._recent: set[str] = set()
+        #: The time of the last block this watcher scanned (None before its first scan).
+        self._read_until: datetime | None = None
 
     def __repr__(self) -> str:
         return f"PaymentWatcher({self.network!r})"
@@ -132,19 +134,33 @@ class PaymentWatcher:
         # from the head: a chain that reorganised and then grew while nobody watched must
         # still have its orphaned transfers found.
         seen_until = head if stored is None else min(head, stored.block_number)
-        reorged, affected = await self._check_transfers(seen_until - 2 * self.depth)
-        cursor = await self._cursor(head, stored)
+        recent, unmatched = await self.repo.recent(self.network, seen_until - 2 * self.depth)
+        self._recent = {t.payment_id for t in recent}
+        # One node round trip for every hash this poll checks: the recent transfers' blocks
+        # and the cursor's block (replaced under it: a reorg).
+        checked = {t.block_number for t in recent} | {u.block_number for u in unmatched}
+        if stored is not None and stored.block_number >= 0:
+            checked.add(stored.block_number)
+        canonical = await self.reads.block_hashes(sorted(checked))
+        reorged, affected = await self._check_transfers(recent, unmatched, canonical)
+        awaiting = affected | self._recent
+        if awaiting and stored is not None and head > stored.block_number and self._read_until:
+            # Settle first: a payment awaiting confirmations needs only the head's number (its
+            # transfer's block was just checked against the chain), so a confirming block
+            # activates it now, not after this poll has read the new blocks. The chain is read
+            # up to the last block scanned, as a poll mid catch-up settles.
+            await self._settle(head, awaiting, set(), self._read_until)
+        cursor = await self._cursor(head, stored, canonical)
         start = cursor.block_number + 1
         end = min(head, cursor.block_number + self.max_blocks)
         found = 0
         scanned_until: datetime | None = None
         if start <= end:
             numbers = list(range(start, end + 1))
-            blocks = await self.reads.blocks(numbers, self._pay_to())
-            by_number = {b.number: b for b in blocks}
-            tokens = await self.reads.token_transfers(
-                start, end, self.payments.tokens(self.network), self._pay_to()
+            blocks, tokens = await self.reads.scan(
+                numbers, self.payments.tokens(self.network), self._pay_to()
             )
+            by_number = {b.number: b for b in blocks}
             events = await self._events(blocks, tokens)
             for event in events:
                 payment_id = await self.payments.record(self.network, event)
@@ -154,6 +170,7 @@ class PaymentWatcher:
             last = by_number[end]
             cursor = Cursor(last.number, last.hash)
             await self.repo.set_cursor(self.network, self.reads.chain_id, cursor)
+            self._read_until = block_time(last.timestamp)
             if cursor.block_number < head:
                 # Mid catch-up: the chain is read up to this block's time, not up to now.
                 scanned_until = block_time(last.timestamp)
@@ -231,18 +248,18 @@ class PaymentWatcher:
         events.sort(key=lambda e: (e.block_number, e.log_index))
         return events
 
-    async def _cursor(self, head: int, cursor: Cursor | None) -> Cursor:
+    async def _cursor(
+        self, head: int, cursor: Cursor | None, canonical: dict[int, str | None]
+    ) -> Cursor:
         """The stored cursor, rewound twice the depth when its block was replaced (a reorg under
         it); a first start begins at the oldest open payment's quote block (or the head)."""
-        cursor = await self.repo.cursor(self.network)
         if cursor is None:
             open_payments = await self.repo.payments(self.network)
             first = min((p.created_block for p in open_payments), default=head)
             return await self._cursor_at(min(first, head) - 1)
         if cursor.block_number < 0:
             return cursor
-        actual = (await self.reads.block_hashes([cursor.block_number]))[cursor.block_number]
-        if actual == cursor.block_hash:
+        if canonical.get(cursor.block_number) == cursor.block_hash:
             return cursor
         # The fork point is unknown (only the cursor's hash is stored): go back the whole
         # window followed for reorgs, twice the depth, so a transfer re-mined anywhere after
@@ -265,18 +282,17 @@ class PaymentWatcher:
         await self.repo.set_cursor(self.network, self.reads.chain_id, cursor)
         return cursor
 
-    async def _check_transfers(self, floor: int) -> tuple[int, set[str]]:
-        """Re-check the transfers a reorg could still undo (from block `floor`: twice the depth
-        below the last block read). One whose block was replaced either moved (its transaction
-        was re-mined elsewhere and its log at the same position is the same transfer: it keeps
-        its identity, its confirmations start over) or left the chain (marked reorged: it no
-        longer counts)."""
-        recent, unmatched = await self.repo.recent(self.network, floor)
-        self._recent = {t.payment_id for t in recent}
-        if not recent and not unmatched:
-            return 0, set()
-        numbers = sorted({t.block_number for t in recent} | {u.block_number for u in unmatched})
-        canonical = await self.reads.block_hashes(numbers)
+    async def _check_transfers(
+        self,
+        recent: list[TransferRecord],
+        unmatched: list[UnmatchedRecord],
+        canonical: dict[int, str | None],
+    ) -> tuple[int, set[str]]:
+        """Re-check the transfers a reorg could still undo (from twice the depth below the last
+        block read) against the `canonical` hashes of their blocks. One whose block was replaced
+        either moved (its transaction was re-mined elsewhere and its log at the same position is
+        the same transfer: it keeps its identity, its confirmations start over) or left the
+        chain (marked reorged: it no longer counts)."""
         stale_recent = [t for t in recent if canonical.get(t.block_number) != t.block_hash]
         stale_unmatched = [u for u in unmatched if canonical.get(u.block_number) != u.block_hash]
         if not stale_recent and not stale_unmatched:
