@@ -133,7 +133,13 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             except InvalidArgument:
                 self._first_error(events, now_ms)
                 raise
-        return {a: (await self._service.get(a)).effective.limits for a in accounts}
+        # The cache's fresh entry without a coroutine per account (what `get` returns first).
+        peek = self._service.cache.peek
+        limits: dict[str, Mapping[str, int | None]] = {}
+        for account_id in accounts:
+            ent = peek(account_id) or await self._service.get(account_id)
+            limits[account_id] = ent.effective.limits
+        return limits
 
     def _first_error(self, events: Sequence[pb.UsageEvent], now_ms: int) -> None:
         """Raise the error of the first bad field, in event order and field order."""
