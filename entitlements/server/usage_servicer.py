@@ -13,7 +13,7 @@ from nchat.entitlements.v1 import usage_service_pb2 as pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as pb_grpc
 
 from entitlements.errors import InvalidArgument
-from entitlements.policies import Catalog, MetricInfo, check_limit, level_for
+from entitlements.policies import Catalog, MetricInfo, check_limit, level_for, thresholds
 from entitlements.server import convert
 from entitlements.server.status import unary
 from entitlements.server.validation import (
@@ -153,7 +153,13 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             except InvalidArgument:
                 self._first_error(events, now_ms)
                 raise
-        return {a: (await self._service.get(a)).effective.limits for a in accounts}
+        # The cache's fresh entry without a coroutine per account (what `get` returns first).
+        peek = self._service.cache.peek
+        limits: dict[str, Mapping[str, int | None]] = {}
+        for account_id in accounts:
+            ent = peek(account_id) or await self._service.get(account_id)
+            limits[account_id] = ent.effective.limits
+        return limits
 
     def _first_error(self, events: Sequence[pb.UsageEvent], now_ms: int) -> None:
         """Raise the error of the first bad field, in event order and field order."""
@@ -279,27 +285,43 @@ _STATUS_NUMBER = {
     REFUSED: pb.USAGE_EVENT_STATUS_REFUSED,
 }
 _LEVEL_OK = plan_pb2.USAGE_LEVEL_OK
+_LEVEL_WARNING = plan_pb2.USAGE_LEVEL_WARNING
+_LEVEL_UPGRADE_PROMPT = plan_pb2.USAGE_LEVEL_UPGRADE_PROMPT
+_LEVEL_EXCEEDED = plan_pb2.USAGE_LEVEL_EXCEEDED
+_WARNING_PERCENT = int(thresholds.WARNING_PERCENT)
+_UPGRADE_PROMPT_PERCENT = int(thresholds.UPGRADE_PROMPT_PERCENT)
 
 
 def _answer(increments: list[Increment], outcomes: list[Outcome]) -> pb.ReportUsageResponse:
-    """The per-event results. Fields are set one by one (half the cost of keyword arguments)
-    and defaults are left unset."""
+    """The per-event results. Fields are set one by one (half the cost of keyword arguments),
+    defaults left unset, and the level computed inline as `level_for` does (integer
+    comparisons at the same boundaries; a test holds them equal): 0.2-0.3 µs an event less."""
     response = pb.ReportUsageResponse()
     add = response.results.add
     status_number = _STATUS_NUMBER
     for inc, (status, total, period) in zip(increments, outcomes, strict=True):
         result = add()
-        result.idempotency_key = inc.key
+        result.idempotency_key = inc[3]  # .key
         result.status = status_number[status]
         result.total = total
-        limit = inc.limit
+        limit = inc[8]  # .limit
         if limit is None:
             result.unlimited = True
             result.level = _LEVEL_OK
         else:
             result.limit = limit
-            result.level = level_for(total, limit)  # type: ignore[assignment]  # the same ints
-            result.percentage = 100.0 * total / limit if limit else 100.0
+            if total >= limit:
+                result.level = _LEVEL_EXCEEDED
+                result.percentage = 100.0 * total / limit if limit else 100.0
+            else:
+                scaled = 100 * total
+                if scaled >= _UPGRADE_PROMPT_PERCENT * limit:
+                    result.level = _LEVEL_UPGRADE_PROMPT
+                elif scaled >= _WARNING_PERCENT * limit:
+                    result.level = _LEVEL_WARNING
+                else:
+                    result.level = _LEVEL_OK
+                result.percentage = 100.0 * total / limit
         result.period = period
     return response
 

@@ -188,13 +188,13 @@ class UsageRepository:
         """Delete idempotency rows received before `older_than_ms`, a batch per transaction so
         writers wait little; returns how many."""
         removed = 0
-        while True:
+        after: int | None = 0
+        while after is not None:
             with translate_errors(self._engine.url):
                 async with self._writer.begin() as conn:
-                    n = await self._sql.prune(conn, older_than_ms, batch)
+                    n, after = await self._sql.prune(conn, older_than_ms, batch, after)
             removed += n
-            if n < batch:
-                return removed
+        return removed
 
     async def thresholds_since(self, since: datetime) -> list[ThresholdRecord]:
         """The threshold levels recorded at or after `since`, by any replica, oldest first."""
@@ -221,7 +221,10 @@ class _Sql:
     compilation of thousand-row IN lists cost more than the database work, and SQLite plans
     row-value IN lists as scans (70 times slower than OR'ed keys)."""
 
-    async def prune(self, conn: AsyncConnection, older_than_ms: int, batch: int) -> int:
+    async def prune(
+        self, conn: AsyncConnection, older_than_ms: int, batch: int, after: int
+    ) -> tuple[int, int | None]:
+        """One batch of pruning: the rows deleted, and where the next batch starts (None: done)."""
         raise NotImplementedError
 
 
@@ -244,13 +247,33 @@ class _SqliteSql(_Sql):
             f"FROM usage_events WHERE {where}"
         )
 
-    async def prune(self, conn: AsyncConnection, older_than_ms: int, batch: int) -> int:
+    async def prune(
+        self, conn: AsyncConnection, older_than_ms: int, batch: int, after: int
+    ) -> tuple[int, int | None]:
+        # No index on the receipt time here (0011): the rows are walked in rowid order, which
+        # is receipt order (each group takes its receipt time under the write lock and SQLite
+        # numbers new rows past the largest rowid), a window of `batch` rows at a time. Only
+        # rows received before the cutoff are deleted, so a row out of order (the clock set
+        # back) is never deleted early; the walk ends at a window with nothing to delete.
+        row: Any = (
+            await conn.exec_driver_sql(
+                "SELECT min(rowid), max(rowid), count(*), sum(received_at_ms < ?) FROM"
+                " (SELECT rowid, received_at_ms FROM usage_events WHERE rowid > ?"
+                " ORDER BY rowid LIMIT ?)",
+                (older_than_ms, after, batch),
+            )
+        ).one()
+        first: int | None = row[0]
+        last: int | None = row[1]
+        rows: int = row[2]
+        old: int | None = row[3]
+        if not old:
+            return 0, None
         result = await conn.exec_driver_sql(
-            "DELETE FROM usage_events WHERE rowid IN (SELECT rowid FROM usage_events"
-            " WHERE received_at_ms < ? LIMIT ?)",
-            (older_than_ms, batch),
+            "DELETE FROM usage_events WHERE rowid BETWEEN ? AND ? AND received_at_ms < ?",
+            (first, last, older_than_ms),
         )
-        return int(result.rowcount)
+        return int(result.rowcount), (last if rows == batch else None)
 
 
 class _SqliteGroupWriter:
@@ -453,10 +476,13 @@ class _PostgresSql(_Sql):
             ),
         )
 
-    async def prune(self, conn: AsyncConnection, older_than_ms: int, batch: int) -> int:
+    async def prune(
+        self, conn: AsyncConnection, older_than_ms: int, batch: int, after: int
+    ) -> tuple[int, int | None]:
         result = await conn.exec_driver_sql(
             "DELETE FROM usage_events WHERE ctid IN (SELECT ctid FROM usage_events"
             " WHERE received_at_ms < $1 LIMIT $2)",
             (older_than_ms, batch),
         )
-        return int(result.rowcount)
+        n = int(result.rowcount)
+        return n, (0 if n == batch else None)

@@ -17,6 +17,7 @@ from nchat.entitlements.v1 import usage_service_pb2 as pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as pb_grpc
 
 from entitlements.config import Settings
+from entitlements.policies import check_limit
 from entitlements.server.app import Running, build_deps, create_server
 from entitlements.usage.periods import current_period
 from tests.server.conftest import CALLERS_TOML, OPS, subscription
@@ -69,6 +70,19 @@ async def test_report_counts_and_answers_total_limit_and_level(stub) -> None:
     assert last.percentage == pytest.approx(76.0)
     assert last.period == current_period(datetime.now(UTC))
     assert (await usage(stub, "ws"))["messages"] == 7600
+
+
+async def test_each_result_has_the_policys_level_and_percentage_at_every_boundary(stub) -> None:
+    """The per-event results agree with `check_limit` (the one definition of the levels) at
+    the 75 %, 90 % and 100 % boundaries, exactly and one below, and past the limit."""
+    totals = [1, 7499, 7500, 8999, 9000, 9999, 10000, 10001, 12345]
+    deltas = [b - a for a, b in zip([0, *totals], totals, strict=False)]
+    results = await report(stub, *(event("ws", f"b-{i}", d) for i, d in enumerate(deltas)))
+    assert [r.total for r in results] == totals
+    for r in results:
+        expected = check_limit(10000, r.total)
+        assert (r.limit, r.unlimited) == (10000, False)
+        assert (r.level, r.percentage) == (expected.level, expected.percentage), r.total
 
 
 async def test_a_repeated_key_is_counted_once_and_gets_the_first_answer(stub) -> None:

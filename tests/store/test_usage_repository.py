@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
 from entitlements.store.repository import Store
 from entitlements.store.usage_repository import CounterKey, GroupWrite, KeyRecord, UsageRepository
@@ -52,3 +53,52 @@ async def test_a_key_taken_meanwhile_is_retried_and_then_seen_as_stored(store: S
 
 def _write(keys: list[KeyRecord], total: int) -> GroupWrite:
     return GroupWrite(new_keys=keys, counters={COUNTER: total})
+
+
+async def _insert_received(store: Store, received: list[int]) -> None:
+    async with store.engine.begin() as conn:
+        for i, at in enumerate(received):
+            await conn.execute(
+                text(
+                    "INSERT INTO usage_events (account_id, idempotency_key, metric, delta, period,"
+                    " total, occurred_at_ms, received_at_ms)"
+                    " VALUES ('ws', :key, 'messages', 1, '2026-11', 1, 0, :at)"
+                ),
+                {"key": f"k{i:03}", "at": at},
+            )
+
+
+async def _kept(store: Store) -> list[int]:
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT received_at_ms FROM usage_events ORDER BY idempotency_key")
+        )
+        return [at for (at,) in rows]
+
+
+async def test_pruning_removes_exactly_the_keys_received_before_the_cutoff(store: Store) -> None:
+    """Over many batches, and with a row out of receipt order (the clock set back after it):
+    every row received before the cutoff goes, every later one stays, none early."""
+    received = [*range(100, 110), 9_999, *range(110, 123), 5_000, 5_001, 900, 6_000]
+    await _insert_received(store, received)
+    repository = UsageRepository(store.engine)
+    try:
+        removed = await repository.prune_keys(1_000, batch=4)
+        assert removed == len([at for at in received if at < 1_000])
+        assert await _kept(store) == [9_999, 5_000, 5_001, 6_000]
+        assert await repository.prune_keys(1_000, batch=4) == 0
+        assert await repository.prune_keys(6_000, batch=4) == 2
+        assert await _kept(store) == [9_999, 6_000]
+    finally:
+        await repository.close()
+
+
+async def test_pruning_an_empty_or_young_key_table_removes_nothing(store: Store) -> None:
+    repository = UsageRepository(store.engine)
+    try:
+        assert await repository.prune_keys(1_000, batch=4) == 0
+        await _insert_received(store, [2_000, 2_001])
+        assert await repository.prune_keys(1_000, batch=1) == 0
+        assert await _kept(store) == [2_000, 2_001]
+    finally:
+        await repository.close()

@@ -16,7 +16,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 
 from entitlements.store.engine import create_engine, normalize_url
-from entitlements.store.models import Base, UTCDateTime
+from entitlements.store.models import Base, UTCDateTime, exists_on
 
 config = context.config
 target_metadata = Base.metadata
@@ -38,6 +38,7 @@ def configure_options(connection: Connection) -> dict[str, Any]:
         # SQLite can alter little in place; batch mode recreates the table instead.
         "render_as_batch": connection.dialect.name == "sqlite",
         "compare_type": True,
+        "include_object": exists_on(connection.dialect.name),
     }
 
 
