@@ -282,6 +282,11 @@ async def main(seconds: float, skip_postgres: bool) -> dict[str, object]:
     record(gate_baseline, aio_ref, sync=sync_ref)
     record(gate.pop("cached_result"), aio_ref, sync=sync_ref)
     print(f"token gating: {json.dumps(gate)}", flush=True)
+    from benchmarks.hot_rounds import bench_hot_rounds, print_summary
+
+    rounds = await bench_hot_rounds(rounds=5, seconds=max(seconds * 0.8, 1.0))
+    print_summary(rounds)
+    report["hot_rounds"] = rounds
     memory = cache_memory(100_000)
     print(
         f"entitlement cache, {memory['accounts']:,.0f} accounts: {memory['mb']:.1f} MB"
