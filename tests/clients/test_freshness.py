@@ -45,7 +45,11 @@ async def test_local_evaluation_answers_min_revision_locally_only_when_its_copy_
 
         stale = await client.can_use_feature("ws-fresh", "apiAccess")
         assert (stale.source, stale.plan_id) == ("local", "free")  # no token: the local copy
-        fresh = await client.can_use_feature("ws-fresh", "apiAccess", min_revision=ent.revision)
+        # A read-through to the database: a loaded test machine can take longer than the
+        # client's default hot-path deadline.
+        fresh = await client.can_use_feature(
+            "ws-fresh", "apiAccess", min_revision=ent.revision, timeout=5
+        )
         assert (fresh.source, fresh.allowed, fresh.plan_id) == ("rpc", True, "starter")
         assert fresh.revision == ent.revision and fresh.as_of is not None
         # B read the newer revision for the RPC and pushed it down the stream: from now on the
