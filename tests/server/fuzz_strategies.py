@@ -156,9 +156,14 @@ def _enum(field: FieldDescriptor) -> st.SearchStrategy[int]:
     )
 
 
+#: "Now" for the strategies, read once: a strategy built again within one test (they are built
+#: lazily) must draw from the same ranges, or hypothesis refuses the test as flaky.
+_NOW = int(time.time())
+
+
 def _timestamps() -> st.SearchStrategy[timestamp_pb2.Timestamp]:
     """Now-ish, far past and future, and values outside Timestamp's range that still serialize."""
-    now = int(time.time())
+    now = _NOW
     seconds = st.one_of(
         st.integers(now - 3600, now + 3600),
         st.integers(now - 400 * 86_400, now + 400 * 86_400),
