@@ -4,6 +4,7 @@ service (prometheus-client multiprocess mode), also after a worker was killed.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -85,6 +86,22 @@ async def _calls(target: str, count: int) -> None:
             )
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Does process `pid` hold a socket listening on TCP `port`?"""
+    listening: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    listening.add(f"socket:[{fields[9]}]")
+    try:
+        held = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    except OSError:
+        return False
+    return bool(listening & held)
+
+
 async def _until_every_scrape_says(http: str, expected: float, **labels: str) -> str:
     """Scrapes (several, so both workers answer some) until each reports `expected`."""
     deadline = time.monotonic() + 10
@@ -117,7 +134,11 @@ async def test_one_scrape_adds_up_the_calls_of_every_worker(tmp_path: Path) -> N
             assert process.returncode is None, (tmp_path / "workers.log").read_text()
             assert time.monotonic() < deadline, (tmp_path / "workers.log").read_text()
             try:
-                if len(children_of(process.pid)) == 2:
+                # Both workers listening on the gRPC port: before that, every connection goes
+                # to the first one.
+                grpc_port = int(server.target.rsplit(":", 1)[1])
+                pids = children_of(process.pid)
+                if len(pids) == 2 and all(_listens(pid, grpc_port) for pid in pids):
                     await _scrape(http)
                     break
             except aiohttp.ClientError:
