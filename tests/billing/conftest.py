@@ -112,9 +112,13 @@ class Harness:
     def sender(self) -> WebhookSender:
         return WebhookSender(self.webhook_url, WEBHOOK_SECRET)
 
-    async def can_use(self, account_id: str, feature: str) -> tuple[bool, str]:
+    async def can_use(
+        self, account_id: str, feature: str, min_revision: int = 0
+    ) -> tuple[bool, str]:
         answer = await self.entitlements.CanUseFeature(
-            entitlements_service_pb2.CanUseFeatureRequest(account_id=account_id, feature=feature),
+            entitlements_service_pb2.CanUseFeatureRequest(
+                account_id=account_id, feature=feature, min_revision=min_revision
+            ),
             metadata=OPS,
         )
         return answer.allowed, answer.plan_id
