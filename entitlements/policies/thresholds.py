@@ -68,7 +68,7 @@ def check_limit(limit: int | None, current: int) -> LimitCheck:
         limit,
         current,
         100 * current / limit,
-        _level(current, limit),
+        level_unchecked(current, limit),
         False,
         remaining if remaining > 0 else 0,
     )
@@ -80,7 +80,7 @@ def level_for(current: int, limit: int | None) -> UsageLevel:
         raise _negative("current", current)
     if limit is not None and limit < 0:
         raise _negative("limit", limit)
-    return _level(current, limit)
+    return level_unchecked(current, limit)
 
 
 def crossed_levels(before: int, after: int, limit: int | None) -> tuple[UsageLevel, ...]:
@@ -88,11 +88,13 @@ def crossed_levels(before: int, after: int, limit: int | None) -> tuple[UsageLev
     for field, value in (("before", before), ("after", after), ("limit", limit)):
         if value is not None and value < 0:
             raise _negative(field, value)
-    return _CROSSED[_level(before, limit), _level(after, limit)]
+    return _CROSSED[level_unchecked(before, limit), level_unchecked(after, limit)]
 
 
-def _level(current: int, limit: int | None) -> UsageLevel:
-    # Integer arithmetic: no float rounding at the exact 75 % and 90 % boundaries.
+def level_unchecked(current: int, limit: int | None) -> UsageLevel:
+    """`level_for` without its argument checks, for counts the caller knows are valid (the
+    ledger's totals): the usage-report hot path. Integer arithmetic: no float rounding at the
+    exact 75 % and 90 % boundaries."""
     if limit is None:
         return _OK
     if current >= limit:

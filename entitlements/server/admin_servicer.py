@@ -23,7 +23,7 @@ from entitlements.config import Caller
 from entitlements.crypto.funds import Credit, FundsFilter, Refund, UnsettledFunds
 from entitlements.errors import FailedPrecondition, InvalidArgument
 from entitlements.server import convert
-from entitlements.server.auth import AuthInterceptor
+from entitlements.server.auth import Authenticator
 from entitlements.server.events_admin_servicer import EventsAdminMethods
 from entitlements.server.funds_convert import funds_message, interval_of, kind_of
 from entitlements.server.sales_admin_servicer import SalesAdminMethods
@@ -112,7 +112,7 @@ class AdminServicer(EventsAdminMethods, SalesAdminMethods, pb_grpc.AdminServiceS
         self._admin = admin
         self._funds = admin.funds
         # None in dev mode: every change is audited as made by "dev".
-        self._auth = AuthInterceptor(callers) if callers is not None else None
+        self._auth = Authenticator(callers) if callers is not None else None
 
     def _actor(self, context: Ctx) -> str:
         if self._auth is None:

@@ -132,7 +132,3 @@ class Authenticator:
             with self._lock:
                 self._refusals[key] = refusal
         return refusal
-
-
-#: The name the servicers and the HTTP side (admin, ops) know it by; no longer an interceptor.
-AuthInterceptor = Authenticator

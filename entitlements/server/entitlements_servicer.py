@@ -69,7 +69,7 @@ def _message(feature: str, decision: FeatureDecision) -> str:
     return message
 
 
-def _answer(
+def feature_answer(
     feature: str, decision: FeatureDecision, ent: AccountEntitlements
 ) -> pb.CanUseFeatureResponse:
     answer = pb.CanUseFeatureResponse(
@@ -80,6 +80,24 @@ def _answer(
         revision=ent.revision,
         message=_message(feature, decision),
     )
+    convert.stamp(answer.as_of, ent)
+    return answer
+
+
+def minimum_plan_answer(
+    catalog: Catalog, ent: AccountEntitlements, minimum_plan_id: str
+) -> pb.CheckMinimumPlanResponse:
+    answer = pb.CheckMinimumPlanResponse(
+        allowed=meets_minimum_plan(catalog, ent.plan_id, minimum_plan_id),
+        plan_id=ent.plan_id,
+        revision=ent.revision,
+    )
+    convert.stamp(answer.as_of, ent)
+    return answer
+
+
+def entitlements_answer(catalog: Catalog, ent: AccountEntitlements) -> pb.GetEntitlementsResponse:
+    answer = pb.GetEntitlementsResponse(entitlements=convert.entitlements(catalog, ent))
     convert.stamp(answer.as_of, ent)
     return answer
 
@@ -115,7 +133,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         self._catalog.feature(feature, field="feature")
         min_revision = require_min_revision(request.min_revision, "min_revision")
         ent = await self._service.get(account_id, min_revision)
-        return _answer(feature, ent.effective.can_use(feature), ent)
+        return feature_answer(feature, ent.effective.can_use(feature), ent)
 
     @unary
     async def CheckFeatures(
@@ -164,7 +182,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
             ):
                 decision = found.effective.decisions.get(feature)
                 if decision is not None:
-                    add(item=_answer(feature, decision, found))
+                    add(item=feature_answer(feature, decision, found))
                     continue
             try:  # the slow path names what is wrong with this check
                 require_id(check.account_id, f"checks[{i}].account_id")
@@ -195,13 +213,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         minimum = self._catalog.plan(request.minimum_plan_id, field="minimum_plan_id")
         min_revision = require_min_revision(request.min_revision, "min_revision")
         ent = await self._service.get(account_id, min_revision)
-        answer = pb.CheckMinimumPlanResponse(
-            allowed=meets_minimum_plan(self._catalog, ent.plan_id, minimum.id),
-            plan_id=ent.plan_id,
-            revision=ent.revision,
-        )
-        convert.stamp(answer.as_of, ent)
-        return answer
+        return minimum_plan_answer(self._catalog, ent, minimum.id)
 
     @unary
     async def GetEntitlements(
@@ -210,10 +222,7 @@ class EntitlementsServicer(pb_grpc.EntitlementsServiceServicer):
         account_id = require_id(request.account_id, "account_id")
         min_revision = require_min_revision(request.min_revision, "min_revision")
         ent = await self._service.get(account_id, min_revision)
-        return pb.GetEntitlementsResponse(
-            entitlements=convert.entitlements(self._catalog, ent),
-            as_of=convert.timestamp(ent.as_of),
-        )
+        return entitlements_answer(self._catalog, ent)
 
     @unary
     async def GetUpgradePath(

@@ -25,9 +25,14 @@ from nchat.entitlements.v1 import token_gate_service_pb2 as gate_pb
 from nchat.entitlements.v1 import usage_service_pb2 as usage_pb
 
 from entitlements.errors import EntitlementsError
-from entitlements.policies import Catalog, meets_minimum_plan
-from entitlements.server import convert
-from entitlements.server.entitlements_servicer import MAX_CHECKS, _answer
+from entitlements.policies import Catalog
+from entitlements.server.entitlements_servicer import (
+    MAX_CHECKS,
+    entitlements_answer,
+    feature_answer,
+    minimum_plan_answer,
+)
+from entitlements.server.token_gate_servicer import draft, verify_answer
 from entitlements.server.usage_servicer import limit_answer
 from entitlements.service import EntitlementService
 from entitlements.state import AccountEntitlements
@@ -113,7 +118,7 @@ class HotPath:
         decision = ent.effective.decisions.get(feature)
         if decision is None or feature not in self._features:
             return None
-        data = _answer(feature, decision, ent).SerializeToString()
+        data = feature_answer(feature, decision, ent).SerializeToString()
         _keep(self._feature_answers, key, (ent, data))
         return data
 
@@ -131,7 +136,7 @@ class HotPath:
             decision = ent.effective.decisions.get(feature)
             if decision is None:
                 return None
-            add(item=_answer(feature, decision, ent))
+            add(item=feature_answer(feature, decision, ent))
         return response.SerializeToString()
 
     def check_minimum_plan(
@@ -144,13 +149,7 @@ class HotPath:
             minimum = self._catalog.plan(request.minimum_plan_id, field="minimum_plan_id")
         except EntitlementsError:
             return None
-        answer = ent_pb.CheckMinimumPlanResponse(
-            allowed=meets_minimum_plan(self._catalog, ent.plan_id, minimum.id),
-            plan_id=ent.plan_id,
-            revision=ent.revision,
-        )
-        convert.stamp(answer.as_of, ent)
-        return answer.SerializeToString()
+        return minimum_plan_answer(self._catalog, ent, minimum.id).SerializeToString()
 
     def get_entitlements(self, request: ent_pb.GetEntitlementsRequest, raw: bytes) -> bytes | None:
         account_id = request.account_id
@@ -160,11 +159,7 @@ class HotPath:
         kept = self._entitlement_answers.get(account_id)
         if kept is not None and kept[0] is ent:
             return kept[1]
-        answer = ent_pb.GetEntitlementsResponse(
-            entitlements=convert.entitlements(self._catalog, ent)
-        )
-        convert.stamp(answer.as_of, ent)
-        data = answer.SerializeToString()
+        data = entitlements_answer(self._catalog, ent).SerializeToString()
         _keep(self._entitlement_answers, account_id, (ent, data))
         return data
 
@@ -218,19 +213,11 @@ class HotPath:
         kept = self._verifications.get(key)
         if kept is not None and kept[0] == read_at:
             return kept[1]
-        data = gate_pb.VerifyTokenResponse(
-            verified=result.verified,
-            balance=result.balance,
-            error=result.error,
-            cached=True,
-            checked_at=convert.timestamp(result.checked_at),
-        ).SerializeToString()
+        data = verify_answer(result, cached=True).SerializeToString()
         _keep(self._verifications, key, (read_at, data))
         return data
 
     def _parse_requirement(self, request: gate_pb.VerifyTokenRequest) -> tuple[Any, str] | None:
-        from entitlements.server.token_gate_servicer import draft
-
         assert self._gate is not None
         try:
             wallet = normalize_address(request.wallet_address, "wallet_address")

@@ -16,7 +16,7 @@ from entitlements.observability.metrics import (
 )
 from entitlements.observability.multiprocess import publish as publish_metrics
 from entitlements.observability.tracing import flush as flush_traces
-from entitlements.server.auth import AuthInterceptor
+from entitlements.server.auth import Authenticator
 from entitlements.store.engine import safe_url
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def install_observability(
     if settings.dev_mode:
         set_caller_resolver(lambda metadata: "dev")
     else:
-        auth = AuthInterceptor(settings.callers)
+        auth = Authenticator(settings.callers)
 
         def resolve(metadata: Any) -> str:
             caller = auth.caller_for(metadata)

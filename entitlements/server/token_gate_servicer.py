@@ -18,7 +18,12 @@ from entitlements.server.auth import Authenticator
 from entitlements.server.status import unary
 from entitlements.server.validation import require_min_revision
 from entitlements.store.tokengate_records import RequirementRecord
-from entitlements.tokengate import TRUSTED_WALLETS_SCOPE, RequirementDraft, TokenGate
+from entitlements.tokengate import (
+    TRUSTED_WALLETS_SCOPE,
+    RequirementDraft,
+    TokenGate,
+    Verification,
+)
 from entitlements.tokengate.requirements import SETTABLE_FIELDS
 
 __all__ = ["TokenGateServicer"]
@@ -31,6 +36,16 @@ _TOKEN_TYPES = {
     pb.TOKEN_TYPE_ERC1155: "ERC1155",
 }
 _TOKEN_TYPE_VALUES = {name: value for value, name in _TOKEN_TYPES.items()}
+
+
+def verify_answer(result: Verification, *, cached: bool) -> pb.VerifyTokenResponse:
+    return pb.VerifyTokenResponse(
+        verified=result.verified,
+        balance=result.balance,
+        error=result.error,
+        cached=cached,
+        checked_at=convert.timestamp(result.checked_at),
+    )
 
 
 def draft(message: pb.TokenRequirement) -> RequirementDraft:
@@ -99,13 +114,7 @@ class TokenGateServicer(pb_grpc.TokenGateServiceServicer):
             draft(request.requirement) if source == "requirement" else request.requirement_id
         )
         result = await self._gate.verify_token(given, request.wallet_address)
-        return pb.VerifyTokenResponse(
-            verified=result.verified,
-            balance=result.balance,
-            error=result.error,
-            cached=result.cached,
-            checked_at=convert.timestamp(result.checked_at),
-        )
+        return verify_answer(result, cached=result.cached)
 
     @unary
     async def CheckChannelAccess(

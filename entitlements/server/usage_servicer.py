@@ -13,7 +13,8 @@ from nchat.entitlements.v1 import usage_service_pb2 as pb
 from nchat.entitlements.v1 import usage_service_pb2_grpc as pb_grpc
 
 from entitlements.errors import InvalidArgument
-from entitlements.policies import Catalog, MetricInfo, check_limit, level_for, thresholds
+from entitlements.policies import Catalog, MetricInfo, check_limit, level_for
+from entitlements.policies.thresholds import level_unchecked
 from entitlements.server import convert
 from entitlements.server.status import unary
 from entitlements.server.validation import (
@@ -284,18 +285,11 @@ _STATUS_NUMBER = {
     DUPLICATE: pb.USAGE_EVENT_STATUS_DUPLICATE,
     REFUSED: pb.USAGE_EVENT_STATUS_REFUSED,
 }
-_LEVEL_OK = plan_pb2.USAGE_LEVEL_OK
-_LEVEL_WARNING = plan_pb2.USAGE_LEVEL_WARNING
-_LEVEL_UPGRADE_PROMPT = plan_pb2.USAGE_LEVEL_UPGRADE_PROMPT
-_LEVEL_EXCEEDED = plan_pb2.USAGE_LEVEL_EXCEEDED
-_WARNING_PERCENT = int(thresholds.WARNING_PERCENT)
-_UPGRADE_PROMPT_PERCENT = int(thresholds.UPGRADE_PROMPT_PERCENT)
 
 
 def _answer(increments: list[Increment], outcomes: list[Outcome]) -> pb.ReportUsageResponse:
     """The per-event results. Fields are set one by one (half the cost of keyword arguments),
-    defaults left unset, and the level computed inline as `level_for` does (integer
-    comparisons at the same boundaries; a test holds them equal): 0.2-0.3 µs an event less."""
+    defaults left unset; the totals are the ledger's, so the level needs no argument checks."""
     response = pb.ReportUsageResponse()
     add = response.results.add
     status_number = _STATUS_NUMBER
@@ -307,21 +301,10 @@ def _answer(increments: list[Increment], outcomes: list[Outcome]) -> pb.ReportUs
         limit = inc[8]  # .limit
         if limit is None:
             result.unlimited = True
-            result.level = _LEVEL_OK
         else:
             result.limit = limit
-            if total >= limit:
-                result.level = _LEVEL_EXCEEDED
-                result.percentage = 100.0 * total / limit if limit else 100.0
-            else:
-                scaled = 100 * total
-                if scaled >= _UPGRADE_PROMPT_PERCENT * limit:
-                    result.level = _LEVEL_UPGRADE_PROMPT
-                elif scaled >= _WARNING_PERCENT * limit:
-                    result.level = _LEVEL_WARNING
-                else:
-                    result.level = _LEVEL_OK
-                result.percentage = 100.0 * total / limit
+            result.percentage = _percentage(total, limit)
+        result.level = _level(level_unchecked(total, limit))
         result.period = period
     return response
 
